@@ -1,0 +1,171 @@
+//! Idempotent provisioning of the message streams and the KV buckets.
+//!
+//! Every role calls [`provision`] at start-up. It creates what is missing and brings existing streams
+//! to the configured settings (create-or-update), so any number of processes may run it concurrently:
+//! JetStream accepts a create whose config equals the existing one.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+
+use crate::subject::{self, Partitions};
+
+/// Settings of the message streams and buckets. Every process of a deployment must agree on them.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    /// Number of message streams conversations are spread over.
+    pub partitions: Partitions,
+    /// Replicas of each stream and bucket (1 on one machine, 3 on a cluster).
+    pub replicas: usize,
+    /// How long the streams keep messages: the window in which clients can resume from a cursor.
+    pub max_age: Duration,
+    /// Upper bound on each stream's size in bytes (-1: unlimited). Oldest messages go first.
+    pub max_bytes: i64,
+    /// Window in which a retried send with the same client id is stored only once.
+    pub duplicate_window: Duration,
+    /// Largest stored message, in bytes (the envelope around a body of the largest allowed size).
+    pub max_message_size: i32,
+    /// File (durable) or memory storage. File unless you are benchmarking without persistence.
+    pub storage: stream::StorageType,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            partitions: Partitions::new(1),
+            replicas: 1,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_bytes: -1,
+            duplicate_window: Duration::from_secs(120),
+            max_message_size: 64 * 1024,
+            storage: stream::StorageType::File,
+        }
+    }
+}
+
+impl StreamSettings {
+    /// The JetStream config of partition `part`'s stream.
+    pub fn stream_config(&self, part: u16) -> stream::Config {
+        stream::Config {
+            name: subject::stream_name(part),
+            description: Some("chatfabric messages, one subject per conversation".into()),
+            subjects: vec![subject::stream_subjects(part)],
+            retention: stream::RetentionPolicy::Limits,
+            max_age: self.max_age,
+            max_bytes: self.max_bytes,
+            max_message_size: self.max_message_size,
+            storage: self.storage,
+            num_replicas: self.replicas,
+            duplicate_window: self.duplicate_window,
+            discard: stream::DiscardPolicy::Old,
+            // Direct gets let any replica serve gap fills and resumes.
+            allow_direct: true,
+            // Messages are immutable history: nobody deletes or purges single messages.
+            deny_delete: true,
+            republish: Some(stream::Republish {
+                source: format!("{}.{part}.*", subject::MSG_PREFIX),
+                destination: format!("{}.{part}.{{{{wildcard(1)}}}}", subject::LIVE_PREFIX),
+                headers_only: false,
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// Provisioning failed: NATS is unreachable, JetStream is disabled, or an existing stream has a
+/// config that cannot be changed in place (storage type, subjects owned by another stream).
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    /// A message stream could not be created or updated.
+    #[error("creating or updating stream {name}: {source} (is JetStream enabled on the server?)")]
+    Stream {
+        /// The stream's name.
+        name: String,
+        /// The server's answer.
+        #[source]
+        source: jetstream::context::CreateStreamError,
+    },
+    /// A KV bucket could not be created or updated.
+    #[error("creating or updating KV bucket {name}: {source}")]
+    Bucket {
+        /// The bucket's name.
+        name: String,
+        /// The server's answer.
+        #[source]
+        source: jetstream::context::CreateKeyValueError,
+    },
+}
+
+/// Handles to everything [`provision`] made, shared by a process's tasks.
+#[derive(Clone)]
+pub struct Fabric {
+    /// The NATS connection.
+    pub client: async_nats::Client,
+    /// JetStream on that connection.
+    pub js: jetstream::Context,
+    /// The settings the streams were provisioned with.
+    pub settings: StreamSettings,
+    /// One handle per partition stream, indexed by partition.
+    pub streams: Vec<stream::Stream>,
+    /// Conversations and memberships.
+    pub convs: kv::Store,
+}
+
+impl Fabric {
+    /// The stream that stores `conv`.
+    pub fn stream_for(&self, conv: &crate::ConvId) -> &stream::Stream {
+        &self.streams[usize::from(self.settings.partitions.of(conv))]
+    }
+}
+
+/// Creates or updates the message streams and KV buckets, and returns handles to them.
+pub async fn provision(
+    client: async_nats::Client,
+    settings: StreamSettings,
+) -> Result<Fabric, ProvisionError> {
+    let js = jetstream::new(client.clone());
+    let mut streams = Vec::with_capacity(usize::from(settings.partitions.count()));
+    for part in 0..settings.partitions.count() {
+        let config = settings.stream_config(part);
+        let name = config.name.clone();
+        js.create_or_update_stream(config)
+            .await
+            .map_err(|source| ProvisionError::Stream {
+                name: name.clone(),
+                source,
+            })?;
+        streams.push(
+            js.get_stream(&name)
+                .await
+                .map_err(|e| ProvisionError::Stream {
+                    name: name.clone(),
+                    source: jetstream::context::CreateStreamError::with_source(
+                        jetstream::context::CreateStreamErrorKind::Response,
+                        e,
+                    ),
+                })?,
+        );
+    }
+    let convs = js
+        .create_or_update_key_value(kv::Config {
+            bucket: subject::CONVS_BUCKET.into(),
+            description: "chatfabric conversations (c.<conv>) and members (m.<conv>.<user>)".into(),
+            history: 1,
+            max_value_size: 4096,
+            num_replicas: settings.replicas,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|source| ProvisionError::Bucket {
+            name: subject::CONVS_BUCKET.into(),
+            source,
+        })?;
+    Ok(Fabric {
+        client,
+        js,
+        settings,
+        streams,
+        convs,
+    })
+}

@@ -1,0 +1,287 @@
+//! Starts `nats-server` as a child process: one node or a cluster on loopback.
+//!
+//! `chatfabric dev` uses it to run the fabric on one machine, and the tests use it to get a real
+//! server on free ports with a throw-away store ("always use dynamic ports so tests can run in
+//! parallel"). The child is killed when the handle drops.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Why a nats-server could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The binary is not installed.
+    #[error(
+        "nats-server not found ({0}); install it with `sudo apt-get install nats-server` \
+         or point NATS_SERVER_BIN at the binary"
+    )]
+    NotInstalled(String),
+    /// The process started but never became healthy.
+    #[error("nats-server on port {port} did not become ready within {secs} s; its log: {log}")]
+    NotReady {
+        /// The client port.
+        port: u16,
+        /// How long we waited.
+        secs: u64,
+        /// The server's log file.
+        log: String,
+    },
+    /// Creating the store directory or the log file failed.
+    #[error("preparing nats-server files: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Options of one server.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Client port; 0 picks a free one.
+    pub port: u16,
+    /// JetStream store directory; `None` uses a temporary directory removed on drop.
+    pub store_dir: Option<PathBuf>,
+    /// A config file passed with `-c` (accounts, permissions); command-line flags still apply.
+    pub config_file: Option<PathBuf>,
+    /// Server name (must be unique within a cluster).
+    pub name: String,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            port: 0,
+            store_dir: None,
+            config_file: None,
+            name: "chatfabric".into(),
+        }
+    }
+}
+
+/// A running nats-server child process.
+pub struct NatsServer {
+    child: Option<Child>,
+    args: Vec<String>,
+    port: u16,
+    monitor_port: u16,
+    store: PathBuf,
+    log: PathBuf,
+    // Owns the temporary store (and log) so they live exactly as long as the server.
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the OS does not hand it out again at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+fn binary() -> String {
+    std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into())
+}
+
+impl NatsServer {
+    /// Starts one JetStream-enabled server and waits until it is healthy.
+    pub fn start(opts: ServerOptions) -> Result<Self, ServerError> {
+        Self::spawn(opts, None)
+    }
+
+    /// Starts an `n`-node cluster on loopback and waits until every node is healthy and JetStream
+    /// has a meta leader.
+    pub fn start_cluster(n: usize) -> Result<Vec<Self>, ServerError> {
+        let cluster_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let routes = cluster_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = Vec::with_capacity(n);
+        for (i, cport) in cluster_ports.iter().enumerate() {
+            let opts = ServerOptions {
+                name: format!("n{i}"),
+                ..Default::default()
+            };
+            let cluster = vec![
+                "--cluster_name".into(),
+                "chatfabric".into(),
+                "--cluster".into(),
+                format!("nats://127.0.0.1:{cport}"),
+                "--routes".into(),
+                routes.clone(),
+            ];
+            nodes.push(Self::launch(opts, cluster)?);
+        }
+        for node in &mut nodes {
+            node.wait_ready(Duration::from_secs(30))?;
+        }
+        Ok(nodes)
+    }
+
+    fn spawn(opts: ServerOptions, extra: Option<Vec<String>>) -> Result<Self, ServerError> {
+        let mut s = Self::launch(opts, extra.unwrap_or_default())?;
+        s.wait_ready(Duration::from_secs(20))?;
+        Ok(s)
+    }
+
+    fn launch(opts: ServerOptions, extra: Vec<String>) -> Result<Self, ServerError> {
+        let tmp = match opts.store_dir {
+            Some(_) => None,
+            None => Some(
+                tempfile::Builder::new()
+                    .prefix("chatfabric-nats")
+                    .tempdir()?,
+            ),
+        };
+        let store = match (&opts.store_dir, &tmp) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(t)) => t.path().join("js"),
+            (None, None) => unreachable!("a temporary dir exists when no store dir is given"),
+        };
+        std::fs::create_dir_all(&store)?;
+        let log = store.with_extension("log");
+        let port = if opts.port == 0 {
+            free_port()
+        } else {
+            opts.port
+        };
+        let monitor_port = free_port();
+        let mut args = vec![
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+            "-m".into(),
+            monitor_port.to_string(),
+            "-js".into(),
+            "-sd".into(),
+            store.display().to_string(),
+            "-n".into(),
+            opts.name.clone(),
+            "-l".into(),
+            log.display().to_string(),
+        ];
+        if let Some(conf) = &opts.config_file {
+            args.push("-c".into());
+            args.push(conf.display().to_string());
+        }
+        args.extend(extra);
+        let mut s = Self {
+            child: None,
+            args,
+            port,
+            monitor_port,
+            store,
+            log,
+            _tmp: tmp,
+        };
+        s.spawn_child()?;
+        Ok(s)
+    }
+
+    fn spawn_child(&mut self) -> Result<(), ServerError> {
+        let bin = binary();
+        let child = Command::new(&bin)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => ServerError::NotInstalled(bin),
+                _ => ServerError::Io(e),
+            })?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Polls the monitoring endpoint's `/healthz` (which checks JetStream) until it answers OK.
+    fn wait_ready(&mut self, limit: Duration) -> Result<(), ServerError> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // exited: no point waiting
+                }
+            }
+            if healthz(self.monitor_port) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(ServerError::NotReady {
+            port: self.port,
+            secs: limit.as_secs(),
+            log: std::fs::read_to_string(&self.log).unwrap_or_default(),
+        })
+    }
+
+    /// The client URL, `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The JetStream store directory.
+    pub fn store_dir(&self) -> &Path {
+        &self.store
+    }
+
+    /// Kills the server with SIGKILL (no clean shutdown), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill(); // already exited is fine
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the server with SIGTERM-equivalent lame-duck-free shutdown and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(child) = self.child.as_ref() {
+            // Signal via the nats-server binary's own `--signal stop=<pid>` so no libc call is needed.
+            let _ = Command::new(binary())
+                .args(["--signal", &format!("stop={}", child.id())])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again with the same ports and store (after [`kill`](Self::kill) or
+    /// [`stop`](Self::stop)) and waits until it is healthy.
+    pub fn restart(&mut self) -> Result<(), ServerError> {
+        self.kill();
+        self.spawn_child()?;
+        self.wait_ready(Duration::from_secs(30))
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn healthz(monitor_port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], monitor_port));
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.starts_with("HTTP/1.") && buf.contains(" 200 ") && buf.contains("ok")
+}

@@ -1,0 +1,161 @@
+//! The subject scheme. Every subject chatfabric uses is built here and nowhere else.
+//!
+//! | subject                         | who publishes                 | who reads                        |
+//! |---------------------------------|-------------------------------|----------------------------------|
+//! | `chat.msg.<part>.<conv>`        | gateways, the ingest service  | stream `CHAT_MSGS_<part>` stores |
+//! | `chat.live.<part>.<conv>`       | JetStream `republish`         | gateways, granted bots (fan-out) |
+//! | `chat.in.<conv>.<sender>`       | bots and devices (request)    | the ingest service               |
+//!
+//! - One conversation is one subject, so JetStream's per-subject `Nats-Last-Sequence` (stamped by
+//!   `republish`) chains each conversation's messages: a reader that sees a link it does not have
+//!   knows exactly which gap to fill.
+//! - `<part>` pins a conversation to one of N streams (`hash(conv) mod N`). With one partition every
+//!   conversation lives in `CHAT_MSGS_0`; a cluster can run N streams with leaders on different
+//!   servers. N is fixed for a deployment: changing it moves conversations to other streams.
+//! - Bots publish on `chat.in.<conv>.<sender>`, never on `chat.msg`: the sender is a subject token,
+//!   so plain nats-server permissions (`publish: chat.in.<granted conv>.<own id>`) confine a bot to its
+//!   own identity and to its granted conversations.
+
+use crate::{ConvId, UserId};
+
+/// Prefix of stored message subjects.
+pub const MSG_PREFIX: &str = "chat.msg";
+/// Prefix of republished (live fan-out) subjects.
+pub const LIVE_PREFIX: &str = "chat.live";
+/// Prefix of the ingress subjects for NATS-direct publishers.
+pub const IN_PREFIX: &str = "chat.in";
+/// Prefix of the message streams' names; the partition number follows.
+pub const STREAM_PREFIX: &str = "CHAT_MSGS_";
+/// The KV bucket holding conversations and their members.
+pub const CONVS_BUCKET: &str = "CHAT_CONVS";
+
+/// Maps conversations to partitions. Every process of a deployment must use the same count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partitions(u16);
+
+impl Partitions {
+    /// `n` partitions; at least one.
+    pub fn new(n: u16) -> Self {
+        Self(n.max(1))
+    }
+
+    /// How many partitions there are.
+    pub fn count(self) -> u16 {
+        self.0
+    }
+
+    /// The partition that owns `conv`: FNV-1a of the id, stable across versions and languages.
+    pub fn of(self, conv: &ConvId) -> u16 {
+        let mut h: u32 = 0x811c_9dc5;
+        for b in conv.as_str().bytes() {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        (h % u32::from(self.0)) as u16
+    }
+
+    /// The stream that stores `conv`.
+    pub fn stream_for(self, conv: &ConvId) -> String {
+        stream_name(self.of(conv))
+    }
+
+    /// The subject `conv`'s messages are stored under.
+    pub fn msg_subject(self, conv: &ConvId) -> String {
+        format!("{MSG_PREFIX}.{}.{conv}", self.of(conv))
+    }
+
+    /// The subject `conv`'s stored messages are republished on.
+    pub fn live_subject(self, conv: &ConvId) -> String {
+        format!("{LIVE_PREFIX}.{}.{conv}", self.of(conv))
+    }
+}
+
+/// The name of partition `part`'s stream.
+pub fn stream_name(part: u16) -> String {
+    format!("{STREAM_PREFIX}{part}")
+}
+
+/// The subjects partition `part`'s stream stores.
+pub fn stream_subjects(part: u16) -> String {
+    format!("{MSG_PREFIX}.{part}.*")
+}
+
+/// Where NATS-direct publishers send a message into `conv` as `sender`.
+pub fn ingress_subject(conv: &ConvId, sender: &UserId) -> String {
+    format!("{IN_PREFIX}.{conv}.{sender}")
+}
+
+/// The conversation token of a stored or live subject (`chat.msg.<part>.<conv>`).
+pub fn conv_of_subject(subject: &str) -> Option<ConvId> {
+    ConvId::new(subject.rsplit('.').next()?).ok()
+}
+
+/// KV key of a conversation's description.
+pub fn conv_key(conv: &ConvId) -> String {
+    format!("c.{conv}")
+}
+
+/// KV key of one membership.
+pub fn member_key(conv: &ConvId, user: &UserId) -> String {
+    format!("m.{conv}.{user}")
+}
+
+/// KV key filter matching every member of `conv`.
+pub fn members_of_filter(conv: &ConvId) -> String {
+    format!("m.{conv}.*")
+}
+
+/// KV key filter matching every conversation `user` is a member of.
+pub fn memberships_of_filter(user: &UserId) -> String {
+    format!("m.*.{user}")
+}
+
+/// Splits a membership key `m.<conv>.<user>`.
+pub fn parse_member_key(key: &str) -> Option<(ConvId, UserId)> {
+    let mut it = key.split('.');
+    match (it.next(), it.next(), it.next(), it.next()) {
+        (Some("m"), Some(c), Some(u), None) => Some((ConvId::new(c).ok()?, UserId::new(u).ok()?)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conv(s: &str) -> ConvId {
+        ConvId::new(s).unwrap()
+    }
+
+    #[test]
+    fn subjects_round_trip() {
+        let p = Partitions::new(1);
+        let c = conv("room-1");
+        assert_eq!(p.msg_subject(&c), "chat.msg.0.room-1");
+        assert_eq!(p.live_subject(&c), "chat.live.0.room-1");
+        assert_eq!(p.stream_for(&c), "CHAT_MSGS_0");
+        assert_eq!(conv_of_subject(&p.live_subject(&c)), Some(c));
+    }
+
+    #[test]
+    fn partitions_spread_and_are_stable() {
+        let p = Partitions::new(8);
+        let mut seen = [0u32; 8];
+        for i in 0..800 {
+            let part = p.of(&conv(&format!("c{i}")));
+            seen[part as usize] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 50), "{seen:?}");
+        // Changing this value changes where existing conversations live: it must never change.
+        assert_eq!(p.of(&conv("general")), 3);
+    }
+
+    #[test]
+    fn member_keys_parse() {
+        let k = member_key(&conv("c1"), &UserId::new("alice").unwrap());
+        let (c, u) = parse_member_key(&k).unwrap();
+        assert_eq!((c.as_str(), u.as_str()), ("c1", "alice"));
+        assert!(parse_member_key("c.c1").is_none());
+        assert!(parse_member_key("m.c1.a.b").is_none());
+    }
+}

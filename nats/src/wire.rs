@@ -1,0 +1,98 @@
+//! Payloads stored in JetStream and in KV, shared by every role.
+//!
+//! A stored message is JSON ([`StoredMessage`]); its stream sequence is not part of the payload but
+//! travels in the `Nats-Sequence` header of republished copies and in the stream metadata of direct
+//! gets. Readers must accept unknown fields, so new fields can be added without a flag day.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ConvId, UserId};
+
+/// Header JetStream uses to deduplicate publishes within the stream's duplicate window.
+pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+/// Header stamped by `republish`: the message's stream sequence.
+pub const SEQUENCE_HEADER: &str = "Nats-Sequence";
+/// Header stamped by `republish`: the previous sequence on the same subject (same conversation), or 0.
+pub const LAST_SEQUENCE_HEADER: &str = "Nats-Last-Sequence";
+
+/// The longest client-chosen message id, in bytes.
+pub const MAX_CLIENT_ID_LEN: usize = 64;
+
+/// A chat message as stored in the conversation's stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    /// Server-assigned unique id (UUIDv7, time ordered).
+    pub id: String,
+    /// The conversation it belongs to.
+    pub conv: ConvId,
+    /// Who sent it; stamped by the gateway or ingest service from the authenticated identity.
+    pub sender: UserId,
+    /// The sender's idempotency key.
+    pub client_id: String,
+    /// Server time at acceptance, milliseconds since the Unix epoch.
+    pub ts: u64,
+    /// The message text.
+    pub body: String,
+}
+
+impl StoredMessage {
+    /// The `Nats-Msg-Id` that makes a retried send land once: scoped to conversation and sender, so
+    /// two users (or one user in two conversations) may reuse a client id.
+    pub fn dedupe_id(&self) -> String {
+        dedupe_id(&self.conv, &self.sender, &self.client_id)
+    }
+}
+
+/// See [`StoredMessage::dedupe_id`].
+pub fn dedupe_id(conv: &ConvId, sender: &UserId, client_id: &str) -> String {
+    format!("{conv}:{sender}:{client_id}")
+}
+
+/// Whether `id` is an acceptable client message id: 1 to [`MAX_CLIENT_ID_LEN`] bytes of printable
+/// ASCII without spaces.
+pub fn valid_client_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_CLIENT_ID_LEN && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The kind of a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConvKind {
+    /// Two users; membership is fixed.
+    Direct,
+    /// Any number of users; members may add others, leave, and the creator may remove members.
+    Group,
+}
+
+/// A conversation's description, stored under `c.<conv>` in [`crate::subject::CONVS_BUCKET`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationInfo {
+    /// The conversation's id.
+    pub conv: ConvId,
+    /// Direct or group.
+    pub kind: ConvKind,
+    /// Who created it.
+    pub created_by: UserId,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_at: u64,
+    /// Optional display title (groups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+}
+
+/// One membership, stored under `m.<conv>.<user>`. Deleting the key removes the member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    /// Who added this member.
+    pub added_by: UserId,
+    /// When, milliseconds since the Unix epoch.
+    pub added_at: u64,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
