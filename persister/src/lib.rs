@@ -1,1 +1,25 @@
-//! placeholder
+//! chatfabric's persister: drains the message streams into a history store.
+//!
+//! # Layout
+//!
+//! The data path is WS/SSE frame -> command -> subject -> JetStream -> fan-out/**persister ->
+//! store**. This crate owns the bold part:
+//!
+//! - [`drain`]: the JetStream side. One durable pull consumer per partition stream fetches
+//!   batches, parses them, hands them to the store, and acks only after the store committed them;
+//!   poison messages go to the dead-letter stream. It also publishes the store's watermarks.
+//! - [`store`]: the [`HistoryStore`] contract between the drain (writes) and the gateway (history
+//!   pages): idempotency, durability point, ordering, watermarks.
+//! - [`sqlite`]: the embedded backend (one file, WAL) for single-node deployments.
+//! - [`scylla`]: the clustered backend (ScyllaDB / Cassandra).
+//! - [`metrics`]: the persister's Prometheus metrics (lag, batch sizes, write latency, dead letters).
+//! - [`config`]: command-line flags ([`PersisterArgs`]) and [`open_store`], used by
+//!   `chatfabric persister` and by the gateway to open the same store for reads.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod sqlite;
+pub mod store;
+
+pub use sqlite::{SqliteConfig, SqliteStore};
+pub use store::{HistoryStore, PageQuery, StoreError, StoredRecord, Watermark, MAX_PAGE_LIMIT};

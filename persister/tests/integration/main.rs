@@ -1,0 +1,5 @@
+//! All integration tests of the persister, in one binary.
+
+mod contract;
+mod drain;
+mod fixture;
