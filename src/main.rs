@@ -1,1 +1,81 @@
-fn main() {}
+//! `chatfabric`: one binary, a subcommand per role.
+//!
+//! `main` only parses configuration, connects, provisions and calls each role's `run`; the roles
+//! live in their crates (`gateway/`, `persister/`, `loadtest/`). `dev` runs everything in one
+//! process next to a child nats-server.
+
+mod cli;
+mod dev;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use cli::{Cli, Command};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log)
+                .context("--log is not a valid tracing filter")?,
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Dev(args) => dev::run(args).await,
+            Command::Gateway(args) => {
+                let shutdown = shutdown_on_signal();
+                cli::run_gateway(&args.nats, &args.gateway, shutdown).await
+            }
+            Command::Token(args) => {
+                let user = chatfabric_nats::UserId::new(args.user).context("user id")?;
+                let token = chatfabric_gateway::auth::mint_hs256(
+                    args.jwt_secret.as_bytes(),
+                    &user,
+                    args.ttl_secs,
+                )?;
+                println!("{token}");
+                Ok(())
+            }
+            Command::Loadtest(args) => chatfabric_loadtest_entry(args).await,
+        }
+    })
+}
+
+async fn chatfabric_loadtest_entry(args: cli::LoadtestPlaceholder) -> anyhow::Result<()> {
+    let _ = args;
+    anyhow::bail!("the load generator is not built yet")
+}
+
+/// A token cancelled on Ctrl-C or SIGTERM: the one shutdown signal every role listens to.
+pub(crate) fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => {
+                        let _ = ctrl_c.await;
+                        t.cancel();
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutting down");
+        t.cancel();
+    });
+    token
+}

@@ -1,1 +1,226 @@
-//! placeholder
+//! The chatfabric gateway: WebSocket clients in, NATS JetStream behind.
+//!
+//! # Layout
+//!
+//! The data path, in the order a message travels:
+//!
+//! - [`http`]: accepts TCP, serves `/healthz`, `/readyz`, `/metrics`, upgrades `/ws`.
+//! - [`connection`]: one task per WebSocket: authenticate ([`auth`]), read a **frame**, decode and
+//!   **validate** it ([`protocol`], [`rate`]), dispatch.
+//! - [`membership`]: who may read and write which conversation (KV bucket + moka cache).
+//! - [`send`]: a `send` becomes a stored message on the conversation's **subject** in **JetStream**;
+//!   the sender gets `ack` after the PubAck.
+//! - [`fanout`]: one NATS subscription per conversation with local members; gap-free, encoded
+//!   once, **fan-out** to each connection's bounded queue, and on to the **client**.
+//! - [`metrics`]: Prometheus counters for all of the above.
+//!
+//! [`run`] ties them together; `chatfabric gateway` and `chatfabric dev` call it.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod auth;
+mod connection;
+pub mod fanout;
+mod http;
+pub mod membership;
+pub mod metrics;
+pub mod protocol;
+pub mod rate;
+pub mod send;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chatfabric_nats::Fabric;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use auth::Authenticator;
+
+/// Limits that protect the gateway and other clients from any one connection.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest WebSocket frame or message a client may send, in bytes (close 1009 past it).
+    pub max_frame: usize,
+    /// Largest message body, in bytes (`too_large` past it).
+    pub max_body: usize,
+    /// Outbound frames queued per connection before it is closed as a slow consumer (4008).
+    pub queue: usize,
+    /// Sustained inbound frames per second per connection.
+    pub rate: f64,
+    /// Inbound burst per connection; this many refusals in a row close the connection (4029).
+    pub burst: f64,
+    /// Requests (sends, subscribes, ...) in flight per connection before the gateway stops reading.
+    pub max_in_flight: usize,
+    /// Time a client has to send `auth` when it did not authenticate on upgrade.
+    pub auth_timeout: Duration,
+    /// Time a send may wait for JetStream's acknowledgement before `unavailable`.
+    pub publish_timeout: Duration,
+    /// Connections this gateway accepts before answering 503.
+    pub max_connections: usize,
+    /// tungstenite's read buffer per connection, in bytes (it is allocated eagerly).
+    pub read_buffer: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame: 16 * 1024,
+            max_body: 4 * 1024,
+            queue: 256,
+            rate: 50.0,
+            burst: 100.0,
+            max_in_flight: 64,
+            auth_timeout: Duration::from_secs(10),
+            publish_timeout: Duration::from_secs(5),
+            max_connections: 100_000,
+            read_buffer: 1024,
+        }
+    }
+}
+
+impl Limits {
+    fn websocket_config(&self) -> WebSocketConfig {
+        WebSocketConfig::default()
+            .read_buffer_size(self.read_buffer)
+            // Frames are flushed as soon as a batch of queued frames is written.
+            .write_buffer_size(0)
+            .max_write_buffer_size(self.max_frame.max(64 * 1024) * 4)
+            .max_message_size(Some(self.max_frame))
+            .max_frame_size(Some(self.max_frame))
+    }
+}
+
+/// Everything a gateway needs besides its listener.
+pub struct GatewayConfig {
+    /// Token verification.
+    pub auth: Authenticator,
+    /// Per-connection limits.
+    pub limits: Limits,
+    /// Fan-out tuning.
+    pub hub: fanout::HubConfig,
+    /// Membership answers cached.
+    pub membership_cache: u64,
+    /// How long a cached membership answer may be used without a watch event.
+    pub membership_ttl: Duration,
+}
+
+/// State shared by all connections of a gateway.
+pub(crate) struct State {
+    auth: Authenticator,
+    limits: Limits,
+    fabric: Fabric,
+    hub: fanout::Hub,
+    membership: Arc<membership::Membership>,
+    metrics: metrics::Metrics,
+    registry: Registry,
+    next_conn: AtomicU64,
+    /// Cancelled once to stop everything: the accept loop, connections (close 1001), actors.
+    shutdown: CancellationToken,
+    /// Tracks connection and actor tasks so shutdown can wait for them to finish.
+    tracker: TaskTracker,
+}
+
+impl State {
+    fn next_conn(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn ready(&self) -> bool {
+        self.fabric.client.connection_state() == async_nats::connection::State::Connected
+    }
+}
+
+impl membership::MembershipEvents for fanout::Hub {
+    fn removed(&self, conv: &chatfabric_nats::ConvId, user: &chatfabric_nats::UserId) {
+        self.evict(conv, user);
+    }
+}
+
+/// Errors that stop a gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The listener's address could not be read.
+    #[error("listener: {0}")]
+    Listener(#[from] std::io::Error),
+}
+
+/// Serves clients on `listener` until `shutdown` is cancelled, then closes every connection with
+/// 1001 (clients resume elsewhere) and waits up to `drain` for tasks to finish.
+///
+/// `missed` is the connection's "messages may have been missed" signal from
+/// [`chatfabric_nats::connect`]; on every change the fan-out checks JetStream for what it missed.
+/// `registry` receives the gateway's metrics and is served on `/metrics`.
+pub async fn run(
+    listener: TcpListener,
+    fabric: Fabric,
+    config: GatewayConfig,
+    mut missed: watch::Receiver<u64>,
+    mut registry: Registry,
+    shutdown: CancellationToken,
+) -> Result<(), GatewayError> {
+    let addr = listener.local_addr()?;
+    let metrics = metrics::Metrics::new(&mut registry);
+    let tracker = TaskTracker::new();
+    let hub = fanout::Hub::new(
+        fabric.clone(),
+        metrics.clone(),
+        config.hub,
+        tracker.clone(),
+        shutdown.clone(),
+    );
+    let membership = Arc::new(membership::Membership::new(
+        fabric.convs.clone(),
+        fabric.client.clone(),
+        config.membership_cache,
+        config.membership_ttl,
+    ));
+    tracker.spawn(
+        membership
+            .clone()
+            .watch(Arc::new(hub.clone()), shutdown.clone()),
+    );
+    {
+        let hub = hub.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            missed.mark_unchanged();
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    changed = missed.changed() => {
+                        if changed.is_err() { return; }
+                        hub.resync_all();
+                    }
+                }
+            }
+        });
+    }
+    let state = Arc::new(State {
+        auth: config.auth,
+        limits: config.limits,
+        fabric,
+        hub,
+        membership,
+        metrics,
+        registry,
+        next_conn: AtomicU64::new(0),
+        shutdown: shutdown.clone(),
+        tracker: tracker.clone(),
+    });
+    tracing::info!(%addr, "gateway listening");
+    http::accept_loop(listener, state).await;
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not close within 10 s");
+    }
+    Ok(())
+}

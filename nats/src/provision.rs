@@ -86,13 +86,12 @@ pub enum ProvisionError {
         source: jetstream::context::CreateStreamError,
     },
     /// A KV bucket could not be created or updated.
-    #[error("creating or updating KV bucket {name}: {source}")]
+    #[error("creating or updating KV bucket {name}: {reason}")]
     Bucket {
         /// The bucket's name.
         name: String,
         /// The server's answer.
-        #[source]
-        source: jetstream::context::CreateKeyValueError,
+        reason: String,
     },
 }
 
@@ -116,6 +115,48 @@ impl Fabric {
     pub fn stream_for(&self, conv: &crate::ConvId) -> &stream::Stream {
         &self.streams[usize::from(self.settings.partitions.of(conv))]
     }
+}
+
+/// The stream behind a KV bucket, as the KV clients expect it (same layout as `nats kv add`).
+pub fn bucket_config(bucket: &str, description: &str, replicas: usize) -> stream::Config {
+    stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some(description.into()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_message_size: 4096,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    }
+}
+
+/// Creates or updates a KV bucket from its stream config and opens it.
+///
+/// This goes through the stream API rather than `create_key_value`, whose account-info query does
+/// not parse on nats-server 2.9.
+pub async fn ensure_bucket(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<kv::Store, ProvisionError> {
+    let bucket = config.name.trim_start_matches("KV_").to_string();
+    js.create_or_update_stream(config)
+        .await
+        .map_err(|e| ProvisionError::Bucket {
+            name: bucket.clone(),
+            reason: e.to_string(),
+        })?;
+    js.get_key_value(&bucket)
+        .await
+        .map_err(|e| ProvisionError::Bucket {
+            name: bucket,
+            reason: e.to_string(),
+        })
 }
 
 /// Creates or updates the message streams and KV buckets, and returns handles to them.
@@ -146,21 +187,15 @@ pub async fn provision(
                 })?,
         );
     }
-    let convs = js
-        .create_or_update_key_value(kv::Config {
-            bucket: subject::CONVS_BUCKET.into(),
-            description: "chatfabric conversations (c.<conv>) and members (m.<conv>.<user>)".into(),
-            history: 1,
-            max_value_size: 4096,
-            num_replicas: settings.replicas,
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .map_err(|source| ProvisionError::Bucket {
-            name: subject::CONVS_BUCKET.into(),
-            source,
-        })?;
+    let convs = ensure_bucket(
+        &js,
+        bucket_config(
+            subject::CONVS_BUCKET,
+            "chatfabric conversations (c.<conv>) and members (m.<conv>.<user>)",
+            settings.replicas,
+        ),
+    )
+    .await?;
     Ok(Fabric {
         client,
         js,

@@ -1,0 +1,130 @@
+//! Authentication: JWTs whose `sub` is the user id.
+//!
+//! Development uses an HS256 shared secret (`chatfabric token` mints such tokens); production uses an
+//! asymmetric key (RS256/ES256/EdDSA public key in PEM) so gateways cannot mint tokens themselves.
+
+use chatfabric_nats::UserId;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+/// Why a token was refused. Clients see all of these as close code 4001 / HTTP 401.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Signature, format, algorithm or expiry check failed.
+    #[error("invalid token: {0}")]
+    Invalid(#[from] jsonwebtoken::errors::Error),
+    /// The `sub` claim is not a valid user id.
+    #[error("token subject is not a valid user id: {0}")]
+    BadSubject(#[from] chatfabric_nats::IdError),
+    /// The configured verification key could not be read.
+    #[error("cannot load the token verification key: {0}")]
+    Key(String),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+}
+
+/// Who a verified token speaks for, and until when.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The user.
+    pub user: UserId,
+    /// Expiry, seconds since the Unix epoch.
+    pub expires_at: u64,
+}
+
+/// Verifies tokens. Cheap to share behind an `Arc`.
+pub struct Authenticator {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl Authenticator {
+    /// Verifies HS256 tokens signed with `secret` (development).
+    pub fn hs256(secret: &[u8]) -> Self {
+        Self::with_key(DecodingKey::from_secret(secret), Algorithm::HS256)
+    }
+
+    /// Verifies tokens signed by the private half of the PEM public key `pem` (production).
+    /// The algorithm is one of RS256, ES256 or EdDSA.
+    pub fn public_key(pem: &[u8], alg: Algorithm) -> Result<Self, AuthError> {
+        let key = match alg {
+            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => {
+                DecodingKey::from_rsa_pem(pem)
+            }
+            Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(pem),
+            Algorithm::EdDSA => DecodingKey::from_ed_pem(pem),
+            other => {
+                return Err(AuthError::Key(format!(
+                    "{other:?} is not a public-key algorithm"
+                )))
+            }
+        }
+        .map_err(|e| AuthError::Key(e.to_string()))?;
+        Ok(Self::with_key(key, alg))
+    }
+
+    fn with_key(key: DecodingKey, alg: Algorithm) -> Self {
+        let mut validation = Validation::new(alg);
+        validation.leeway = 5;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Self { key, validation }
+    }
+
+    /// Checks signature and expiry and returns the identity.
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)?;
+        Ok(Identity {
+            user: UserId::new(data.claims.sub)?,
+            expires_at: data.claims.exp,
+        })
+    }
+}
+
+/// Mints an HS256 token for `user`, valid for `ttl_secs` (development and tests).
+pub fn mint_hs256(secret: &[u8], user: &UserId, ttl_secs: u64) -> Result<String, AuthError> {
+    let claims = Claims {
+        sub: user.to_string(),
+        exp: chatfabric_nats::wire::now_ms() / 1000 + ttl_secs,
+    };
+    Ok(jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verifies_own_tokens_and_refuses_forged_ones() {
+        let alice = UserId::new("alice").unwrap();
+        let token = mint_hs256(b"secret", &alice, 60).unwrap();
+        assert_eq!(
+            Authenticator::hs256(b"secret").verify(&token).unwrap().user,
+            alice
+        );
+        assert!(Authenticator::hs256(b"other").verify(&token).is_err());
+        assert!(Authenticator::hs256(b"secret").verify("not.a.jwt").is_err());
+    }
+
+    #[test]
+    fn refuses_expired_tokens() {
+        let claims = Claims {
+            sub: "alice".into(),
+            exp: chatfabric_nats::wire::now_ms() / 1000 - 120,
+        };
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"s"),
+        )
+        .unwrap();
+        assert!(Authenticator::hs256(b"s").verify(&token).is_err());
+    }
+}

@@ -1,0 +1,561 @@
+//! One WebSocket connection: authenticate, read frames, validate, dispatch, write.
+//!
+//! The connection task is the only writer of its socket. It selects over: inbound frames, its
+//! bounded outbound queue (fed by the fan-out), replies of requests still in flight (sends waiting
+//! for their PubAck, subscriptions being set up), a kick (slow consumer, flood), token expiry and
+//! shutdown. Requests in flight are capped; past the cap the task stops reading, which pushes back on
+//! the client through TCP instead of buffering.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chatfabric_nats::{ConvId, UserId};
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, SplitSink};
+use futures::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+use tracing::Instrument;
+
+use crate::auth::Identity;
+use crate::fanout::{Kick, Outbound, Outlet};
+use crate::protocol::{self, close, ClientFrame, ErrorCode, ServerFrame};
+use crate::rate::{RateLimiter, Verdict};
+use crate::send;
+use crate::State;
+
+/// The socket type after an HTTP upgrade.
+pub(crate) type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+type Sink = SplitSink<Socket, Message>;
+
+/// What a finished request asks the connection to write.
+type Reply = BoxFuture<'static, Option<Utf8Bytes>>;
+
+/// Runs a connection until it closes. `identity` is set when the upgrade carried a valid token.
+pub(crate) async fn serve(socket: Socket, identity: Option<Identity>, state: Arc<State>) {
+    let conn = state.next_conn();
+    state.metrics.connections.inc();
+    state.metrics.connections_total.inc();
+    let span = tracing::info_span!("connection", conn, user = tracing::field::Empty);
+    run(socket, identity, conn, &state).instrument(span).await;
+    state.metrics.connections.dec();
+}
+
+async fn run(socket: Socket, identity: Option<Identity>, conn: u64, state: &Arc<State>) {
+    let (mut sink, mut stream) = socket.split();
+    let identity = match identity {
+        Some(id) => id,
+        None => match authenticate(&mut stream, state).await {
+            Ok(id) => id,
+            Err(reason) => {
+                state.metrics.close("unauthorized");
+                close_with(&mut sink, close::UNAUTHORIZED, reason).await;
+                return;
+            }
+        },
+    };
+    tracing::Span::current().record("user", tracing::field::display(&identity.user));
+    let ready = ServerFrame::Ready {
+        user: identity.user.clone(),
+        conn,
+        reference: None,
+    };
+    if write(&mut sink, state, "ready", protocol::encode(&ready))
+        .await
+        .is_err()
+    {
+        return;
+    }
+
+    let limits = &state.limits;
+    let (tx, mut outbound) = mpsc::channel(limits.queue);
+    let kick = Arc::new(Kick::default());
+    let mut session = Session {
+        state: state.clone(),
+        outlet: Outlet {
+            conn,
+            user: identity.user.clone(),
+            tx,
+            kick: kick.clone(),
+        },
+        subscribed: Vec::new(),
+        rate: RateLimiter::new(limits.rate, limits.burst),
+    };
+    let mut replies: FuturesUnordered<Reply> = FuturesUnordered::new();
+    let expires = tokio::time::Instant::now()
+        + Duration::from_secs(
+            identity
+                .expires_at
+                .saturating_sub(chatfabric_nats::wire::now_ms() / 1000),
+        );
+    let expiry = tokio::time::sleep_until(expires);
+    tokio::pin!(expiry);
+
+    let close: Option<(u16, &'static str)> = loop {
+        tokio::select! {
+            code = kick.requested() => break Some((code, close_reason(code))),
+            _ = state.shutdown.cancelled() => break Some((close::GOING_AWAY, "gateway shutting down; resume elsewhere")),
+            _ = &mut expiry => {
+                state.metrics.close("unauthorized");
+                break Some((close::UNAUTHORIZED, "token expired"));
+            }
+            Some(out) = outbound.recv() => {
+                if write_outbound(&mut sink, &mut outbound, out).await.is_err() {
+                    break None;
+                }
+            }
+            Some(reply) = replies.next(), if !replies.is_empty() => {
+                if let Some(frame) = reply {
+                    if sink.send(Message::Text(frame)).await.is_err() {
+                        break None;
+                    }
+                }
+            }
+            inbound = stream.next(), if replies.len() < limits.max_in_flight => {
+                match inbound {
+                    Some(Ok(Message::Text(text))) => {
+                        match session.on_text(&text) {
+                            Step::Reply(frame) => {
+                                if sink.send(Message::Text(frame)).await.is_err() {
+                                    break None;
+                                }
+                            }
+                            Step::Later(fut) => replies.push(fut),
+                            Step::Close(code, reason) => break Some((code, reason)),
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        state.metrics.close("binary");
+                        break Some((close::UNSUPPORTED_DATA, "binary frames are not supported; send JSON text"));
+                    }
+                    Some(Ok(Message::Close(_))) | None => break None,
+                    Some(Ok(_)) => {} // ping/pong: tungstenite answers pings itself
+                    Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => {
+                        state.metrics.close("too_big");
+                        break Some((close::TOO_BIG, "frame exceeds the size limit"));
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "read failed");
+                        break None;
+                    }
+                }
+            }
+        }
+    };
+    for conv in &session.subscribed {
+        state.hub.unsubscribe(conv, conn);
+    }
+    if let Some((code, reason)) = close {
+        close_with(&mut sink, code, reason).await;
+    }
+}
+
+fn close_reason(code: u16) -> &'static str {
+    match code {
+        close::SLOW_CONSUMER => "slow consumer: outbound queue overflowed; reconnect and resume",
+        close::FLOOD => "rate limit exceeded repeatedly",
+        close::INTERNAL => "conversation feed interrupted; reconnect and resume",
+        _ => "closed by the gateway",
+    }
+}
+
+/// Waits for the first frame, which must be a valid `auth`.
+async fn authenticate(
+    stream: &mut futures::stream::SplitStream<Socket>,
+    state: &State,
+) -> Result<Identity, &'static str> {
+    let first = tokio::time::timeout(state.limits.auth_timeout, stream.next())
+        .await
+        .map_err(|_| "no auth frame in time")?;
+    let Some(Ok(Message::Text(text))) = first else {
+        return Err("expected an auth frame");
+    };
+    match protocol::decode(&text) {
+        Ok(ClientFrame::Auth { token, .. }) => {
+            state
+                .metrics
+                .frames_in
+                .get_or_create(&crate::metrics::Kind { kind: "auth" })
+                .inc();
+            state.auth.verify(&token).map_err(|e| {
+                tracing::debug!(error = %e, "token refused");
+                "invalid or expired token"
+            })
+        }
+        _ => Err("the first frame must be auth"),
+    }
+}
+
+async fn write(
+    sink: &mut Sink,
+    state: &State,
+    kind: &'static str,
+    frame: String,
+) -> Result<(), ()> {
+    state.metrics.frame_out(kind);
+    sink.send(Message::Text(frame.into())).await.map_err(|_| ())
+}
+
+/// Writes one queue item plus whatever else is already queued, then flushes once.
+async fn write_outbound(
+    sink: &mut Sink,
+    queue: &mut mpsc::Receiver<Outbound>,
+    first: Outbound,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    let mut item = Some(first);
+    let mut budget = 64;
+    while let Some(out) = item.take() {
+        match out {
+            Outbound::Frame(f) => sink.feed(Message::Text(f)).await?,
+            Outbound::Batch(frames) => {
+                for f in frames {
+                    sink.feed(Message::Text(f)).await?;
+                }
+            }
+        }
+        budget -= 1;
+        if budget > 0 {
+            item = queue.try_recv().ok();
+        }
+    }
+    sink.flush().await
+}
+
+async fn close_with(sink: &mut Sink, code: u16, reason: &'static str) {
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into(),
+    };
+    // The peer may be gone or not reading: give the close a moment, never more.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        sink.send(Message::Close(Some(frame))),
+    )
+    .await;
+}
+
+/// What handling one inbound frame asks of the connection loop.
+enum Step {
+    /// Write this reply now.
+    Reply(Utf8Bytes),
+    /// A reply will come from this future.
+    Later(Reply),
+    /// Close the connection.
+    Close(u16, &'static str),
+}
+
+/// The authenticated part of a connection.
+struct Session {
+    state: Arc<State>,
+    outlet: Outlet,
+    /// Conversations this connection subscribed to (unsubscribed on close).
+    subscribed: Vec<ConvId>,
+    rate: RateLimiter,
+}
+
+impl Session {
+    fn user(&self) -> &UserId {
+        &self.outlet.user
+    }
+
+    fn error(&self, code: ErrorCode, message: impl Into<String>, reference: Option<&str>) -> Step {
+        Step::Reply(error_frame(&self.state, code, message, reference))
+    }
+
+    fn on_text(&mut self, text: &str) -> Step {
+        let metrics = &self.state.metrics;
+        match self.rate.check(Instant::now()) {
+            Verdict::Allow => {}
+            Verdict::Refuse => {
+                return self.error(ErrorCode::RateLimited, "too many frames; slow down", None)
+            }
+            Verdict::Flood => {
+                metrics.close("flood");
+                return Step::Close(close::FLOOD, close_reason(close::FLOOD));
+            }
+        }
+        let frame = match protocol::decode(text) {
+            Ok(f) => f,
+            Err(e) => {
+                metrics
+                    .frames_in
+                    .get_or_create(&crate::metrics::Kind { kind: "invalid" })
+                    .inc();
+                return self.error(e.code(), e.to_string(), None);
+            }
+        };
+        let reference = protocol::reference_of(&frame).map(str::to_owned);
+        if reference.as_ref().is_some_and(|r| r.len() > 64) {
+            return self.error(ErrorCode::Invalid, "ref exceeds 64 bytes", None);
+        }
+        let reference = reference.as_deref();
+        metrics
+            .frames_in
+            .get_or_create(&crate::metrics::Kind {
+                kind: op_name(&frame),
+            })
+            .inc();
+        match frame {
+            ClientFrame::Auth { .. } => self.error(
+                ErrorCode::Unauthenticated,
+                "already authenticated",
+                reference,
+            ),
+            ClientFrame::Ping { reference } => {
+                Step::Reply(protocol::encode(&ServerFrame::Pong { reference }).into())
+            }
+            ClientFrame::Send {
+                conv,
+                client_id,
+                body,
+            } => self.send(conv, client_id, body),
+            ClientFrame::Subscribe {
+                conv,
+                after,
+                reference,
+            } => self.subscribe(conv, after, reference),
+            ClientFrame::Unsubscribe { conv, reference } => {
+                self.subscribed.retain(|c| c != &conv);
+                self.state.hub.unsubscribe(&conv, self.outlet.conn);
+                Step::Reply(
+                    protocol::encode(&ServerFrame::Unsubscribed {
+                        conv,
+                        reason: "requested".into(),
+                        reference,
+                    })
+                    .into(),
+                )
+            }
+            other => self.membership_op(other),
+        }
+    }
+
+    fn send(&mut self, conv: ConvId, client_id: String, body: String) -> Step {
+        if let Err(e) = send::validate(&client_id, &body, self.state.limits.max_body) {
+            return self.error(e.code(), e.to_string(), Some(&client_id));
+        }
+        let state = self.state.clone();
+        let user = self.user().clone();
+        Step::Later(Box::pin(async move {
+            if let Err(e) = state.membership.require_member(&conv, &user).await {
+                return Some(error_frame(
+                    &state,
+                    e.code(),
+                    e.to_string(),
+                    Some(&client_id),
+                ));
+            }
+            let timeout = state.limits.publish_timeout;
+            let reply_id = client_id.clone();
+            let frame = match send::publish(
+                &state.fabric,
+                &state.metrics,
+                conv.clone(),
+                user,
+                client_id,
+                body,
+                timeout,
+            )
+            .await
+            {
+                Ok(stored) => {
+                    state.metrics.acks.inc();
+                    if stored.duplicate {
+                        state.metrics.acks_duplicate.inc();
+                    }
+                    state.metrics.frame_out("ack");
+                    protocol::encode(&ServerFrame::Ack {
+                        conv,
+                        client_id: reply_id,
+                        seq: stored.seq,
+                        duplicate: stored.duplicate,
+                    })
+                    .into()
+                }
+                Err(e) => {
+                    tracing::warn!(conv = %conv, error = %e, "send failed");
+                    error_frame(&state, e.code(), e.to_string(), Some(&reply_id))
+                }
+            };
+            Some(frame)
+        }))
+    }
+
+    fn subscribe(&mut self, conv: ConvId, after: Option<u64>, reference: Option<String>) -> Step {
+        if !self.subscribed.contains(&conv) {
+            self.subscribed.push(conv.clone());
+        }
+        let state = self.state.clone();
+        let outlet = self.outlet.clone();
+        Step::Later(Box::pin(async move {
+            if let Err(e) = state.membership.require_member(&conv, &outlet.user).await {
+                return Some(error_frame(
+                    &state,
+                    e.code(),
+                    e.to_string(),
+                    reference.as_deref(),
+                ));
+            }
+            // On success the fan-out queues the `subscribed` frame itself, ahead of the replay.
+            match state
+                .hub
+                .subscribe(&conv, outlet, after, reference.clone())
+                .await
+            {
+                Ok(_) => None,
+                Err(e) => Some(error_frame(
+                    &state,
+                    e.code(),
+                    e.to_string(),
+                    reference.as_deref(),
+                )),
+            }
+        }))
+    }
+
+    fn membership_op(&mut self, frame: ClientFrame) -> Step {
+        let state = self.state.clone();
+        let me = self.user().clone();
+        Step::Later(Box::pin(async move {
+            let m = &state.membership;
+            let result = match frame {
+                ClientFrame::Create {
+                    kind,
+                    with,
+                    members,
+                    title,
+                    reference,
+                } => {
+                    let created = match (kind, with) {
+                        (chatfabric_nats::wire::ConvKind::Direct, Some(other)) => {
+                            m.create_direct(&me, &other).await
+                        }
+                        (chatfabric_nats::wire::ConvKind::Direct, None) => {
+                            Err(crate::membership::MembershipError::Invalid(
+                                "a direct conversation needs \"with\"".into(),
+                            ))
+                        }
+                        (chatfabric_nats::wire::ConvKind::Group, _) => {
+                            m.create_group(&me, members, title).await
+                        }
+                    };
+                    created
+                        .map(|(info, members)| ServerFrame::Conversation {
+                            conversation: protocol::ConversationView {
+                                conv: info.conv,
+                                kind: info.kind,
+                                title: info.title,
+                            },
+                            members,
+                            reference: reference.clone(),
+                        })
+                        .map_err(|e| (e, reference))
+                }
+                ClientFrame::AddMember {
+                    conv,
+                    user,
+                    reference,
+                } => match m.add(&me, &conv, &user).await {
+                    Ok(()) => members_frame(m, conv, reference).await,
+                    Err(e) => Err((e, reference)),
+                },
+                ClientFrame::RemoveMember {
+                    conv,
+                    user,
+                    reference,
+                } => match m.remove(&me, &conv, &user).await {
+                    Ok(()) => members_frame(m, conv, reference).await,
+                    Err(e) => Err((e, reference)),
+                },
+                ClientFrame::Members { conv, reference } => {
+                    match m.require_member(&conv, &me).await {
+                        Ok(()) => members_frame(m, conv, reference).await,
+                        Err(e) => Err((e, reference)),
+                    }
+                }
+                ClientFrame::Conversations { reference } => m
+                    .conversations_of(&me)
+                    .await
+                    .map(|conversations| ServerFrame::Conversations {
+                        conversations,
+                        reference: reference.clone(),
+                    })
+                    .map_err(|e| (e, reference)),
+                _ => return None,
+            };
+            Some(match result {
+                Ok(frame) => {
+                    state.metrics.frame_out(frame_name(&frame));
+                    protocol::encode(&frame).into()
+                }
+                Err((e, reference)) => {
+                    error_frame(&state, e.code(), e.to_string(), reference.as_deref())
+                }
+            })
+        }))
+    }
+}
+
+async fn members_frame(
+    m: &crate::membership::Membership,
+    conv: ConvId,
+    reference: Option<String>,
+) -> Result<ServerFrame, (crate::membership::MembershipError, Option<String>)> {
+    match m.members(&conv).await {
+        Ok(members) => Ok(ServerFrame::Members {
+            conv,
+            members,
+            reference,
+        }),
+        Err(e) => Err((e, reference)),
+    }
+}
+
+fn error_frame(
+    state: &State,
+    code: ErrorCode,
+    message: impl Into<String>,
+    reference: Option<&str>,
+) -> Utf8Bytes {
+    state.metrics.error(code.as_str());
+    state.metrics.frame_out("error");
+    protocol::encode(&ServerFrame::Error {
+        code,
+        message: message.into(),
+        reference: reference.map(str::to_owned),
+    })
+    .into()
+}
+
+fn op_name(frame: &ClientFrame) -> &'static str {
+    match frame {
+        ClientFrame::Auth { .. } => "auth",
+        ClientFrame::Subscribe { .. } => "subscribe",
+        ClientFrame::Unsubscribe { .. } => "unsubscribe",
+        ClientFrame::Send { .. } => "send",
+        ClientFrame::Create { .. } => "create",
+        ClientFrame::AddMember { .. } => "add_member",
+        ClientFrame::RemoveMember { .. } => "remove_member",
+        ClientFrame::Conversations { .. } => "conversations",
+        ClientFrame::Members { .. } => "members",
+        ClientFrame::Ping { .. } => "ping",
+    }
+}
+
+fn frame_name(frame: &ServerFrame) -> &'static str {
+    match frame {
+        ServerFrame::Ready { .. } => "ready",
+        ServerFrame::Subscribed { .. } => "subscribed",
+        ServerFrame::Unsubscribed { .. } => "unsubscribed",
+        ServerFrame::Ack { .. } => "ack",
+        ServerFrame::Conversation { .. } => "conversation",
+        ServerFrame::Conversations { .. } => "conversations",
+        ServerFrame::Members { .. } => "members",
+        ServerFrame::Pong { .. } => "pong",
+        ServerFrame::Error { .. } => "error",
+    }
+}

@@ -1,0 +1,164 @@
+//! The HTTP front: WebSocket upgrade on `/ws`, health, readiness and metrics.
+//!
+//! hyper serves HTTP/1.1; `/ws` answers the upgrade itself and hands the raw socket to
+//! tokio-tungstenite with the gateway's buffer sizes, so per-connection memory is ours to set.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::connection;
+use crate::State;
+
+type Body = Full<Bytes>;
+
+/// Accepts connections until shutdown; each is served on its own task tracked by `state.tracker`.
+pub(crate) async fn accept_loop(listener: TcpListener, state: Arc<State>) {
+    loop {
+        let (stream, _peer) = tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors or similar: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        state.tracker.clone().spawn(async move {
+            let svc_state = state.clone();
+            let service = service_fn(move |req| route(req, svc_state.clone()));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "http connection ended");
+            }
+        });
+    }
+}
+
+async fn route(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Body>, Infallible> {
+    let resp = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/ws") => upgrade(req, state),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => {
+            if state.ready() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "nats not connected\n")
+            }
+        }
+        (&Method::GET, "/metrics") => {
+            let mut out = String::new();
+            match prometheus_client::encoding::text::encode(&mut out, &state.registry) {
+                Ok(()) => Response::builder()
+                    .header(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )
+                    .body(Body::from(out)),
+                Err(_) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "metrics encoding failed\n",
+                ),
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    // Building a response from static parts cannot fail; answer 500 rather than panic if it did.
+    Ok(resp.unwrap_or_else(|_| {
+        let mut r = Response::new(Body::from("internal error\n"));
+        *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        r
+    }))
+}
+
+fn text(status: StatusCode, body: &'static str) -> Result<Response<Body>, http::Error> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Body::from(body))
+}
+
+fn upgrade(mut req: Request<Incoming>, state: Arc<State>) -> Result<Response<Body>, http::Error> {
+    let headers = req.headers();
+    let is_upgrade = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
+    let version_ok = headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v == "13");
+    let (true, Some(key), true) = (is_upgrade, key, version_ok) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "expected a WebSocket upgrade (version 13)\n",
+        );
+    };
+    // A token in the Authorization header is checked before the upgrade; without one the first
+    // frame must be `auth`.
+    let identity = match headers.get(header::AUTHORIZATION) {
+        None => None,
+        Some(v) => {
+            let token = v.to_str().ok().and_then(|s| s.strip_prefix("Bearer "));
+            match token.map(|t| state.auth.verify(t)) {
+                Some(Ok(id)) => Some(id),
+                _ => {
+                    state.metrics.close("unauthorized");
+                    return text(StatusCode::UNAUTHORIZED, "invalid or expired token\n");
+                }
+            }
+        }
+    };
+    if state.metrics.connections.get() >= state.limits.max_connections as i64 {
+        state.metrics.close("capacity");
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "gateway at capacity; try another\n",
+        );
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let config = state.limits.websocket_config();
+    state.tracker.clone().spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let socket = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                connection::serve(socket, identity, state).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(
+            header::SEC_WEBSOCKET_ACCEPT,
+            derive_accept_key(key.as_bytes()),
+        )
+        .body(Body::default())
+}

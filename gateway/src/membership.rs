@@ -1,0 +1,390 @@
+//! Conversations and their members, stored in the `CHAT_CONVS` KV bucket and cached per gateway.
+//!
+//! Every membership is one key (`m.<conv>.<user>`), so adding and removing members never races on a
+//! shared document. Each gateway caches membership answers (moka) and watches the bucket: a change
+//! invalidates the cached answer within milliseconds, and a removal also ends the removed user's live
+//! subscriptions ([`MembershipEvents`]). Cached answers also expire after a TTL, a backstop should the
+//! watch miss an update while it reconnects.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{push, DeliverPolicy, ReplayPolicy};
+use async_nats::jetstream::kv::{self, Operation};
+use bytes::Bytes;
+use chatfabric_nats::subject::{self, parse_member_key};
+use chatfabric_nats::wire::{now_ms, ConvKind, ConversationInfo, Membership as MemberRecord};
+use chatfabric_nats::{ConvId, UserId};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::{ConversationView, ErrorCode};
+
+/// Most members a group may have.
+pub const MAX_GROUP_MEMBERS: usize = 1000;
+/// Longest group title, in bytes.
+pub const MAX_TITLE_LEN: usize = 200;
+
+/// Why a membership operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    /// The caller may not do this.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// The conversation does not exist.
+    #[error("conversation not found")]
+    NotFound,
+    /// The request is invalid (too many members, title too long, ...).
+    #[error("{0}")]
+    Invalid(String),
+    /// The KV bucket could not be read or written.
+    #[error("membership store unavailable: {0}")]
+    Store(String),
+}
+
+impl MembershipError {
+    /// The client-facing error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Forbidden(_) => ErrorCode::Forbidden,
+            Self::NotFound => ErrorCode::NotFound,
+            Self::Invalid(_) => ErrorCode::Invalid,
+            Self::Store(_) => ErrorCode::Unavailable,
+        }
+    }
+}
+
+fn store_err(e: impl std::fmt::Display) -> MembershipError {
+    MembershipError::Store(e.to_string())
+}
+
+/// Receives membership removals seen by the watcher (the fan-out ends those subscriptions).
+pub trait MembershipEvents: Send + Sync + 'static {
+    /// `user` is no longer a member of `conv`.
+    fn removed(&self, conv: &ConvId, user: &UserId);
+}
+
+/// Membership reads (cached) and writes.
+pub struct Membership {
+    kv: kv::Store,
+    /// For inboxes of the ordered consumers that list keys.
+    client: async_nats::Client,
+    members: moka::future::Cache<(ConvId, UserId), bool>,
+}
+
+impl Membership {
+    /// A cache of at most `capacity` answers, each kept at most `ttl`.
+    pub fn new(kv: kv::Store, client: async_nats::Client, capacity: u64, ttl: Duration) -> Self {
+        Self {
+            kv,
+            client,
+            members: moka::future::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl)
+                .build(),
+        }
+    }
+
+    /// Whether `user` is a member of `conv`. Concurrent lookups of one key share one KV read.
+    pub async fn is_member(&self, conv: &ConvId, user: &UserId) -> Result<bool, MembershipError> {
+        let key = (conv.clone(), user.clone());
+        self.members
+            .try_get_with(key, async {
+                let v = self.kv.get(subject::member_key(conv, user)).await?;
+                Ok::<_, async_nats::jetstream::kv::EntryError>(v.is_some())
+            })
+            .await
+            .map_err(store_err)
+    }
+
+    /// Fails with `Forbidden` unless `user` is a member of `conv`.
+    pub async fn require_member(
+        &self,
+        conv: &ConvId,
+        user: &UserId,
+    ) -> Result<(), MembershipError> {
+        if self.is_member(conv, user).await? {
+            Ok(())
+        } else {
+            Err(MembershipError::Forbidden(
+                "not a member of this conversation",
+            ))
+        }
+    }
+
+    /// The conversation's description.
+    pub async fn info(&self, conv: &ConvId) -> Result<ConversationInfo, MembershipError> {
+        let raw = self
+            .kv
+            .get(subject::conv_key(conv))
+            .await
+            .map_err(store_err)?
+            .ok_or(MembershipError::NotFound)?;
+        serde_json::from_slice(&raw).map_err(store_err)
+    }
+
+    /// Creates (or returns the existing) direct conversation between `me` and `other`.
+    pub async fn create_direct(
+        &self,
+        me: &UserId,
+        other: &UserId,
+    ) -> Result<(ConversationInfo, Vec<UserId>), MembershipError> {
+        if me == other {
+            return Err(MembershipError::Invalid(
+                "a direct conversation needs another user".into(),
+            ));
+        }
+        let conv = ConvId::direct(me, other);
+        let info = ConversationInfo {
+            conv: conv.clone(),
+            kind: ConvKind::Direct,
+            created_by: me.clone(),
+            created_at: now_ms(),
+            title: None,
+        };
+        let info = self.create_info(info).await?;
+        let mut members = vec![me.clone(), other.clone()];
+        members.sort();
+        for user in &members {
+            self.put_member(&conv, user, me).await?;
+        }
+        Ok((info, members))
+    }
+
+    /// Creates a group of `me` and `others`.
+    pub async fn create_group(
+        &self,
+        me: &UserId,
+        others: Vec<UserId>,
+        title: Option<String>,
+    ) -> Result<(ConversationInfo, Vec<UserId>), MembershipError> {
+        if title.as_ref().is_some_and(|t| t.len() > MAX_TITLE_LEN) {
+            return Err(MembershipError::Invalid(format!(
+                "title exceeds {MAX_TITLE_LEN} bytes"
+            )));
+        }
+        let mut members = others;
+        members.push(me.clone());
+        members.sort();
+        members.dedup();
+        if members.len() > MAX_GROUP_MEMBERS {
+            return Err(MembershipError::Invalid(format!(
+                "a group has at most {MAX_GROUP_MEMBERS} members"
+            )));
+        }
+        let conv = ConvId::new(format!("g-{}", uuid::Uuid::now_v7().simple()))
+            .map_err(|e| MembershipError::Invalid(e.to_string()))?;
+        let info = ConversationInfo {
+            conv: conv.clone(),
+            kind: ConvKind::Group,
+            created_by: me.clone(),
+            created_at: now_ms(),
+            title,
+        };
+        let info = self.create_info(info).await?;
+        for user in &members {
+            self.put_member(&conv, user, me).await?;
+        }
+        Ok((info, members))
+    }
+
+    /// Adds `user` to the group `conv`; `me` must be a member.
+    pub async fn add(
+        &self,
+        me: &UserId,
+        conv: &ConvId,
+        user: &UserId,
+    ) -> Result<(), MembershipError> {
+        let info = self.info(conv).await?;
+        self.require_member(conv, me).await?;
+        if info.kind == ConvKind::Direct {
+            return Err(MembershipError::Forbidden(
+                "direct conversations have fixed members",
+            ));
+        }
+        self.put_member(conv, user, me).await
+    }
+
+    /// Removes `user` from the group `conv`: members may leave; the creator may remove anyone.
+    pub async fn remove(
+        &self,
+        me: &UserId,
+        conv: &ConvId,
+        user: &UserId,
+    ) -> Result<(), MembershipError> {
+        let info = self.info(conv).await?;
+        self.require_member(conv, me).await?;
+        if info.kind == ConvKind::Direct {
+            return Err(MembershipError::Forbidden(
+                "direct conversations have fixed members",
+            ));
+        }
+        if me != user && &info.created_by != me {
+            return Err(MembershipError::Forbidden(
+                "only the creator may remove other members",
+            ));
+        }
+        self.kv
+            .delete(subject::member_key(conv, user))
+            .await
+            .map_err(store_err)?;
+        self.members.invalidate(&(conv.clone(), user.clone())).await;
+        Ok(())
+    }
+
+    /// The members of `conv`, sorted.
+    pub async fn members(&self, conv: &ConvId) -> Result<Vec<UserId>, MembershipError> {
+        let mut users: Vec<UserId> = self
+            .keys_matching(&subject::members_of_filter(conv))
+            .await?
+            .iter()
+            .filter_map(|k| parse_member_key(k).map(|(_, u)| u))
+            .collect();
+        users.sort();
+        Ok(users)
+    }
+
+    /// The conversations `user` is a member of.
+    pub async fn conversations_of(
+        &self,
+        user: &UserId,
+    ) -> Result<Vec<ConversationView>, MembershipError> {
+        let keys = self
+            .keys_matching(&subject::memberships_of_filter(user))
+            .await?;
+        let mut out = Vec::with_capacity(keys.len());
+        for (conv, _) in keys.iter().filter_map(|k| parse_member_key(k)) {
+            match self.info(&conv).await {
+                Ok(info) => out.push(ConversationView {
+                    conv: info.conv,
+                    kind: info.kind,
+                    title: info.title,
+                }),
+                Err(MembershipError::NotFound) => {} // membership written before its description
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn create_info(
+        &self,
+        info: ConversationInfo,
+    ) -> Result<ConversationInfo, MembershipError> {
+        let key = subject::conv_key(&info.conv);
+        let value = Bytes::from(serde_json::to_vec(&info).map_err(store_err)?);
+        match self.kv.create(&key, value).await {
+            Ok(_) => Ok(info),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => self.info(&info.conv).await,
+            Err(e) => Err(store_err(e)),
+        }
+    }
+
+    async fn put_member(
+        &self,
+        conv: &ConvId,
+        user: &UserId,
+        added_by: &UserId,
+    ) -> Result<(), MembershipError> {
+        let record = MemberRecord {
+            added_by: added_by.clone(),
+            added_at: now_ms(),
+        };
+        let value = Bytes::from(serde_json::to_vec(&record).map_err(store_err)?);
+        self.kv
+            .put(subject::member_key(conv, user), value)
+            .await
+            .map_err(store_err)?;
+        self.members
+            .insert((conv.clone(), user.clone()), true)
+            .await;
+        Ok(())
+    }
+
+    /// Live keys matching a filter with wildcards: the last revision per key, deletions skipped.
+    async fn keys_matching(&self, filter: &str) -> Result<Vec<String>, MembershipError> {
+        let consumer = self
+            .kv
+            .stream
+            .create_consumer(push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                filter_subject: format!("{}{filter}", self.kv.prefix),
+                headers_only: true,
+                replay_policy: ReplayPolicy::Instant,
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await
+            .map_err(store_err)?;
+        let mut keys = Vec::new();
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(keys);
+        }
+        let mut messages = consumer.messages().await.map_err(store_err)?;
+        while let Some(msg) = messages.next().await {
+            let msg = msg.map_err(store_err)?;
+            let pending = msg.info().map_err(store_err)?.pending;
+            let deleted = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("KV-Operation"))
+                .is_some_and(|op| op.as_str() != "PUT");
+            if !deleted {
+                if let Some(key) = msg.subject.strip_prefix(self.kv.prefix.as_str()) {
+                    keys.push(key.to_string());
+                }
+            }
+            if pending == 0 {
+                break;
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Watches the bucket until `shutdown`: invalidates cached answers and reports removals.
+    pub async fn watch(
+        self: Arc<Self>,
+        events: Arc<dyn MembershipEvents>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let mut watch = match self.kv.watch("m.>").await {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(error = %e, "membership watch failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            // Whatever changed while we were not watching is unknown: start from a clean cache.
+            self.members.invalidate_all();
+            loop {
+                let entry = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    e = watch.next() => e,
+                };
+                match entry {
+                    Some(Ok(entry)) => {
+                        let Some((conv, user)) = parse_member_key(&entry.key) else {
+                            continue;
+                        };
+                        let member = entry.operation == Operation::Put;
+                        self.members
+                            .insert((conv.clone(), user.clone()), member)
+                            .await;
+                        if !member {
+                            events.removed(&conv, &user);
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "membership watch error; restarting");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Prometheus metrics of a gateway, served as text on `/metrics`.
+//!
+//! Hot-path handles (deliveries, acks) are resolved once at start-up so a delivery costs one atomic
+//! add, never a label lookup.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// A label naming a frame type, error code or close reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Kind {
+    /// The frame op, error code or close reason.
+    pub kind: &'static str,
+}
+
+/// Every metric a gateway exports.
+#[derive(Clone)]
+pub struct Metrics {
+    /// Open WebSocket connections (authenticated or not).
+    pub connections: Gauge,
+    /// Connections accepted since start.
+    pub connections_total: Counter,
+    /// Inbound frames by op (`invalid` for frames that did not decode).
+    pub frames_in: Family<Kind, Counter>,
+    /// Outbound frames by op.
+    pub frames_out: Family<Kind, Counter>,
+    /// `msg` frames handed to connections (one per delivery).
+    pub deliveries: Counter,
+    /// Sends acknowledged to clients.
+    pub acks: Counter,
+    /// Sends acknowledged as duplicates of an earlier send (retries).
+    pub acks_duplicate: Counter,
+    /// `error` frames by code.
+    pub errors: Family<Kind, Counter>,
+    /// Connections closed by the gateway, by reason (`slow_consumer`, `flood`, `unauthorized`, ...).
+    pub closes: Family<Kind, Counter>,
+    /// Gaps in a conversation's live feed that were filled from JetStream.
+    pub gap_fills: Counter,
+    /// Messages fetched from JetStream to fill gaps or resume subscriptions.
+    pub fetched: Counter,
+    /// Conversations with local subscribers (one NATS subscription each).
+    pub live_conversations: Gauge,
+    /// Time from publish to PubAck, seconds.
+    pub publish_latency: Histogram,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them in `registry` under the `chatfabric_gateway` prefix.
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Self {
+            connections: Gauge::default(),
+            connections_total: Counter::default(),
+            frames_in: Family::default(),
+            frames_out: Family::default(),
+            deliveries: Counter::default(),
+            acks: Counter::default(),
+            acks_duplicate: Counter::default(),
+            errors: Family::default(),
+            closes: Family::default(),
+            gap_fills: Counter::default(),
+            fetched: Counter::default(),
+            live_conversations: Gauge::default(),
+            publish_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+        };
+        let r = registry.sub_registry_with_prefix("chatfabric_gateway");
+        r.register(
+            "connections",
+            "Open WebSocket connections",
+            m.connections.clone(),
+        );
+        r.register(
+            "connections_accepted",
+            "Connections accepted",
+            m.connections_total.clone(),
+        );
+        r.register("frames_in", "Inbound frames by op", m.frames_in.clone());
+        r.register(
+            "frames_out",
+            "Outbound frames by op (msg frames: see deliveries)",
+            m.frames_out.clone(),
+        );
+        r.register(
+            "deliveries",
+            "Message frames handed to connections",
+            m.deliveries.clone(),
+        );
+        r.register("acks", "Sends acknowledged", m.acks.clone());
+        r.register(
+            "acks_duplicate",
+            "Sends acknowledged as retries of a stored message",
+            m.acks_duplicate.clone(),
+        );
+        r.register("errors", "Error frames by code", m.errors.clone());
+        r.register(
+            "closes",
+            "Connections closed by the gateway, by reason",
+            m.closes.clone(),
+        );
+        r.register(
+            "gap_fills",
+            "Live feed gaps filled from JetStream",
+            m.gap_fills.clone(),
+        );
+        r.register(
+            "fetched_messages",
+            "Messages fetched from JetStream (gap fills, resumes)",
+            m.fetched.clone(),
+        );
+        r.register(
+            "live_conversations",
+            "Conversations with local subscribers",
+            m.live_conversations.clone(),
+        );
+        r.register(
+            "publish_latency_seconds",
+            "Publish to PubAck latency",
+            m.publish_latency.clone(),
+        );
+        m
+    }
+
+    /// Counts an outbound frame of `kind`.
+    pub fn frame_out(&self, kind: &'static str) {
+        self.frames_out.get_or_create(&Kind { kind }).inc();
+    }
+
+    /// Counts an error frame with `code`.
+    pub fn error(&self, code: &'static str) {
+        self.errors.get_or_create(&Kind { kind: code }).inc();
+    }
+
+    /// Counts a close for `reason`.
+    pub fn close(&self, reason: &'static str) {
+        self.closes.get_or_create(&Kind { kind: reason }).inc();
+    }
+}

@@ -1,0 +1,130 @@
+//! The send path: validate -> stamp -> publish to JetStream -> ack after the PubAck.
+//!
+//! The message's `Nats-Msg-Id` is derived from (conversation, sender, client id), so a retried send
+//! within the stream's duplicate window is stored once and acknowledged with the original sequence.
+//! The reply goes to the sender only after JetStream acknowledged the write (stored, and replicated
+//! to a quorum on a cluster): an acknowledged message survives the death of any single process.
+
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use chatfabric_nats::wire::{self, now_ms, StoredMessage};
+use chatfabric_nats::{ConvId, Fabric, UserId};
+
+use crate::metrics::Metrics;
+use crate::protocol::ErrorCode;
+
+/// Why a send was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The client id or body is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// The body exceeds the limit.
+    #[error("body exceeds {0} bytes")]
+    TooLarge(usize),
+    /// JetStream did not acknowledge in time or refused; retrying with the same client id is safe.
+    #[error("message not stored ({0}); retry with the same client_id")]
+    Unavailable(String),
+}
+
+impl SendError {
+    /// The client-facing error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Invalid(_) => ErrorCode::Invalid,
+            Self::TooLarge(_) => ErrorCode::TooLarge,
+            Self::Unavailable(_) => ErrorCode::Unavailable,
+        }
+    }
+}
+
+/// A stored send: the sequence and whether it was a retry of an earlier one.
+#[derive(Debug, Clone, Copy)]
+pub struct Stored {
+    /// The message's stream sequence (its cursor).
+    pub seq: u64,
+    /// True when JetStream recognised the client id as already stored.
+    pub duplicate: bool,
+}
+
+/// Checks a send's client id and body against the limits, before anything is published.
+pub fn validate(client_id: &str, body: &str, max_body: usize) -> Result<(), SendError> {
+    if !wire::valid_client_id(client_id) {
+        return Err(SendError::Invalid(format!(
+            "client_id must be 1 to {} printable ASCII characters",
+            wire::MAX_CLIENT_ID_LEN
+        )));
+    }
+    if body.is_empty() {
+        return Err(SendError::Invalid("body is empty".into()));
+    }
+    if body.len() > max_body {
+        return Err(SendError::TooLarge(max_body));
+    }
+    Ok(())
+}
+
+/// Stamps and stores a validated message; resolves once JetStream acknowledged it.
+pub async fn publish(
+    fabric: &Fabric,
+    metrics: &Metrics,
+    conv: ConvId,
+    sender: UserId,
+    client_id: String,
+    body: String,
+    timeout: Duration,
+) -> Result<Stored, SendError> {
+    let msg = StoredMessage {
+        id: uuid::Uuid::now_v7().to_string(),
+        conv,
+        sender,
+        client_id,
+        ts: now_ms(),
+        body,
+    };
+    let payload =
+        Bytes::from(serde_json::to_vec(&msg).map_err(|e| SendError::Invalid(e.to_string()))?);
+    let mut headers = HeaderMap::new();
+    headers.insert(wire::MSG_ID_HEADER, msg.dedupe_id().as_str());
+    let subject = fabric.settings.partitions.msg_subject(&msg.conv);
+    let start = Instant::now();
+    let stored = tokio::time::timeout(timeout, async {
+        let ack = fabric
+            .js
+            .publish_with_headers(subject, headers, payload)
+            .await
+            .map_err(|e| SendError::Unavailable(e.to_string()))?;
+        ack.await.map_err(|e| SendError::Unavailable(e.to_string()))
+    })
+    .await
+    .map_err(|_| SendError::Unavailable("timed out waiting for the stream".into()))??;
+    metrics
+        .publish_latency
+        .observe(start.elapsed().as_secs_f64());
+    Ok(Stored {
+        seq: stored.sequence,
+        duplicate: stored.duplicate,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation() {
+        assert!(validate("k1", "hi", 10).is_ok());
+        assert!(matches!(validate("", "hi", 10), Err(SendError::Invalid(_))));
+        assert!(matches!(
+            validate("a b", "hi", 10),
+            Err(SendError::Invalid(_))
+        ));
+        assert!(matches!(validate("k", "", 10), Err(SendError::Invalid(_))));
+        assert!(matches!(
+            validate("k", "12345678901", 10),
+            Err(SendError::TooLarge(10))
+        ));
+    }
+}

@@ -1,0 +1,43 @@
+//! Connecting to NATS the way every role does.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+/// Connection options a role may tune.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Comma-separated server URLs (any node of a cluster; the client learns the others).
+    pub url: String,
+    /// Connection name shown by the server's monitoring.
+    pub name: String,
+    /// Messages buffered per subscription before the client drops them (slow consumer).
+    pub subscription_capacity: usize,
+}
+
+/// A connected client and a counter that moves whenever the client (re)connected or dropped
+/// messages of a subscription. Readers of core NATS subscriptions watch it: after either event,
+/// messages may have been missed and must be fetched from JetStream.
+pub async fn connect(
+    opts: &ConnectOptions,
+) -> Result<(async_nats::Client, watch::Receiver<u64>), async_nats::ConnectError> {
+    let (tx, rx) = watch::channel(0u64);
+    let client = async_nats::ConnectOptions::new()
+        .name(&opts.name)
+        .subscription_capacity(opts.subscription_capacity)
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected | async_nats::Event::SlowConsumer(_) => {
+                        tx.send_modify(|n| *n += 1);
+                    }
+                    other => tracing::info!(event = %other, "nats"),
+                }
+            }
+        })
+        .connect(opts.url.as_str())
+        .await?;
+    Ok((client, rx))
+}

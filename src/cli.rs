@@ -1,0 +1,251 @@
+//! Command-line configuration. Every flag has an environment twin (`CHATFABRIC_*`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use chatfabric_gateway::{fanout::HubConfig, Authenticator, GatewayConfig, Limits};
+use chatfabric_nats::subject::Partitions;
+use chatfabric_nats::{ConnectOptions, Fabric, StreamSettings};
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+/// The development HS256 secret `chatfabric dev` and `chatfabric token` use by default.
+pub(crate) const DEV_SECRET: &str = "chatfabric-dev-secret";
+
+/// chatfabric: a chat fabric on NATS JetStream.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+pub(crate) struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `chatfabric_gateway=debug`.
+    #[arg(long, env = "CHATFABRIC_LOG", default_value = "info", global = true)]
+    pub(crate) log: String,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Run the whole fabric locally: a child nats-server (store in ./data) and every role.
+    Dev(DevArgs),
+    /// Run a gateway: WebSocket clients in, JetStream behind.
+    Gateway(GatewayCmd),
+    /// Print a development token (HS256) for a user.
+    Token(TokenArgs),
+    /// Drive a running fabric with a load scenario.
+    Loadtest(LoadtestPlaceholder),
+}
+
+/// Placeholder until the load generator lands.
+#[derive(Args)]
+pub(crate) struct LoadtestPlaceholder {}
+
+/// How to reach NATS and how the streams are laid out. Every process of a deployment must agree on
+/// the stream settings.
+#[derive(Parser, Clone)]
+pub(crate) struct NatsArgs {
+    /// NATS server URL(s), comma separated.
+    #[arg(
+        long,
+        env = "CHATFABRIC_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub(crate) nats_url: String,
+    /// Message streams conversations are spread over (fixed for a deployment).
+    #[arg(long, env = "CHATFABRIC_PARTITIONS", default_value_t = 1)]
+    pub(crate) partitions: u16,
+    /// Replicas of streams and buckets: 1 on one server, 3 on a cluster.
+    #[arg(long, env = "CHATFABRIC_REPLICAS", default_value_t = 1)]
+    pub(crate) replicas: usize,
+    /// How long streams keep messages (the resume window), in hours.
+    #[arg(long, env = "CHATFABRIC_RETENTION_HOURS", default_value_t = 168)]
+    pub(crate) retention_hours: u64,
+    /// Upper bound on each stream's size in bytes (-1: unlimited).
+    #[arg(long, env = "CHATFABRIC_STREAM_MAX_BYTES", default_value_t = -1, allow_negative_numbers = true)]
+    pub(crate) stream_max_bytes: i64,
+    /// Window in which a retried send (same client_id) is stored once, in seconds.
+    #[arg(long, env = "CHATFABRIC_DUPLICATE_WINDOW_SECS", default_value_t = 120)]
+    pub(crate) duplicate_window_secs: u64,
+    /// Messages buffered per NATS subscription before the client drops them (gaps are then
+    /// filled from JetStream).
+    #[arg(
+        long,
+        env = "CHATFABRIC_NATS_SUBSCRIPTION_CAPACITY",
+        default_value_t = 8192
+    )]
+    pub(crate) nats_subscription_capacity: usize,
+}
+
+impl NatsArgs {
+    pub(crate) fn settings(&self) -> StreamSettings {
+        StreamSettings {
+            partitions: Partitions::new(self.partitions),
+            replicas: self.replicas,
+            max_age: Duration::from_secs(self.retention_hours * 3600),
+            max_bytes: self.stream_max_bytes,
+            duplicate_window: Duration::from_secs(self.duplicate_window_secs),
+            ..StreamSettings::default()
+        }
+    }
+
+    /// Connects (retrying while the server starts) and provisions streams and buckets.
+    pub(crate) async fn connect(
+        &self,
+        name: &str,
+    ) -> anyhow::Result<(Fabric, tokio::sync::watch::Receiver<u64>)> {
+        let opts = ConnectOptions {
+            url: self.nats_url.clone(),
+            name: name.into(),
+            subscription_capacity: self.nats_subscription_capacity,
+        };
+        let mut attempt = 0;
+        let (client, missed) = loop {
+            match chatfabric_nats::connect(&opts).await {
+                Ok(c) => break c,
+                Err(e) if attempt < 10 => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, url = %opts.url, "cannot reach NATS yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e).with_context(|| format!("connecting to {}", opts.url)),
+            }
+        };
+        let fabric = chatfabric_nats::provision(client, self.settings())
+            .await
+            .context("provisioning streams and buckets")?;
+        Ok((fabric, missed))
+    }
+}
+
+/// `chatfabric gateway`.
+#[derive(Args)]
+pub(crate) struct GatewayCmd {
+    #[command(flatten)]
+    pub(crate) nats: NatsArgs,
+    #[command(flatten)]
+    pub(crate) gateway: GatewayArgs,
+}
+
+/// Gateway settings.
+#[derive(Parser, Clone)]
+pub(crate) struct GatewayArgs {
+    /// Address to serve WebSocket (/ws), /healthz, /readyz and /metrics on.
+    #[arg(long, env = "CHATFABRIC_LISTEN", default_value = "127.0.0.1:8080")]
+    pub(crate) listen: SocketAddr,
+    /// HS256 secret for tokens (development). Use --jwt-public-key in production.
+    #[arg(long, env = "CHATFABRIC_JWT_SECRET", hide_env_values = true)]
+    pub(crate) jwt_secret: Option<String>,
+    /// PEM public key verifying tokens (production); see --jwt-algorithm.
+    #[arg(long, env = "CHATFABRIC_JWT_PUBLIC_KEY", conflicts_with = "jwt_secret")]
+    pub(crate) jwt_public_key: Option<PathBuf>,
+    /// Algorithm of --jwt-public-key: RS256, ES256 or EdDSA.
+    #[arg(long, env = "CHATFABRIC_JWT_ALGORITHM", default_value = "RS256")]
+    pub(crate) jwt_algorithm: String,
+    /// Largest inbound WebSocket frame, bytes (close 1009 past it).
+    #[arg(long, env = "CHATFABRIC_MAX_FRAME", default_value_t = Limits::default().max_frame)]
+    pub(crate) max_frame: usize,
+    /// Largest message body, bytes (error too_large past it).
+    #[arg(long, env = "CHATFABRIC_MAX_BODY", default_value_t = Limits::default().max_body)]
+    pub(crate) max_body: usize,
+    /// Outbound frames queued per connection before closing it as slow (4008).
+    #[arg(long, env = "CHATFABRIC_QUEUE", default_value_t = Limits::default().queue)]
+    pub(crate) queue: usize,
+    /// Sustained inbound frames/s per connection.
+    #[arg(long, env = "CHATFABRIC_RATE", default_value_t = Limits::default().rate)]
+    pub(crate) rate: f64,
+    /// Inbound burst per connection (that many refusals in a row close it with 4029).
+    #[arg(long, env = "CHATFABRIC_BURST", default_value_t = Limits::default().burst)]
+    pub(crate) burst: f64,
+    /// Connections accepted before answering 503.
+    #[arg(long, env = "CHATFABRIC_MAX_CONNECTIONS", default_value_t = Limits::default().max_connections)]
+    pub(crate) max_connections: usize,
+    /// tungstenite read buffer per connection, bytes (allocated eagerly: memory per connection).
+    #[arg(long, env = "CHATFABRIC_READ_BUFFER", default_value_t = Limits::default().read_buffer)]
+    pub(crate) read_buffer: usize,
+    /// Recent messages kept per active conversation for cheap resumes.
+    #[arg(long, env = "CHATFABRIC_RING", default_value_t = HubConfig::default().ring)]
+    pub(crate) ring: usize,
+}
+
+impl GatewayArgs {
+    pub(crate) fn config(&self) -> anyhow::Result<GatewayConfig> {
+        let auth = match (&self.jwt_secret, &self.jwt_public_key) {
+            (Some(secret), None) => Authenticator::hs256(secret.as_bytes()),
+            (None, Some(path)) => {
+                let pem =
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                let alg = self.jwt_algorithm.parse().map_err(|_| {
+                    anyhow::anyhow!("unknown --jwt-algorithm {}", self.jwt_algorithm)
+                })?;
+                Authenticator::public_key(&pem, alg)?
+            }
+            _ => anyhow::bail!("set --jwt-secret (development) or --jwt-public-key (production)"),
+        };
+        Ok(GatewayConfig {
+            auth,
+            limits: Limits {
+                max_frame: self.max_frame,
+                max_body: self.max_body,
+                queue: self.queue,
+                rate: self.rate,
+                burst: self.burst,
+                max_connections: self.max_connections,
+                read_buffer: self.read_buffer,
+                ..Limits::default()
+            },
+            hub: HubConfig {
+                ring: self.ring,
+                ..HubConfig::default()
+            },
+            membership_cache: 1_000_000,
+            membership_ttl: Duration::from_secs(300),
+        })
+    }
+}
+
+/// Runs one gateway until `shutdown`.
+pub(crate) async fn run_gateway(
+    nats: &NatsArgs,
+    args: &GatewayArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let config = args.config()?;
+    let (fabric, missed) = nats.connect("chatfabric-gateway").await?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let registry = prometheus_client::registry::Registry::default();
+    chatfabric_gateway::run(listener, fabric, config, missed, registry, shutdown).await?;
+    Ok(())
+}
+
+/// `chatfabric token`.
+#[derive(Args)]
+pub(crate) struct TokenArgs {
+    /// The user id (the token's `sub`).
+    pub(crate) user: String,
+    /// HS256 secret; must match the gateway's --jwt-secret.
+    #[arg(long, env = "CHATFABRIC_JWT_SECRET", default_value = DEV_SECRET, hide_env_values = true)]
+    pub(crate) jwt_secret: String,
+    /// Validity in seconds.
+    #[arg(long, default_value_t = 24 * 3600)]
+    pub(crate) ttl_secs: u64,
+}
+
+/// `chatfabric dev`.
+#[derive(Args)]
+pub(crate) struct DevArgs {
+    /// Directory for the NATS store and the embedded history.
+    #[arg(long, env = "CHATFABRIC_DATA", default_value = "./data")]
+    pub(crate) data: PathBuf,
+    /// Client port of the child nats-server.
+    #[arg(long, env = "CHATFABRIC_NATS_PORT", default_value_t = 4222)]
+    pub(crate) nats_port: u16,
+    /// Gateway address.
+    #[arg(long, env = "CHATFABRIC_LISTEN", default_value = "127.0.0.1:8080")]
+    pub(crate) listen: SocketAddr,
+    /// HS256 secret for development tokens.
+    #[arg(long, env = "CHATFABRIC_JWT_SECRET", default_value = DEV_SECRET, hide_env_values = true)]
+    pub(crate) jwt_secret: String,
+}

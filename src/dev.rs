@@ -1,0 +1,43 @@
+//! `chatfabric dev`: the whole fabric on one machine, in one process, next to a child nats-server.
+
+use anyhow::Context;
+use chatfabric_nats::server::{NatsServer, ServerOptions};
+use clap::Parser;
+
+use crate::cli::{DevArgs, GatewayArgs, NatsArgs};
+
+pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let store = args.data.join("nats");
+    std::fs::create_dir_all(&store).with_context(|| format!("creating {}", store.display()))?;
+    let opts = ServerOptions {
+        port: args.nats_port,
+        store_dir: Some(store),
+        name: "chatfabric-dev".into(),
+        ..Default::default()
+    };
+    let mut server = tokio::task::spawn_blocking(move || NatsServer::start(opts))
+        .await
+        .context("starting nats-server")??;
+    // Defaults for everything else come from the same flags the role subcommands take.
+    let nats = NatsArgs::parse_from(["dev", "--nats-url", &server.url()]);
+    let mut gateway = GatewayArgs::parse_from(["dev"]);
+    gateway.listen = args.listen;
+    gateway.jwt_secret = Some(args.jwt_secret.clone());
+
+    let shutdown = crate::shutdown_on_signal();
+    let listen = args.listen;
+    println!("chatfabric dev is running (Ctrl-C to stop)");
+    println!(
+        "  NATS        {}  (store {})",
+        server.url(),
+        server.store_dir().display()
+    );
+    println!("  WebSocket   ws://{listen}/ws");
+    println!("  metrics     http://{listen}/metrics");
+    println!("  a token     cargo run -- token alice");
+    let result = crate::cli::run_gateway(&nats, &gateway, shutdown).await;
+    tokio::task::spawn_blocking(move || server.stop())
+        .await
+        .ok();
+    result
+}
