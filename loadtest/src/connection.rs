@@ -1,0 +1,371 @@
+//! One member connection: a session (connect, authenticate, subscribe), its traffic, and its
+//! resumption from the last seen cursor after every drop, for the whole run.
+//!
+//! Sends whose ack has not arrived when the session drops are written again, with the same
+//! `client_id`, on the next session: the fabric must store them once (an `ack` with
+//! `duplicate: true`), and receivers must see them once.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use futures::{SinkExt, StreamExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::frames::{sent_nanos, stamped_body, unix_nanos, Reply, Request};
+use crate::ledger::{Arrival, ReceiverLedger};
+use crate::worker::Shared;
+
+/// How long a session may take to open before it counts as failed.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(15);
+/// Attempts at the first session before the connection gives up (later drops always retry).
+const FIRST_SESSION_ATTEMPTS: u32 = 5;
+
+/// A gateway to connect to.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    /// The WebSocket URL (sent in the upgrade request).
+    pub(crate) url: String,
+    /// Where its host:port resolved.
+    pub(crate) addr: SocketAddr,
+}
+
+/// Who a connection is and where it goes.
+#[derive(Debug, Clone)]
+pub(crate) struct Member {
+    /// Global connection index (unique over all workers), used in client ids.
+    pub(crate) index: usize,
+    /// The user it authenticates as.
+    pub(crate) user: String,
+    /// The conversation it subscribes (and sends) to.
+    pub(crate) conv: Arc<str>,
+    /// The conversation's index in the plan.
+    pub(crate) conv_idx: u32,
+    /// Index into the worker's targets.
+    pub(crate) target: usize,
+    /// Local address to connect from.
+    pub(crate) source: Option<IpAddr>,
+}
+
+/// What the worker tells a connection to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Order {
+    /// Send one message now.
+    Send,
+    /// Drop the session abruptly and resume.
+    Drop,
+}
+
+/// Why a session ended.
+enum End {
+    Finish,
+    Dropped,
+    Closed(u16),
+    Broken,
+}
+
+/// A send waiting for its ack.
+struct Pending {
+    written: Instant,
+    step: u32,
+    body: String,
+}
+
+/// Runs a member connection until `finish`; returns what it received.
+pub(crate) async fn run(
+    member: Member,
+    shared: Arc<Shared>,
+    mut orders: mpsc::Receiver<Order>,
+    finish: CancellationToken,
+) -> (u32, ReceiverLedger, u64) {
+    let counters = &shared.counters;
+    let mut ledger = ReceiverLedger::default();
+    let mut pending: HashMap<String, Pending> = HashMap::new();
+    let mut sends = 0u64;
+    let mut failures = 0u32;
+    let mut first = true;
+    let token = match shared.token_for(&member.user) {
+        Ok(t) => t,
+        Err(err) => {
+            shared.note_error(&format!("minting a token: {err:#}"));
+            shared.given_up.fetch_add(1, Relaxed);
+            return (member.conv_idx, ledger, 0);
+        }
+    };
+    loop {
+        let began = Instant::now();
+        let session = tokio::select! {
+            s = tokio::time::timeout(SESSION_TIMEOUT, open(&shared, &member, &token, ledger.resume_after())) => s,
+            _ = finish.cancelled() => break,
+        };
+        let (mut ws, cursor) = match session.unwrap_or_else(|_| Err(anyhow!("session timed out"))) {
+            Ok(s) => s,
+            Err(err) => {
+                counters.connect_failures.fetch_add(1, Relaxed);
+                shared.note_error(&format!("{err:#}"));
+                failures += 1;
+                if first && failures >= FIRST_SESSION_ATTEMPTS {
+                    shared.given_up.fetch_add(1, Relaxed);
+                    break;
+                }
+                let backoff = Duration::from_millis(100 << failures.min(5))
+                    + Duration::from_millis(fastrand::u64(0..100));
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => continue,
+                    _ = finish.cancelled() => break,
+                }
+            }
+        };
+        failures = 0;
+        counters.connects.fetch_add(1, Relaxed);
+        shared.record_connect(began.elapsed());
+        ledger.on_subscribed(cursor);
+        if first {
+            shared.subscribed.fetch_add(1, Relaxed);
+            first = false;
+        } else {
+            counters.reconnects.fetch_add(1, Relaxed);
+        }
+        shared.open.fetch_add(1, Relaxed);
+        let end = session_loop(
+            &member,
+            &shared,
+            &mut ws,
+            &mut ledger,
+            &mut pending,
+            &mut orders,
+            &finish,
+            &mut sends,
+        )
+        .await;
+        shared.open.fetch_sub(1, Relaxed);
+        match end {
+            End::Finish => {
+                // A polite close; the gateway may already be gone, which changes nothing here.
+                if ws.close(None).await.is_err() {
+                    tracing::trace!("close after finish failed");
+                }
+                break;
+            }
+            End::Dropped => {}
+            End::Closed(code) => {
+                let counter = match code {
+                    4008 => &counters.slow_consumer_closes,
+                    1001 => &counters.going_away_closes,
+                    _ => &counters.other_closes,
+                };
+                counter.fetch_add(1, Relaxed);
+            }
+            End::Broken => {
+                counters.other_closes.fetch_add(1, Relaxed);
+            }
+        }
+    }
+    (member.conv_idx, ledger, pending.len() as u64)
+}
+
+/// Opens a session: TCP from the member's source address, WebSocket upgrade with the token,
+/// `ready`, then `subscribe` (resuming after `after`). Returns the subscription's cursor.
+async fn open(
+    shared: &Shared,
+    member: &Member,
+    token: &str,
+    after: Option<u64>,
+) -> anyhow::Result<(WebSocketStream<TcpStream>, u64)> {
+    let target = &shared.targets[member.target];
+    let socket = if target.addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(source) = member.source {
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .with_context(|| format!("binding source address {source}"))?;
+    }
+    let stream = socket
+        .connect(target.addr)
+        .await
+        .with_context(|| format!("connecting to {}", target.addr))?;
+    stream.set_nodelay(true)?;
+    let mut request = target.url.as_str().into_client_request()?;
+    request.headers_mut().insert(
+        http::header::AUTHORIZATION,
+        http::HeaderValue::from_str(&format!("Bearer {token}"))?,
+    );
+    // Small buffers: client memory, not the gateway's, would otherwise cap the connection count
+    // (tungstenite reads into 128 KiB by default). A zero write buffer writes each frame at once.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
+        .await
+        .context("WebSocket upgrade")?;
+    expect(&mut ws, "ready").await?;
+    let subscribe = Request::Subscribe {
+        conv: &member.conv,
+        after,
+    }
+    .encode();
+    ws.send(Message::text(subscribe)).await?;
+    let cursor = expect(&mut ws, "subscribed").await?;
+    Ok((ws, cursor))
+}
+
+/// Waits for a reply with `op`; returns its cursor (0 when it has none).
+async fn expect(ws: &mut WebSocketStream<TcpStream>, op: &str) -> anyhow::Result<u64> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => {
+                let reply = Reply::parse(&text).context("unreadable frame")?;
+                if reply.op == op {
+                    return Ok(reply.cursor.unwrap_or(0));
+                }
+                if reply.op == "error" {
+                    bail!("waiting for {op}: {}", reply.error_text());
+                }
+            }
+            Some(Ok(Message::Close(frame))) => {
+                let code = frame.map(|f| u16::from(f.code)).unwrap_or(1005);
+                bail!("closed with {code} while waiting for {op}");
+            }
+            Some(Ok(_)) => {}
+            Some(Err(err)) => return Err(err).context(format!("waiting for {op}")),
+            None => bail!("connection ended while waiting for {op}"),
+        }
+    }
+}
+
+/// Serves one session until it ends.
+#[allow(clippy::too_many_arguments)] // the connection's state, borrowed for one session
+async fn session_loop(
+    member: &Member,
+    shared: &Shared,
+    ws: &mut WebSocketStream<TcpStream>,
+    ledger: &mut ReceiverLedger,
+    pending: &mut HashMap<String, Pending>,
+    orders: &mut mpsc::Receiver<Order>,
+    finish: &CancellationToken,
+    sends: &mut u64,
+) -> End {
+    let counters = &shared.counters;
+    for (client_id, p) in pending.iter() {
+        let frame = Request::Send {
+            conv: &member.conv,
+            client_id,
+            body: &p.body,
+        }
+        .encode();
+        if ws.send(Message::text(frame)).await.is_err() {
+            return End::Broken;
+        }
+        counters.resent.fetch_add(1, Relaxed);
+    }
+    loop {
+        tokio::select! {
+            biased;
+            _ = finish.cancelled() => return End::Finish,
+            frame = ws.next() => match frame {
+                Some(Ok(Message::Text(text))) => on_text(member, shared, &text, ledger, pending),
+                Some(Ok(Message::Close(frame))) => {
+                    return End::Closed(frame.map(|f| u16::from(f.code)).unwrap_or(1005));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return End::Broken,
+            },
+            order = orders.recv() => match order {
+                Some(Order::Send) => {
+                    *sends += 1;
+                    let client_id = format!("{}-{}", member.index, sends);
+                    let body = stamped_body(unix_nanos(), shared.payload);
+                    let frame =
+                        Request::Send { conv: &member.conv, client_id: &client_id, body: &body }
+                            .encode();
+                    let step = shared.step.load(Relaxed);
+                    pending.insert(client_id, Pending { written: Instant::now(), step, body });
+                    counters.sent.fetch_add(1, Relaxed);
+                    if ws.send(Message::text(frame)).await.is_err() {
+                        return End::Broken;
+                    }
+                }
+                Some(Order::Drop) => return End::Dropped,
+                // The worker is gone: nothing more will be asked; wait for finish.
+                None => finish.cancelled().await,
+            },
+        }
+    }
+}
+
+/// Handles a text frame of a live session.
+fn on_text(
+    member: &Member,
+    shared: &Shared,
+    text: &str,
+    ledger: &mut ReceiverLedger,
+    pending: &mut HashMap<String, Pending>,
+) {
+    let counters = &shared.counters;
+    let Ok(reply) = Reply::parse(text) else {
+        shared.note_error("unreadable frame from the gateway");
+        return;
+    };
+    match reply.op.as_ref() {
+        "msg" => {
+            let (Some(seq), Some(prev)) = (reply.seq, reply.prev) else {
+                shared.note_error("msg frame without seq/prev");
+                return;
+            };
+            match ledger.on_msg(seq, prev) {
+                Arrival::Duplicate => {
+                    counters.duplicates.fetch_add(1, Relaxed);
+                }
+                arrival => {
+                    if arrival == Arrival::OutOfOrder {
+                        counters.order_violations.fetch_add(1, Relaxed);
+                    }
+                    counters.delivered.fetch_add(1, Relaxed);
+                    if let Some(sent) = reply.body.as_deref().and_then(sent_nanos) {
+                        shared.record_e2e(unix_nanos().saturating_sub(sent) / 1000);
+                    }
+                }
+            }
+        }
+        "ack" => {
+            let Some(p) = reply.client_id.as_deref().and_then(|id| pending.remove(id)) else {
+                return; // the ack of a send already acked before a reconnect
+            };
+            counters.acked.fetch_add(1, Relaxed);
+            if reply.duplicate == Some(true) {
+                counters.ack_duplicates.fetch_add(1, Relaxed);
+            }
+            shared.record_ack(p.written.elapsed());
+            if let Some(seq) = reply.seq {
+                shared.record_acked(member.conv_idx, seq, p.step);
+            }
+        }
+        "error" => {
+            // A failed send echoes its client_id as `ref`: that message was not stored.
+            if reply
+                .reference
+                .as_deref()
+                .and_then(|r| pending.remove(r))
+                .is_some()
+            {
+                counters.send_errors.fetch_add(1, Relaxed);
+            } else {
+                counters.errors.fetch_add(1, Relaxed);
+            }
+            shared.note_error(&reply.error_text());
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,353 @@
+//! The coordinator <-> worker protocol, and its two transports.
+//!
+//! A worker is driven by [`Command`]s and answers with [`Event`]s. In a worker process
+//! (`chatfabric loadtest --worker`, re-executed from the coordinator's own binary) each travels as
+//! one JSON line: commands on the worker's stdin, events on its stdout (so nothing else may write
+//! to a worker's stdout; logs go to stderr). With `--workers 0` one worker runs inside the
+//! coordinator over channels, with the same messages.
+//!
+//! The conversation: `Plan` first; the worker connects its share of the connections and sends a
+//! `Tick` every second; `Rate`, `Churn` and `Storm` steer it; `Finish` makes it close everything
+//! and answer with one `Final`. A worker whose stdin closes finishes as if told to.
+
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+
+use crate::args::Settings;
+use crate::ledger::{AckBook, ReceiptBook};
+use crate::stats::Buckets;
+
+/// Coordinator -> worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub(crate) enum Command {
+    /// The worker's share of the run; always the first command.
+    Plan(Box<WorkerPlan>),
+    /// Send at this aggregate rate (the worker takes its share); `step` labels the messages.
+    Rate { rate: f64, step: u32 },
+    /// Drop-and-resume this many connections per second, over all workers.
+    Churn { per_sec: f64 },
+    /// Every connection drops and resumes now.
+    Storm,
+    /// Close every connection and report.
+    Finish,
+}
+
+/// What a worker needs to know to play its part.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct WorkerPlan {
+    /// This worker's index; it owns the connections whose global index `i % workers == index`.
+    pub(crate) index: usize,
+    /// Number of workers (at least 1).
+    pub(crate) workers: usize,
+    /// The run's settings (with the secret, which `Settings` does not serialize for reports).
+    pub(crate) settings: Settings,
+    /// The token secret.
+    pub(crate) jwt_secret: String,
+    /// Conversation ids: the active ones, then the quiet ones that hold idle connections.
+    pub(crate) convs: Vec<String>,
+    /// True when the worker shares the coordinator's process (its CPU is already counted).
+    pub(crate) in_process: bool,
+}
+
+/// Worker -> coordinator.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub(crate) enum Event {
+    /// The last second's activity.
+    Tick(Box<Tick>),
+    /// Everything is closed: the final accounting.
+    Final(Box<Final>),
+    /// The worker cannot go on.
+    Failed { worker: usize, message: String },
+}
+
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])* $name:ident,)*) => {
+        /// Event counts (per tick: since the last tick).
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+        pub(crate) struct Counters {
+            $($(#[doc = $doc])* pub(crate) $name: u64,)*
+        }
+
+        impl Counters {
+            /// Adds `other` to these counts.
+            pub(crate) fn add(&mut self, other: &Counters) {
+                $(self.$name += other.$name;)*
+            }
+        }
+
+        /// [`Counters`] that connection tasks bump concurrently.
+        #[derive(Debug, Default)]
+        pub(crate) struct LiveCounters {
+            $(pub(crate) $name: AtomicU64,)*
+        }
+
+        impl LiveCounters {
+            /// The counts since the last call.
+            pub(crate) fn take(&self) -> Counters {
+                Counters { $($name: self.$name.swap(0, Relaxed),)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// `send` frames written (retries not included).
+    sent,
+    /// `ack` frames received.
+    acked,
+    /// Acks that said `duplicate: true` (a retried send that had been stored).
+    ack_duplicates,
+    /// `error` replies to sends: the message was not stored.
+    send_errors,
+    /// Sends written again after a reconnect because their ack had not arrived.
+    resent,
+    /// Sends the pacer could not hand to a connection (its queue was full or it was down).
+    send_backlog,
+    /// New `msg` frames (duplicates not included).
+    delivered,
+    /// `msg` frames seen before.
+    duplicates,
+    /// `msg` frames whose `prev` broke the chain.
+    order_violations,
+    /// Sessions established (connected, authenticated, subscribed), first or resumed.
+    connects,
+    /// Session attempts that failed.
+    connect_failures,
+    /// Sessions established after a drop.
+    reconnects,
+    /// Closes with 4008 (slow consumer).
+    slow_consumer_closes,
+    /// Closes with 1001 (gateway going away).
+    going_away_closes,
+    /// Other closes and read errors.
+    other_closes,
+    /// `error` frames other than failed sends.
+    errors,
+}
+
+/// One second of a worker.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Tick {
+    pub(crate) worker: usize,
+    pub(crate) counters: Counters,
+    /// End-to-end latency (send -> receive), microseconds.
+    pub(crate) e2e: Buckets,
+    /// Send -> ack latency, microseconds.
+    pub(crate) ack: Buckets,
+    /// Session establishment latency, microseconds.
+    pub(crate) connect: Buckets,
+    /// Connections open now.
+    pub(crate) open: u64,
+    /// Connections that have subscribed at least once.
+    pub(crate) subscribed: u64,
+    /// Connections that gave up before their first session.
+    pub(crate) given_up: u64,
+    /// Connections this worker holds.
+    pub(crate) assigned: u64,
+    /// The worker process's CPU seconds so far (`None` in-process).
+    pub(crate) cpu_secs: Option<f64>,
+}
+
+/// A worker's final accounting.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Final {
+    pub(crate) worker: usize,
+    /// Acked messages of the conversations this worker's members sent to.
+    pub(crate) acks: AckBook,
+    /// What this worker's receivers saw.
+    pub(crate) receipts: ReceiptBook,
+    /// Sends still waiting for their ack at the end.
+    pub(crate) unacked: u64,
+    /// Error messages and how often each came.
+    pub(crate) errors: Vec<(String, u64)>,
+}
+
+/// The coordinator's handle on one worker.
+pub(crate) struct WorkerLink {
+    commands: UnboundedSender<Command>,
+    /// Kept so the process is killed if the coordinator goes away early.
+    _child: Option<tokio::process::Child>,
+}
+
+impl WorkerLink {
+    /// Sends a command; a worker that is gone reports itself through its events.
+    pub(crate) fn send(&self, command: Command) {
+        if self.commands.send(command).is_err() {
+            tracing::debug!("worker is gone; its events said why");
+        }
+    }
+}
+
+/// Starts `n` worker processes (or, for `n == 0`, one worker in this process); their events
+/// arrive on `events`.
+pub(crate) fn spawn_workers(
+    n: usize,
+    events: &UnboundedSender<Event>,
+) -> anyhow::Result<Vec<WorkerLink>> {
+    if n == 0 {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(crate::worker::run(rx, events.clone()));
+        return Ok(vec![WorkerLink {
+            commands: tx,
+            _child: None,
+        }]);
+    }
+    let exe = std::env::current_exe().context("cannot find this executable to start workers")?;
+    (0..n)
+        .map(|index| spawn_process(&exe, index, events.clone()))
+        .collect()
+}
+
+fn spawn_process(
+    exe: &std::path::Path,
+    index: usize,
+    events: UnboundedSender<Event>,
+) -> anyhow::Result<WorkerLink> {
+    let mut child = tokio::process::Command::new(exe)
+        .args(["loadtest", "--worker"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start worker process {}", exe.display()))?;
+    let mut stdin = child.stdin.take().context("worker stdin")?;
+    let stdout = child.stdout.take().context("worker stdout")?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<Command>();
+    tokio::spawn(async move {
+        while let Some(command) = rx.recv().await {
+            let mut line = serde_json::to_string(&command).unwrap_or_default();
+            line.push('\n');
+            if stdin.write_all(line.as_bytes()).await.is_err() {
+                break; // the reader reports the worker's end
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stdout).lines();
+        let mut finished = false;
+        while let Ok(Some(line)) = lines.next_line().await {
+            match serde_json::from_str::<Event>(&line) {
+                Ok(event) => {
+                    finished |= matches!(event, Event::Final(_) | Event::Failed { .. });
+                    if events.send(event).is_err() {
+                        break;
+                    }
+                }
+                Err(err) => eprintln!("worker {index}: unreadable line ({err}): {line:.200}"),
+            }
+        }
+        if !finished {
+            let message = "worker process exited before its final report".to_string();
+            // The coordinator may be gone too; then nobody needs to know.
+            if events
+                .send(Event::Failed {
+                    worker: index,
+                    message,
+                })
+                .is_err()
+            {
+                tracing::debug!("coordinator gone before worker {index} ended");
+            }
+        }
+    });
+    Ok(WorkerLink {
+        commands: tx,
+        _child: Some(child),
+    })
+}
+
+/// The worker-process side: commands from stdin, events to stdout, until the final report.
+pub(crate) async fn serve_worker() -> anyhow::Result<()> {
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            match serde_json::from_str::<Command>(&line) {
+                Ok(command) => {
+                    if cmd_tx.send(command).is_err() {
+                        return;
+                    }
+                }
+                Err(err) => eprintln!("worker: unreadable command ({err})"),
+            }
+        }
+        // The coordinator is gone: wind down rather than hold connections open forever.
+        if cmd_tx.send(Command::Finish).is_err() {
+            tracing::debug!("worker already finished");
+        }
+    });
+    tokio::spawn(crate::worker::run(cmd_rx, ev_tx));
+    write_events(ev_rx).await
+}
+
+async fn write_events(mut events: UnboundedReceiver<Event>) -> anyhow::Result<()> {
+    let mut stdout = tokio::io::stdout();
+    while let Some(event) = events.recv().await {
+        let last = matches!(event, Event::Final(_) | Event::Failed { .. });
+        let mut line = serde_json::to_string(&event)?;
+        line.push('\n');
+        stdout.write_all(line.as_bytes()).await?;
+        stdout.flush().await?;
+        if last {
+            break;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_and_events_are_single_json_lines() {
+        let c = serde_json::to_string(&Command::Rate {
+            rate: 10.0,
+            step: 2,
+        })
+        .unwrap();
+        assert_eq!(c, r#"{"cmd":"rate","rate":10.0,"step":2}"#);
+        let tick = Event::Tick(Box::new(Tick {
+            worker: 1,
+            counters: Counters {
+                delivered: 5,
+                ..Counters::default()
+            },
+            ..Tick::default()
+        }));
+        let line = serde_json::to_string(&tick).unwrap();
+        assert!(!line.contains('\n'));
+        match serde_json::from_str::<Event>(&line).unwrap() {
+            Event::Tick(t) => assert_eq!((t.worker, t.counters.delivered), (1, 5)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn live_counters_hand_out_deltas() {
+        let live = LiveCounters::default();
+        live.sent.fetch_add(3, Relaxed);
+        assert_eq!(live.take().sent, 3);
+        assert_eq!(live.take().sent, 0);
+        let mut total = Counters::default();
+        total.add(&Counters {
+            sent: 2,
+            acked: 1,
+            ..Counters::default()
+        });
+        total.add(&Counters {
+            sent: 2,
+            ..Counters::default()
+        });
+        assert_eq!((total.sent, total.acked), (4, 1));
+    }
+}

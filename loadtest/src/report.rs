@@ -1,0 +1,610 @@
+//! The report: what a run measured, the verdicts against the performance targets, and the human
+//! summary. The same [`Report`] is written as JSON and rendered as HTML.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::args::Settings;
+use crate::control::Counters;
+use crate::coordinator::{CpuSnapshot, Fabric};
+use crate::ledger::Accounting;
+use crate::procstat::ProcSample;
+use crate::stats::Latency;
+
+/// Targets (see BENCHMARKS.md).
+const TARGET_US_PER_DELIVERY: f64 = 5.0;
+const TARGET_DELIVERIES_PER_S: f64 = 200_000.0;
+const TARGET_RSS_PER_CONN: f64 = 4096.0;
+const TARGET_ACK_P99_MS: f64 = 5.0;
+const TARGET_ACK_RATE: f64 = 10_000.0;
+
+/// Everything a run measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Report {
+    pub(crate) settings: Settings,
+    pub(crate) connect: ConnectReport,
+    /// End-to-end latency over the whole run.
+    pub(crate) e2e: Latency,
+    /// Send -> ack latency over the whole run.
+    pub(crate) ack: Latency,
+    /// New deliveries per second of sending.
+    pub(crate) deliveries_per_s: f64,
+    pub(crate) totals: Counters,
+    pub(crate) unacked: u64,
+    pub(crate) accounting: Accounting,
+    pub(crate) steps: Vec<StepReport>,
+    pub(crate) rss: Option<RssReport>,
+    pub(crate) cpu: CpuReport,
+    pub(crate) timeline: Vec<Point>,
+    /// `(seconds, label)`: phase changes, for the plots.
+    pub(crate) marks: Vec<(f64, String)>,
+    pub(crate) errors: Vec<(String, u64)>,
+    pub(crate) notes: Vec<String>,
+    pub(crate) fabric_processes: Vec<String>,
+}
+
+/// The connect phase.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ConnectReport {
+    pub(crate) connections: u64,
+    pub(crate) subscribed: u64,
+    pub(crate) given_up: u64,
+    pub(crate) failed_attempts: u64,
+    pub(crate) secs: f64,
+    pub(crate) per_s: f64,
+    /// Connect + upgrade + ready + subscribed.
+    pub(crate) latency: Latency,
+}
+
+/// One rate step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct StepReport {
+    pub(crate) rate: f64,
+    pub(crate) secs: f64,
+    pub(crate) sent: u64,
+    pub(crate) sent_per_s: f64,
+    pub(crate) delivered_per_s: f64,
+    pub(crate) e2e: Latency,
+    pub(crate) ack: Latency,
+    /// Deliveries of messages sent in this step that never arrived.
+    pub(crate) lost: u64,
+}
+
+impl StepReport {
+    /// The step held: the generator kept its schedule, p99 under `p99_ms`, nothing lost.
+    pub(crate) fn passes(&self, p99_ms: f64) -> bool {
+        self.sent_per_s >= self.rate * 0.95 && self.e2e.p99_ms < p99_ms && self.lost == 0
+    }
+}
+
+/// Resident memory of the fabric with every connection idle and subscribed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct RssReport {
+    /// `(process, rss before connecting, rss after)`, bytes.
+    pub(crate) processes: Vec<(String, u64, u64)>,
+    pub(crate) connections: u64,
+    /// Growth of all fabric processes together, per connection.
+    pub(crate) bytes_per_connection: f64,
+}
+
+impl RssReport {
+    pub(crate) fn new(
+        fabric: &Fabric,
+        before: &[ProcSample],
+        after: &[ProcSample],
+        connections: u64,
+    ) -> Option<RssReport> {
+        if fabric.pids.is_empty() || connections == 0 {
+            return None;
+        }
+        let processes: Vec<(String, u64, u64)> = fabric
+            .labels
+            .iter()
+            .zip(before.iter().zip(after))
+            .map(|(l, (b, a))| (l.clone(), b.rss_bytes, a.rss_bytes))
+            .collect();
+        let growth: i64 = processes
+            .iter()
+            .map(|(_, b, a)| *a as i64 - *b as i64)
+            .sum();
+        Some(RssReport {
+            processes,
+            connections,
+            bytes_per_connection: growth as f64 / connections as f64,
+        })
+    }
+}
+
+/// CPU over the send window (first step to the end of the drain).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct CpuReport {
+    pub(crate) window_secs: f64,
+    pub(crate) deliveries: u64,
+    /// CPU seconds of the `--fabric-pid` processes (None without any).
+    pub(crate) fabric_secs: Option<f64>,
+    pub(crate) fabric_us_per_delivery: Option<f64>,
+    pub(crate) loadtest_secs: f64,
+    pub(crate) loadtest_us_per_delivery: Option<f64>,
+    /// Share of the machine's CPU that was busy (all processes).
+    pub(crate) machine_busy: Option<f64>,
+    pub(crate) cores: usize,
+    /// Who limited the run, in words.
+    pub(crate) bottleneck: String,
+}
+
+impl CpuReport {
+    pub(crate) fn new(start: &CpuSnapshot, end: &CpuSnapshot, deliveries: u64) -> CpuReport {
+        let window_secs = end.at.duration_since(start.at).as_secs_f64();
+        let sum = |s: &CpuSnapshot| s.fabric.iter().map(|p| p.cpu_secs).sum::<f64>();
+        let fabric_secs = (!start.fabric.is_empty()).then(|| sum(end) - sum(start));
+        let per = |secs: f64| (deliveries > 0).then(|| secs * 1e6 / deliveries as f64);
+        let loadtest_secs = end.loadtest_secs - start.loadtest_secs;
+        let machine_busy = match (start.machine, end.machine) {
+            (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => Some((b1 - b0) / (t1 - t0)),
+            _ => None,
+        };
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let mut cpu = CpuReport {
+            window_secs,
+            deliveries,
+            fabric_secs,
+            fabric_us_per_delivery: fabric_secs.and_then(per),
+            loadtest_secs,
+            loadtest_us_per_delivery: per(loadtest_secs),
+            machine_busy,
+            cores,
+            bottleneck: String::new(),
+        };
+        cpu.bottleneck = cpu.judge();
+        cpu
+    }
+
+    /// Says whether the load generator, the fabric, or nothing limited the run.
+    fn judge(&self) -> String {
+        let w = self.window_secs.max(1e-9);
+        let lt = self.loadtest_secs / w;
+        let Some(busy) = self.machine_busy else {
+            return format!("load generator used {lt:.2} cores (machine load unknown)");
+        };
+        let fabric = self
+            .fabric_secs
+            .map(|f| format!("{:.2}", f / w))
+            .unwrap_or("?".into());
+        let base = format!(
+            "machine {:.0}% busy over {} cores; load generator {lt:.2} cores, fabric {fabric} cores",
+            busy * 100.0,
+            self.cores
+        );
+        if busy < 0.85 {
+            return format!("{base}: CPU had headroom (neither side was CPU-bound)");
+        }
+        let fabric_cores = self.fabric_secs.map(|f| f / w).unwrap_or(0.0);
+        if lt >= fabric_cores {
+            format!("{base}: the LOAD GENERATOR is the bottleneck; figures are a lower bound")
+        } else {
+            format!("{base}: the fabric saturated the CPU")
+        }
+    }
+}
+
+/// One second of the run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Point {
+    pub(crate) t: f64,
+    pub(crate) open: u64,
+    pub(crate) connects_per_s: f64,
+    pub(crate) connect_failures: u64,
+    pub(crate) sent_per_s: f64,
+    pub(crate) acked_per_s: f64,
+    pub(crate) delivered_per_s: f64,
+    pub(crate) e2e: Latency,
+    pub(crate) ack: Latency,
+    pub(crate) loadtest_cores: f64,
+    pub(crate) fabric_cores: f64,
+    pub(crate) fabric_rss_bytes: u64,
+}
+
+/// One target and what this run says about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct TargetCheck {
+    pub(crate) target: String,
+    pub(crate) measured: String,
+    /// None: this run does not measure it.
+    pub(crate) met: Option<bool>,
+}
+
+impl Report {
+    /// The highest step that held (ramp capacity), if any.
+    pub(crate) fn capacity(&self) -> Option<&StepReport> {
+        let p99 = self.settings.p99_target_ms;
+        self.steps
+            .iter()
+            .filter(|s| s.passes(p99))
+            .max_by(|a, b| a.rate.total_cmp(&b.rate))
+    }
+
+    /// The run against the project's performance targets.
+    pub(crate) fn targets(&self) -> Vec<TargetCheck> {
+        let mut out = Vec::new();
+        out.push(TargetCheck {
+            target: format!("<= {TARGET_US_PER_DELIVERY} us server CPU per delivery"),
+            measured: match self.cpu.fabric_us_per_delivery {
+                Some(us) => format!("{us:.2} us"),
+                None => "not measured (give --fabric-pid and send messages)".into(),
+            },
+            met: self
+                .cpu
+                .fabric_us_per_delivery
+                .map(|us| us <= TARGET_US_PER_DELIVERY),
+        });
+        let best = self.capacity();
+        out.push(TargetCheck {
+            target: format!(
+                ">= {TARGET_DELIVERIES_PER_S:.0} deliveries/s at p99 < {} ms, zero loss",
+                self.settings.p99_target_ms
+            ),
+            measured: match best {
+                Some(s) => format!(
+                    "{:.0} deliveries/s (step {:.0} msg/s, p99 {:.1} ms)",
+                    s.delivered_per_s, s.rate, s.e2e.p99_ms
+                ),
+                None => "no step held".into(),
+            },
+            met: best.map(|s| s.delivered_per_s >= TARGET_DELIVERIES_PER_S),
+        });
+        out.push(TargetCheck {
+            target: format!(
+                "<= {} KiB RSS per idle subscribed connection",
+                TARGET_RSS_PER_CONN / 1024.0
+            ),
+            measured: match &self.rss {
+                Some(r) => format!(
+                    "{:.0} B over {} connections",
+                    r.bytes_per_connection, r.connections
+                ),
+                None => "not measured (give --fabric-pid)".into(),
+            },
+            met: self
+                .rss
+                .as_ref()
+                .map(|r| r.bytes_per_connection <= TARGET_RSS_PER_CONN),
+        });
+        let at_rate = self
+            .steps
+            .iter()
+            .filter(|s| s.sent_per_s >= TARGET_ACK_RATE * 0.95)
+            .min_by(|a, b| a.rate.total_cmp(&b.rate));
+        out.push(TargetCheck {
+            target: format!(
+                "send->ack p99 <= {TARGET_ACK_P99_MS} ms at {TARGET_ACK_RATE:.0} msg/s in"
+            ),
+            measured: match at_rate {
+                Some(s) => format!("{:.2} ms at {:.0} msg/s", s.ack.p99_ms, s.sent_per_s),
+                None => {
+                    let top = self.steps.iter().map(|s| s.sent_per_s).fold(0.0, f64::max);
+                    format!(
+                        "not reached (highest rate {top:.0} msg/s; ack p99 {:.2} ms)",
+                        self.ack.p99_ms
+                    )
+                }
+            },
+            met: at_rate.map(|s| s.ack.p99_ms <= TARGET_ACK_P99_MS),
+        });
+        out
+    }
+
+    /// Zero loss, duplicates and order violations, and every connection subscribed.
+    pub(crate) fn delivery_ok(&self) -> bool {
+        let a = &self.accounting;
+        a.lost == 0 && a.duplicates == 0 && a.order_violations == 0 && self.connect.given_up == 0
+    }
+}
+
+fn verdict(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "MET",
+        Some(false) => "MISSED",
+        None => "-",
+    }
+}
+
+fn lat(l: &Latency) -> String {
+    format!(
+        "p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2} ms  (n={})",
+        l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms, l.count
+    )
+}
+
+/// The human summary printed at the end of a run.
+pub(crate) fn summary(r: &Report) -> String {
+    let s = &r.settings;
+    let mut o = String::new();
+    let scenario = s
+        .scenario
+        .map(|sc| format!("{sc:?}"))
+        .unwrap_or_else(|| "custom".into());
+    let _ = writeln!(o, "\n== chatfabric loadtest: {scenario} ({}) ==", s.run_id);
+    let _ = writeln!(
+        o,
+        "{} conversations x {} members + {} idle = {} connections over {} gateway(s), {} worker process(es), payload {} B",
+        s.conversations, s.members, s.idle, s.total_conns(), s.gateways.len(), s.workers, s.payload
+    );
+    let c = &r.connect;
+    let _ = writeln!(
+        o,
+        "connect    {}/{} subscribed in {:.1} s ({:.0}/s), {} failed attempts, {} gave up; session setup {}",
+        c.subscribed, c.connections, c.secs, c.per_s, c.failed_attempts, c.given_up, lat(&c.latency)
+    );
+    let t = &r.totals;
+    let _ = writeln!(
+        o,
+        "traffic    sent {} acked {} (retried {}, dup acks {}, send errors {}, unacked {}), delivered {} = {:.0} deliveries/s",
+        t.sent, t.acked, t.resent, t.ack_duplicates, t.send_errors, r.unacked, t.delivered, r.deliveries_per_s
+    );
+    let _ = writeln!(o, "e2e        {}", lat(&r.e2e));
+    let _ = writeln!(o, "send->ack  {}", lat(&r.ack));
+    let a = &r.accounting;
+    let _ = writeln!(
+        o,
+        "delivery   expected {} lost {} ({} receivers with loss of {}), duplicates {}, order violations {} => {}",
+        a.expected_deliveries,
+        a.lost,
+        a.receivers_with_loss,
+        a.receivers,
+        a.duplicates,
+        a.order_violations,
+        if r.delivery_ok() { "OK" } else { "FAILED" }
+    );
+    let _ = writeln!(
+        o,
+        "closes     reconnects {}, slow consumer (4008) {}, going away (1001) {}, other {}; send backlog {}",
+        t.reconnects, t.slow_consumer_closes, t.going_away_closes, t.other_closes, t.send_backlog
+    );
+    if r.steps.len() > 1 {
+        let _ = writeln!(o, "\n  step msg/s | sent/s    deliv/s | e2e p50   p99   p99.9 ms | ack p99 ms | lost | held");
+        for st in &r.steps {
+            let _ =
+                writeln!(
+                o,
+                "  {:>10.0} | {:>7.0} {:>10.0} | {:>7.2} {:>6.2} {:>7.2} | {:>10.2} | {:>4} | {}",
+                st.rate,
+                st.sent_per_s,
+                st.delivered_per_s,
+                st.e2e.p50_ms,
+                st.e2e.p99_ms,
+                st.e2e.p999_ms,
+                st.ack.p99_ms,
+                st.lost,
+                if st.passes(s.p99_target_ms) { "yes" } else { "no" }
+            );
+        }
+        match r.capacity() {
+            Some(best) => {
+                let _ = writeln!(
+                    o,
+                    "  capacity: {:.0} msg/s in = {:.0} deliveries/s with p99 < {} ms and zero loss",
+                    best.rate, best.delivered_per_s, s.p99_target_ms
+                );
+            }
+            None => {
+                let _ = writeln!(o, "  capacity: no step held");
+            }
+        }
+    }
+    let cpu = &r.cpu;
+    let _ = writeln!(
+        o,
+        "\ncpu        over {:.1} s and {} deliveries: fabric {} us/delivery, load generator {} us/delivery",
+        cpu.window_secs,
+        cpu.deliveries,
+        cpu.fabric_us_per_delivery.map(|v| format!("{v:.2}")).unwrap_or("?".into()),
+        cpu.loadtest_us_per_delivery.map(|v| format!("{v:.2}")).unwrap_or("?".into()),
+    );
+    let _ = writeln!(o, "bottleneck {}", cpu.bottleneck);
+    if let Some(rss) = &r.rss {
+        let _ = writeln!(
+            o,
+            "rss        {:.0} B per connection ({} connections)",
+            rss.bytes_per_connection, rss.connections
+        );
+        for (label, before, after) in &rss.processes {
+            let _ = writeln!(
+                o,
+                "             {label}: {:.1} -> {:.1} MiB",
+                *before as f64 / 1048576.0,
+                *after as f64 / 1048576.0
+            );
+        }
+    }
+    let _ = writeln!(o, "\ntargets");
+    for check in r.targets() {
+        let _ = writeln!(
+            o,
+            "  {:<7} {:<60} {}",
+            verdict(check.met),
+            check.target,
+            check.measured
+        );
+    }
+    if !r.errors.is_empty() {
+        let _ = writeln!(o, "\nerrors");
+        for (e, n) in r.errors.iter().take(10) {
+            let _ = writeln!(o, "  {n:>8} x {e}");
+        }
+    }
+    for note in &r.notes {
+        let _ = writeln!(o, "note: {note}");
+    }
+    o
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::args::Step;
+
+    /// A report as a two-step ramp with a storm would produce it.
+    pub(crate) fn sample_report() -> Report {
+        let settings = Settings {
+            scenario: Some(crate::args::Scenario::Ramp),
+            gateways: vec!["ws://127.0.0.1:8080/ws".into()],
+            jwt_secret: String::new(),
+            source_addrs: vec![],
+            conversations: 10,
+            members: 10,
+            steps: vec![
+                Step {
+                    rate: 1000.0,
+                    secs: 10.0,
+                },
+                Step {
+                    rate: 12000.0,
+                    secs: 10.0,
+                },
+            ],
+            payload: 100,
+            churn: 0.0,
+            idle: 0,
+            idle_room_size: 100,
+            storm_at: Some(5.0),
+            connect_rate: 1000.0,
+            drain: 5.0,
+            workers: 0,
+            fabric_pids: vec![1],
+            p99_target_ms: 50.0,
+            run_id: "t".into(),
+        };
+        let lat = |p99| Latency {
+            count: 10,
+            p50_ms: 1.0,
+            p90_ms: 2.0,
+            p99_ms: p99,
+            p999_ms: p99,
+            max_ms: p99,
+            mean_ms: 1.0,
+        };
+        let steps = vec![
+            StepReport {
+                rate: 1000.0,
+                secs: 10.0,
+                sent: 10_000,
+                sent_per_s: 1000.0,
+                delivered_per_s: 10_000.0,
+                e2e: lat(3.0),
+                ack: lat(1.0),
+                lost: 0,
+            },
+            StepReport {
+                rate: 12000.0,
+                secs: 10.0,
+                sent: 120_000,
+                sent_per_s: 11_900.0,
+                delivered_per_s: 119_000.0,
+                e2e: lat(80.0),
+                ack: lat(4.0),
+                lost: 0,
+            },
+        ];
+        let timeline = (0..30)
+            .map(|i| Point {
+                t: i as f64,
+                open: 100,
+                sent_per_s: if i < 20 {
+                    1000.0 + 500.0 * i as f64
+                } else {
+                    0.0
+                },
+                delivered_per_s: if i < 20 {
+                    10_000.0 + 5_000.0 * i as f64
+                } else {
+                    0.0
+                },
+                e2e: lat(1.0 + i as f64),
+                ..Point::default()
+            })
+            .collect();
+        Report {
+            settings,
+            connect: ConnectReport {
+                connections: 100,
+                subscribed: 100,
+                given_up: 0,
+                failed_attempts: 0,
+                secs: 1.0,
+                per_s: 100.0,
+                latency: lat(2.0),
+            },
+            e2e: lat(60.0),
+            ack: lat(3.0),
+            deliveries_per_s: 64_500.0,
+            totals: Counters {
+                sent: 130_000,
+                delivered: 1_290_000,
+                ..Counters::default()
+            },
+            unacked: 0,
+            accounting: Accounting::default(),
+            steps,
+            rss: None,
+            cpu: CpuReport {
+                window_secs: 25.0,
+                deliveries: 1_290_000,
+                fabric_secs: Some(6.45),
+                fabric_us_per_delivery: Some(5.0),
+                ..CpuReport::default()
+            },
+            timeline,
+            marks: vec![(0.0, "connect".into()), (5.0, "storm".into())],
+            errors: vec![],
+            notes: vec![],
+            fabric_processes: vec!["chatfabric dev [1]".into()],
+        }
+    }
+
+    #[test]
+    fn capacity_is_the_highest_step_that_held_and_targets_follow() {
+        let r = sample_report();
+        assert_eq!(
+            r.capacity().map(|s| s.rate),
+            Some(1000.0),
+            "12k missed p99 < 50 ms"
+        );
+        let t = r.targets();
+        assert_eq!(t[0].met, Some(true), "5.0 us is within 5 us");
+        assert_eq!(t[1].met, Some(false), "10k deliveries/s is short of 200k");
+        assert_eq!(t[2].met, None, "no RSS without --fabric-pid sampling");
+        assert_eq!(t[3].met, Some(true), "ack p99 4 ms at ~12k msg/s");
+        let text = summary(&r);
+        assert!(text.contains("capacity: 1000 msg/s"), "{text}");
+    }
+
+    #[test]
+    fn a_lossy_step_does_not_hold() {
+        let mut r = sample_report();
+        r.steps[0].lost = 1;
+        assert!(r.capacity().is_none());
+        r.accounting.lost = 1;
+        assert!(!r.delivery_ok());
+    }
+
+    #[test]
+    fn the_bottleneck_is_named() {
+        let mut cpu = CpuReport {
+            window_secs: 10.0,
+            loadtest_secs: 12.0,
+            fabric_secs: Some(6.0),
+            machine_busy: Some(0.95),
+            cores: 2,
+            ..CpuReport::default()
+        };
+        assert!(cpu.judge().contains("LOAD GENERATOR"), "{}", cpu.judge());
+        cpu.loadtest_secs = 2.0;
+        cpu.fabric_secs = Some(17.0);
+        assert!(cpu.judge().contains("fabric saturated"));
+        cpu.machine_busy = Some(0.5);
+        assert!(cpu.judge().contains("headroom"));
+    }
+}
