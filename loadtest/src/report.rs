@@ -329,8 +329,8 @@ pub(crate) fn summary(r: &Report) -> String {
     let _ = writeln!(o, "\n== chatfabric loadtest: {scenario} ({}) ==", s.run_id);
     let _ = writeln!(
         o,
-        "{} conversations x {} members + {} idle = {} connections over {} gateway(s), {} worker process(es), payload {} B",
-        s.conversations, s.members, s.idle, s.total_conns(), s.gateways.len(), s.workers, s.payload
+        "{} conversations x {} members + {} idle = {} connections over {} gateway(s), {}, payload {} B",
+        s.conversations, s.members, s.idle, s.total_conns(), s.gateways.len(), if s.workers == 0 { "in-process worker".to_string() } else { format!("{} worker processes", s.workers) }, s.payload
     );
     let c = &r.connect;
     let _ = writeln!(
