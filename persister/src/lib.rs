@@ -18,8 +18,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod drain;
+pub mod metrics;
+pub mod scylla;
 pub mod sqlite;
 pub mod store;
 
+pub use drain::{prepare, run, DrainConfig, PersistError};
+pub use metrics::Metrics;
+pub use scylla::{ScyllaConfig, ScyllaStore};
 pub use sqlite::{SqliteConfig, SqliteStore};
 pub use store::{HistoryStore, PageQuery, StoreError, StoredRecord, Watermark, MAX_PAGE_LIMIT};

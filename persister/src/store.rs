@@ -177,7 +177,7 @@ pub enum StoreError {
         nodes: String,
         /// What the driver said.
         #[source]
-        source: scylla::errors::NewSessionError,
+        source: Box<scylla::errors::NewSessionError>,
     },
     /// Preparing a CQL statement failed (usually the schema is missing or different).
     #[error("preparing CQL `{cql}`: {source} (was the keyspace created by another version?)")]
@@ -186,7 +186,7 @@ pub enum StoreError {
         cql: String,
         /// What the driver said.
         #[source]
-        source: scylla::errors::PrepareError,
+        source: Box<scylla::errors::PrepareError>,
     },
     /// Executing a CQL statement failed.
     #[error(
@@ -198,7 +198,7 @@ pub enum StoreError {
         op: &'static str,
         /// What the driver said.
         #[source]
-        source: scylla::errors::ExecutionError,
+        source: Box<scylla::errors::ExecutionError>,
     },
     /// A ScyllaDB result could not be read.
     #[error(
