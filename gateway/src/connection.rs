@@ -104,8 +104,18 @@ async fn run(socket: Socket, identity: Option<Identity>, conn: u64, state: &Arc<
                 break Some((close::UNAUTHORIZED, "token expired"));
             }
             Some(out) = outbound.recv() => {
-                if write_outbound(&mut sink, &mut outbound, out).await.is_err() {
-                    break None;
+                let write = write_outbound(&mut sink, &mut outbound, out);
+                tokio::pin!(write);
+                tokio::select! {
+                    written = &mut write => if written.is_err() { break None },
+                    // Kicked while the socket is full (the usual slow-consumer case): give the
+                    // client a moment to read on, so the close code reaches it after the data.
+                    code = kick.requested() => {
+                        if let Ok(Ok(())) = tokio::time::timeout(limits.close_grace, write).await {
+                            break Some((code, close_reason(code)));
+                        }
+                        break None;
+                    }
                 }
             }
             Some(reply) = replies.next(), if !replies.is_empty() => {

@@ -63,6 +63,9 @@ pub struct Limits {
     pub publish_timeout: Duration,
     /// Connections this gateway accepts before answering 503.
     pub max_connections: usize,
+    /// When a connection must be closed while its socket is full, how long the gateway waits for
+    /// the client to read on so the close code reaches it; after that it drops the connection.
+    pub close_grace: Duration,
     /// tungstenite's read buffer per connection, in bytes (it is allocated eagerly).
     pub read_buffer: usize,
 }
@@ -79,6 +82,7 @@ impl Default for Limits {
             auth_timeout: Duration::from_secs(10),
             publish_timeout: Duration::from_secs(5),
             max_connections: 100_000,
+            close_grace: Duration::from_secs(5),
             read_buffer: 1024,
         }
     }

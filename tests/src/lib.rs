@@ -1,1 +1,21 @@
-//! placeholder
+//! Fixtures for chatfabric's end-to-end tests: real nats-server processes on free ports, real
+//! gateways bound to port 0, and a WebSocket client that speaks the protocol.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod client;
+pub mod fabric;
+
+pub use client::Client;
+pub use fabric::{Nats, TestGateway};
+
+/// Installs a test tracing subscriber once (honours `RUST_LOG`).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}

@@ -1,0 +1,164 @@
+//! A nats-server and gateways for one test.
+
+use std::net::SocketAddr;
+
+use chatfabric_gateway::{fanout::HubConfig, Authenticator, GatewayConfig, Limits};
+use chatfabric_nats::server::{NatsServer, ServerOptions};
+use chatfabric_nats::{ConnectOptions, Fabric, StreamSettings, UserId};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The HS256 secret test gateways accept.
+pub const SECRET: &[u8] = b"test-secret";
+
+/// A JetStream-enabled nats-server on a free port with a throw-away store.
+pub struct Nats {
+    /// The server process (killed on drop).
+    pub server: NatsServer,
+}
+
+impl Nats {
+    /// Starts a server and provisions streams and buckets.
+    pub async fn start() -> Self {
+        crate::init_tracing();
+        let server = tokio::task::spawn_blocking(|| NatsServer::start(ServerOptions::default()))
+            .await
+            .expect("spawn_blocking")
+            .expect("nats-server starts (is it installed? apt-get install nats-server)");
+        let nats = Self { server };
+        nats.fabric("provision").await;
+        nats
+    }
+
+    /// The client URL.
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    /// A fresh connection with provisioned handles.
+    pub async fn fabric(&self, name: &str) -> Fabric {
+        self.fabric_with(name, 8192).await.0
+    }
+
+    /// A fresh connection whose subscriptions buffer `capacity` messages, plus its missed signal.
+    pub async fn fabric_with(
+        &self,
+        name: &str,
+        capacity: usize,
+    ) -> (Fabric, tokio::sync::watch::Receiver<u64>) {
+        let (client, missed) = chatfabric_nats::connect(&ConnectOptions {
+            url: self.url(),
+            name: name.into(),
+            subscription_capacity: capacity,
+        })
+        .await
+        .expect("connect to nats");
+        let fabric = chatfabric_nats::provision(client, StreamSettings::default())
+            .await
+            .expect("provision");
+        (fabric, missed)
+    }
+}
+
+/// A gateway running in this process on 127.0.0.1 with a free port, stopped on drop.
+pub struct TestGateway {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+/// Test defaults: small limits so tests reach them quickly where they want to.
+pub fn test_config() -> GatewayConfig {
+    GatewayConfig {
+        auth: Authenticator::hs256(SECRET),
+        limits: Limits {
+            rate: 10_000.0,
+            burst: 10_000.0,
+            ..Limits::default()
+        },
+        hub: HubConfig::default(),
+        membership_cache: 10_000,
+        membership_ttl: std::time::Duration::from_secs(60),
+    }
+}
+
+impl TestGateway {
+    /// Starts a gateway with [`test_config`] on its own NATS connection.
+    pub async fn start(nats: &Nats) -> Self {
+        Self::start_with(nats, test_config(), 8192).await
+    }
+
+    /// Starts a gateway with `config` and a NATS subscription capacity of `capacity` messages.
+    pub async fn start_with(nats: &Nats, config: GatewayConfig, capacity: usize) -> Self {
+        let (fabric, missed) = nats.fabric_with("test-gateway", capacity).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                let registry = prometheus_client::registry::Registry::default();
+                chatfabric_gateway::run(listener, fabric, config, missed, registry, shutdown)
+                    .await
+                    .expect("gateway runs");
+            }
+        });
+        Self {
+            addr,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// The WebSocket URL.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Stops the gateway (connections get close 1001) and waits for it.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// Fetches `/metrics` and returns the value of the first sample line starting with `name`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let body = http_get(self.addr, "/metrics").await;
+        body.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A minimal HTTP/1.0 GET, returning the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// A valid token for `user`.
+pub fn token(user: &str) -> String {
+    let user = UserId::new(user).expect("valid user id");
+    chatfabric_gateway::auth::mint_hs256(SECRET, &user, 3600).expect("mint")
+}
