@@ -13,17 +13,22 @@
 //! - [`sqlite`]: the embedded backend (one file, WAL) for single-node deployments.
 //! - [`scylla`]: the clustered backend (ScyllaDB / Cassandra).
 //! - [`metrics`]: the persister's Prometheus metrics (lag, batch sizes, write latency, dead letters).
-//! - [`config`]: command-line flags ([`PersisterArgs`]) and [`open_store`], used by
+//! - [`config`]: command-line flags ([`PersisterArgs`], [`StoreArgs`]) and [`open_store`], used by
 //!   `chatfabric persister` and by the gateway to open the same store for reads.
+//!
+//! `chatfabric persister` is: parse [`PersisterArgs`], [`open_store`], connect and
+//! `chatfabric_nats::provision`, register [`Metrics`], then [`run`] until the shutdown token fires.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod config;
 pub mod drain;
 pub mod metrics;
 pub mod scylla;
 pub mod sqlite;
 pub mod store;
 
+pub use config::{open_store, PersisterArgs, StoreArgs, StoreKind};
 pub use drain::{prepare, run, DrainConfig, PersistError};
 pub use metrics::Metrics;
 pub use scylla::{ScyllaConfig, ScyllaStore};

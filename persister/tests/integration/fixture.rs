@@ -11,7 +11,8 @@ use chatfabric_nats::{provision, ConvId, Fabric, StreamSettings, UserId};
 use chatfabric_persister::drain::watermark_key;
 use chatfabric_persister::metrics::PartitionLabel;
 use chatfabric_persister::{
-    DrainConfig, HistoryStore, Metrics, PageQuery, SqliteConfig, SqliteStore, StoredRecord,
+    DrainConfig, HistoryStore, Metrics, PageQuery, ScyllaConfig, ScyllaStore, SqliteConfig,
+    SqliteStore, StoredRecord,
 };
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -41,9 +42,19 @@ async fn open_sqlite(dir: &tempfile::TempDir) -> Arc<dyn HistoryStore> {
 }
 
 /// A ScyllaDB store in a fresh keyspace, or `None` when `SCYLLA_URI` is not set.
-pub(crate) async fn scylla_store(_test: &str) -> Option<Arc<dyn HistoryStore>> {
-    let _uri = std::env::var("SCYLLA_URI").ok()?;
-    None
+pub(crate) async fn scylla_store(test: &str) -> Option<Arc<dyn HistoryStore>> {
+    let uri = std::env::var("SCYLLA_URI").ok().filter(|u| !u.is_empty())?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mut keyspace = format!("cf_{}_{nanos}_{test}", std::process::id());
+    keyspace.truncate(48);
+    let config = ScyllaConfig {
+        keyspace,
+        ..ScyllaConfig::new(uri.split(',').map(str::to_string).collect())
+    };
+    Some(Arc::new(ScyllaStore::connect(config).await.unwrap()))
 }
 
 /// A real nats-server with the message streams provisioned.
