@@ -8,6 +8,7 @@ use anyhow::Context;
 use chatfabric_gateway::{fanout::HubConfig, Authenticator, GatewayConfig, Limits};
 use chatfabric_nats::subject::Partitions;
 use chatfabric_nats::{ConnectOptions, Fabric, StreamSettings};
+use chatfabric_persister::{open_store, PersisterArgs, StoreArgs};
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +32,8 @@ pub(crate) enum Command {
     Dev(DevArgs),
     /// Run a gateway: WebSocket clients in, JetStream behind.
     Gateway(GatewayCmd),
+    /// Run a persister: drains the message streams into the history store.
+    Persister(PersisterCmd),
     /// Print a development token (HS256) for a user.
     Token(TokenArgs),
     /// Drive a running fabric with a load scenario.
@@ -127,6 +130,22 @@ pub(crate) struct GatewayCmd {
     pub(crate) gateway: GatewayArgs,
 }
 
+/// `chatfabric persister`.
+#[derive(Args)]
+pub(crate) struct PersisterCmd {
+    #[command(flatten)]
+    pub(crate) nats: NatsArgs,
+    #[command(flatten)]
+    pub(crate) persister: PersisterArgs,
+    /// Address to serve /metrics on.
+    #[arg(
+        long,
+        env = "CHATFABRIC_PERSISTER_METRICS",
+        default_value = "127.0.0.1:9090"
+    )]
+    pub(crate) metrics_listen: SocketAddr,
+}
+
 /// Gateway settings.
 #[derive(Parser, Clone)]
 pub(crate) struct GatewayArgs {
@@ -166,10 +185,16 @@ pub(crate) struct GatewayArgs {
     /// Recent messages kept per active conversation for cheap resumes.
     #[arg(long, env = "CHATFABRIC_RING", default_value_t = HubConfig::default().ring)]
     pub(crate) ring: usize,
+    /// History pages cached per gateway.
+    #[arg(long, env = "CHATFABRIC_HISTORY_CACHE", default_value_t = 10_000)]
+    pub(crate) history_cache: u64,
+    /// The history store the persister writes (the gateway reads pages from it).
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
 }
 
 impl GatewayArgs {
-    pub(crate) fn config(&self) -> anyhow::Result<GatewayConfig> {
+    pub(crate) async fn config(&self) -> anyhow::Result<GatewayConfig> {
         let auth = match (&self.jwt_secret, &self.jwt_public_key) {
             (Some(secret), None) => Authenticator::hs256(secret.as_bytes()),
             (None, Some(path)) => {
@@ -200,6 +225,10 @@ impl GatewayArgs {
             },
             membership_cache: 1_000_000,
             membership_ttl: Duration::from_secs(300),
+            history: open_store(&self.store)
+                .await
+                .context("opening the history store")?,
+            history_cache: self.history_cache,
         })
     }
 }
@@ -210,13 +239,34 @@ pub(crate) async fn run_gateway(
     args: &GatewayArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let config = args.config()?;
+    let config = args.config().await?;
     let (fabric, missed) = nats.connect("chatfabric-gateway").await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let registry = prometheus_client::registry::Registry::default();
     chatfabric_gateway::run(listener, fabric, config, missed, registry, shutdown).await?;
+    Ok(())
+}
+
+/// Runs one persister until `shutdown`, serving its metrics on `metrics_listen`.
+pub(crate) async fn run_persister(
+    nats: &NatsArgs,
+    args: &PersisterArgs,
+    metrics_listen: Option<SocketAddr>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let store = open_store(&args.store)
+        .await
+        .context("opening the history store")?;
+    let (fabric, _missed) = nats.connect("chatfabric-persister").await?;
+    let config = args.drain_config();
+    let mut registry = prometheus_client::registry::Registry::default();
+    config.metrics.register(&mut registry);
+    if let Some(addr) = metrics_listen {
+        crate::metrics::serve(addr, registry, shutdown.clone()).await?;
+    }
+    chatfabric_persister::run(fabric, store, config, shutdown).await?;
     Ok(())
 }
 

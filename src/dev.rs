@@ -6,6 +6,13 @@ use clap::Parser;
 
 use crate::cli::{DevArgs, GatewayArgs, NatsArgs};
 
+/// Lets the persister's flags be parsed on their own, to reuse their defaults.
+#[derive(clap::Parser)]
+struct PersisterDefaults {
+    #[command(flatten)]
+    args: chatfabric_persister::PersisterArgs,
+}
+
 pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let store = args.data.join("nats");
     std::fs::create_dir_all(&store).with_context(|| format!("creating {}", store.display()))?;
@@ -23,6 +30,10 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut gateway = GatewayArgs::parse_from(["dev"]);
     gateway.listen = args.listen;
     gateway.jwt_secret = Some(args.jwt_secret.clone());
+    let history = args.data.join("history.db");
+    gateway.store.sqlite_path = history.clone();
+    let mut persister = PersisterDefaults::parse_from(["dev"]).args;
+    persister.store.sqlite_path = history.clone();
 
     let shutdown = crate::shutdown_on_signal();
     let listen = args.listen;
@@ -34,10 +45,22 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     );
     println!("  WebSocket   ws://{listen}/ws");
     println!("  metrics     http://{listen}/metrics");
+    println!("  history     {} (SQLite)", history.display());
     println!("  a token     cargo run -- token alice");
-    let result = crate::cli::run_gateway(&nats, &gateway, shutdown).await;
+    let persist = {
+        let (nats, shutdown) = (nats.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let result = crate::cli::run_persister(&nats, &persister, None, shutdown.clone()).await;
+            // A dead persister in dev is fatal: stop everything rather than run without history.
+            shutdown.cancel();
+            result
+        })
+    };
+    let result = crate::cli::run_gateway(&nats, &gateway, shutdown.clone()).await;
+    shutdown.cancel();
+    let persisted = persist.await.context("persister task")?;
     tokio::task::spawn_blocking(move || server.stop())
         .await
         .ok();
-    result
+    result.and(persisted)
 }

@@ -6,6 +6,7 @@
 
 mod cli;
 mod dev;
+mod metrics;
 
 use anyhow::Context;
 use clap::Parser;
@@ -29,6 +30,16 @@ fn main() -> anyhow::Result<()> {
             Command::Gateway(args) => {
                 let shutdown = shutdown_on_signal();
                 cli::run_gateway(&args.nats, &args.gateway, shutdown).await
+            }
+            Command::Persister(args) => {
+                let shutdown = shutdown_on_signal();
+                cli::run_persister(
+                    &args.nats,
+                    &args.persister,
+                    Some(args.metrics_listen),
+                    shutdown,
+                )
+                .await
             }
             Command::Token(args) => {
                 let user = chatfabric_nats::UserId::new(args.user).context("user id")?;

@@ -340,6 +340,13 @@ impl Session {
                     .into(),
                 )
             }
+            ClientFrame::History {
+                conv,
+                before,
+                after,
+                limit,
+                reference,
+            } => self.history(conv, before, after, limit, reference),
             other => self.membership_op(other),
         }
     }
@@ -424,6 +431,36 @@ impl Session {
                     reference.as_deref(),
                 )),
             }
+        }))
+    }
+
+    fn history(
+        &mut self,
+        conv: ConvId,
+        before: Option<u64>,
+        after: Option<u64>,
+        limit: Option<usize>,
+        reference: Option<String>,
+    ) -> Step {
+        let state = self.state.clone();
+        let user = self.user().clone();
+        Step::Later(Box::pin(async move {
+            let limit = limit.unwrap_or(protocol::DEFAULT_HISTORY_LIMIT);
+            let result = match state.membership.require_member(&conv, &user).await {
+                Ok(()) => state
+                    .history
+                    .page(&conv, before, after, limit)
+                    .await
+                    .map_err(|e| (e.code(), e.to_string())),
+                Err(e) => Err((e.code(), e.to_string())),
+            };
+            Some(match result {
+                Ok(page) => {
+                    state.metrics.frame_out("history");
+                    protocol::encode_history(&conv, &page, reference.as_deref()).into()
+                }
+                Err((code, message)) => error_frame(&state, code, message, reference.as_deref()),
+            })
         }))
     }
 
@@ -552,6 +589,7 @@ fn op_name(frame: &ClientFrame) -> &'static str {
         ClientFrame::RemoveMember { .. } => "remove_member",
         ClientFrame::Conversations { .. } => "conversations",
         ClientFrame::Members { .. } => "members",
+        ClientFrame::History { .. } => "history",
         ClientFrame::Ping { .. } => "ping",
     }
 }

@@ -18,7 +18,10 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
+use chatfabric_nats::ConvId;
+
 use crate::connection;
+use crate::protocol::{self, ErrorCode, DEFAULT_HISTORY_LIMIT};
 use crate::State;
 
 type Body = Full<Bytes>;
@@ -81,6 +84,9 @@ async fn route(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bod
                 ),
             }
         }
+        (&Method::GET, path) if path.starts_with("/v1/conversations/") => {
+            history(&req, path, &state).await
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
     // Building a response from static parts cannot fail; answer 500 rather than panic if it did.
@@ -91,6 +97,85 @@ async fn route(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bod
     }))
 }
 
+/// `GET /v1/conversations/{conv}/messages?before=&after=&limit=` with a bearer token.
+async fn history(
+    req: &Request<Incoming>,
+    path: &str,
+    state: &State,
+) -> Result<Response<Body>, http::Error> {
+    let Some(conv) = path
+        .strip_prefix("/v1/conversations/")
+        .and_then(|p| p.strip_suffix("/messages"))
+    else {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    };
+    let user = match bearer(req).map(|t| state.auth.verify(t)) {
+        Some(Ok(id)) => id.user,
+        _ => {
+            return json_error(
+                ErrorCode::Unauthenticated,
+                "missing, invalid or expired token",
+            )
+        }
+    };
+    let Ok(conv) = ConvId::new(conv) else {
+        return json_error(ErrorCode::Invalid, "invalid conversation id");
+    };
+    let (mut before, mut after, mut limit) = (None, None, DEFAULT_HISTORY_LIMIT);
+    for pair in req
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let Ok(n) = v.parse::<u64>() else {
+            return json_error(ErrorCode::Invalid, "before, after and limit are integers");
+        };
+        match k {
+            "before" => before = Some(n),
+            "after" => after = Some(n),
+            "limit" => limit = n as usize,
+            _ => return json_error(ErrorCode::Invalid, "unknown query parameter"),
+        }
+    }
+    if let Err(e) = state.membership.require_member(&conv, &user).await {
+        return json_error(e.code(), &e.to_string());
+    }
+    match state.history.page(&conv, before, after, limit).await {
+        Ok(page) => Response::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(protocol::encode_history(&conv, &page, None))),
+        Err(e) => json_error(e.code(), &e.to_string()),
+    }
+}
+
+fn bearer(req: &Request<Incoming>) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+/// An error as JSON, with the HTTP status matching its code.
+fn json_error(code: ErrorCode, message: &str) -> Result<Response<Body>, http::Error> {
+    let status = match code {
+        ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let body = serde_json::json!({"code": code, "message": message}).to_string();
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+}
+
 fn text(status: StatusCode, body: &'static str) -> Result<Response<Body>, http::Error> {
     Response::builder()
         .status(status)
@@ -99,6 +184,16 @@ fn text(status: StatusCode, body: &'static str) -> Result<Response<Body>, http::
 }
 
 fn upgrade(mut req: Request<Incoming>, state: Arc<State>) -> Result<Response<Body>, http::Error> {
+    let identity = match req.headers().get(header::AUTHORIZATION) {
+        None => None,
+        Some(_) => match bearer(&req).map(|t| state.auth.verify(t)) {
+            Some(Ok(id)) => Some(id),
+            _ => {
+                state.metrics.close("unauthorized");
+                return text(StatusCode::UNAUTHORIZED, "invalid or expired token\n");
+            }
+        },
+    };
     let headers = req.headers();
     let is_upgrade = headers
         .get(header::UPGRADE)
@@ -108,26 +203,13 @@ fn upgrade(mut req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bod
     let version_ok = headers
         .get(header::SEC_WEBSOCKET_VERSION)
         .is_some_and(|v| v == "13");
+    // A token in the Authorization header was checked above, before the upgrade; without one the
+    // first frame must be `auth`.
     let (true, Some(key), true) = (is_upgrade, key, version_ok) else {
         return text(
             StatusCode::BAD_REQUEST,
             "expected a WebSocket upgrade (version 13)\n",
         );
-    };
-    // A token in the Authorization header is checked before the upgrade; without one the first
-    // frame must be `auth`.
-    let identity = match headers.get(header::AUTHORIZATION) {
-        None => None,
-        Some(v) => {
-            let token = v.to_str().ok().and_then(|s| s.strip_prefix("Bearer "));
-            match token.map(|t| state.auth.verify(t)) {
-                Some(Ok(id)) => Some(id),
-                _ => {
-                    state.metrics.close("unauthorized");
-                    return text(StatusCode::UNAUTHORIZED, "invalid or expired token\n");
-                }
-            }
-        }
     };
     if state.metrics.connections.get() >= state.limits.max_connections as i64 {
         state.metrics.close("capacity");

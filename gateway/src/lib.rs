@@ -12,6 +12,8 @@
 //!   the sender gets `ack` after the PubAck.
 //! - [`fanout`]: one NATS subscription per conversation with local members; gap-free, encoded
 //!   once, **fan-out** to each connection's bounded queue, and on to the **client**.
+//! - [`history`]: history pages, from the persister's store below its watermark and from
+//!   JetStream above it (complete even while the persister lags), cached per page.
 //! - [`metrics`]: Prometheus counters for all of the above.
 //!
 //! [`run`] ties them together; `chatfabric gateway` and `chatfabric dev` call it.
@@ -21,6 +23,7 @@
 pub mod auth;
 mod connection;
 pub mod fanout;
+pub mod history;
 mod http;
 pub mod membership;
 pub mod metrics;
@@ -112,6 +115,10 @@ pub struct GatewayConfig {
     pub membership_cache: u64,
     /// How long a cached membership answer may be used without a watch event.
     pub membership_ttl: Duration,
+    /// The history store the persister writes (the gateway only reads it).
+    pub history: Arc<dyn chatfabric_persister::HistoryStore>,
+    /// History pages cached.
+    pub history_cache: u64,
 }
 
 /// State shared by all connections of a gateway.
@@ -121,6 +128,7 @@ pub(crate) struct State {
     fabric: Fabric,
     hub: fanout::Hub,
     membership: Arc<membership::Membership>,
+    history: history::History,
     metrics: metrics::Metrics,
     registry: Registry,
     next_conn: AtomicU64,
@@ -205,12 +213,14 @@ pub async fn run(
             }
         });
     }
+    let history = history::History::new(config.history, fabric.clone(), config.history_cache);
     let state = Arc::new(State {
         auth: config.auth,
         limits: config.limits,
         fabric,
         hub,
         membership,
+        history,
         metrics,
         registry,
         next_conn: AtomicU64::new(0),

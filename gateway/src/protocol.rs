@@ -90,6 +90,23 @@ pub enum ClientFrame {
         #[serde(default, rename = "ref")]
         reference: Option<String>,
     },
+    /// Read a page of history, newest first (see PROTOCOL.md for walking pages).
+    History {
+        /// The conversation.
+        conv: ConvId,
+        /// Only messages with `seq < before` (scroll back).
+        #[serde(default)]
+        before: Option<u64>,
+        /// Only messages with `seq > after` (catch up).
+        #[serde(default)]
+        after: Option<u64>,
+        /// Page size, 1 to 1000 (default 50).
+        #[serde(default)]
+        limit: Option<usize>,
+        /// Echoed in the reply.
+        #[serde(default, rename = "ref")]
+        reference: Option<String>,
+    },
     /// List a conversation's members.
     Members {
         /// The conversation.
@@ -324,6 +341,34 @@ pub fn encode_msg(m: &chatfabric_nats::wire::StoredMessage, seq: u64, prev: u64)
     serde_json::to_string(&frame).unwrap_or_default()
 }
 
+#[derive(Serialize)]
+struct HistoryFrame<'a> {
+    op: &'static str,
+    conv: &'a ConvId,
+    messages: &'a [crate::history::HistoryMessage],
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    reference: Option<&'a str>,
+}
+
+/// Encodes a `history` reply (also the body of the HTTP history endpoint).
+pub fn encode_history(
+    conv: &ConvId,
+    messages: &[crate::history::HistoryMessage],
+    reference: Option<&str>,
+) -> String {
+    let frame = HistoryFrame {
+        op: "history",
+        conv,
+        messages,
+        reference,
+    };
+    // Strings and integers only: serialization cannot fail.
+    serde_json::to_string(&frame).unwrap_or_default()
+}
+
+/// The page size of a history request without `limit`.
+pub const DEFAULT_HISTORY_LIMIT: usize = 50;
+
 /// Encodes a server frame.
 pub fn encode(frame: &ServerFrame) -> String {
     // ServerFrame holds only strings, integers and enums: serialization cannot fail.
@@ -365,6 +410,7 @@ const KNOWN_OPS: &[&str] = &[
     "remove_member",
     "conversations",
     "members",
+    "history",
     "ping",
 ];
 
@@ -400,6 +446,7 @@ pub fn reference_of(frame: &ClientFrame) -> Option<&str> {
         | ClientFrame::RemoveMember { reference, .. }
         | ClientFrame::Conversations { reference, .. }
         | ClientFrame::Members { reference, .. }
+        | ClientFrame::History { reference, .. }
         | ClientFrame::Ping { reference } => reference.as_deref(),
         ClientFrame::Send { client_id, .. } => Some(client_id),
     }

@@ -1,6 +1,6 @@
 //! Only members read and write a conversation.
 
-use chatfabric_tests::{Client, Nats, TestGateway};
+use crate::support::{Client, Nats, TestGateway};
 use serde_json::json;
 use std::time::Duration;
 
@@ -30,6 +30,12 @@ async fn a_non_member_is_refused_subscribe_send_and_reads() {
         (r["code"].as_str(), r["ref"].as_str()),
         (Some("forbidden"), Some("x"))
     );
+
+    mallory.send(json!({"op":"history","conv":conv})).await;
+    assert_eq!(mallory.reply().await["code"], "forbidden");
+    let path = format!("/v1/conversations/{conv}/messages");
+    let body = crate::support::fabric::http_get_auth(g.addr, &path, "mallory").await;
+    assert!(body.contains("forbidden"), "{body}");
 
     mallory.send(json!({"op":"members","conv":conv})).await;
     assert_eq!(mallory.reply().await["code"], "forbidden");

@@ -1,7 +1,6 @@
 //! Bad input gets its documented error or close code, and never reaches anyone else.
 
-use chatfabric_gateway::{fanout::HubConfig, Authenticator, GatewayConfig, Limits};
-use chatfabric_tests::{fabric::token, Client, Nats, TestGateway};
+use crate::support::{fabric::token, Client, Nats, TestGateway};
 use serde_json::json;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
@@ -79,7 +78,7 @@ async fn oversized_and_binary_frames_close_the_connection() {
 #[tokio::test]
 async fn missing_forged_and_expired_tokens_are_refused() {
     let nats = Nats::start().await;
-    let mut config = chatfabric_tests::fabric::test_config();
+    let mut config = nats.config();
     config.limits.auth_timeout = Duration::from_millis(300);
     let g = TestGateway::start_with(&nats, config, 8192).await;
 
@@ -126,7 +125,7 @@ fn expired_token() -> String {
         .unwrap()
         .as_secs()
         - 120;
-    let key = jsonwebtoken::EncodingKey::from_secret(chatfabric_tests::fabric::SECRET);
+    let key = jsonwebtoken::EncodingKey::from_secret(crate::support::fabric::SECRET);
     jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &json!({"sub":"alice","exp":exp}),
@@ -138,17 +137,9 @@ fn expired_token() -> String {
 #[tokio::test]
 async fn a_flood_is_rate_limited_then_closed() {
     let nats = Nats::start().await;
-    let config = GatewayConfig {
-        auth: Authenticator::hs256(chatfabric_tests::fabric::SECRET),
-        limits: Limits {
-            rate: 1.0,
-            burst: 5.0,
-            ..Limits::default()
-        },
-        hub: HubConfig::default(),
-        membership_cache: 100,
-        membership_ttl: Duration::from_secs(60),
-    };
+    let mut config = nats.config();
+    config.limits.rate = 1.0;
+    config.limits.burst = 5.0;
     let g = TestGateway::start_with(&nats, config, 8192).await;
     let mut flooder = Client::connect(&g.ws_url(), "alice").await;
     for _ in 0..20 {

@@ -1,13 +1,13 @@
 //! A gateway whose NATS subscription drops messages still delivers a gap-free sequence.
 
-use chatfabric_tests::{fabric::test_config, Client, Nats, TestGateway};
+use crate::support::{Client, Nats, TestGateway};
 use futures::future::join_all;
 
 #[tokio::test]
 async fn dropped_live_messages_are_filled_from_jetstream() {
     let nats = Nats::start().await;
     // A subscription that buffers 2 messages: a burst overflows it and the client library drops.
-    let lossy = TestGateway::start_with(&nats, test_config(), 2).await;
+    let lossy = TestGateway::start_with(&nats, nats.config(), 2).await;
     let sender_gw = TestGateway::start(&nats).await;
     let mut alice = Client::connect(&sender_gw.ws_url(), "alice").await;
     let conv = alice.create_group(&["bob"]).await;

@@ -1,6 +1,6 @@
 //! Sending, receiving, idempotent retries and resume across gateways.
 
-use chatfabric_tests::{Client, Nats, TestGateway};
+use crate::support::{Client, Nats, TestGateway};
 use std::time::Duration;
 
 #[tokio::test]
@@ -123,4 +123,26 @@ async fn resume_far_behind_replays_from_jetstream() {
         seqs[10..].to_vec()
     );
     assert!(g.metric("chatfabric_gateway_fetched_messages").await >= 90.0 - 32.0);
+}
+
+#[tokio::test]
+async fn a_gateway_shutdown_closes_with_1001_and_clients_resume_elsewhere() {
+    let nats = Nats::start().await;
+    let (g1, g2) = (
+        TestGateway::start(&nats).await,
+        TestGateway::start(&nats).await,
+    );
+    let mut alice = Client::connect(&g2.ws_url(), "alice").await;
+    let conv = alice.create_group(&["bob"]).await;
+    let mut bob = Client::connect(&g1.ws_url(), "bob").await;
+    bob.subscribe(&conv, None).await;
+    let (first, _) = alice.post(&conv, "k0", "m0").await;
+    assert_eq!(bob.msg().await["seq"], first);
+
+    g1.stop().await;
+    assert_eq!(bob.closed().await, 1001);
+    alice.post(&conv, "k1", "m1").await;
+    let mut bob = Client::connect(&g2.ws_url(), "bob").await;
+    bob.subscribe(&conv, Some(first)).await;
+    assert_eq!(bob.msg().await["body"], "m1");
 }

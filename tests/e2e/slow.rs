@@ -1,6 +1,6 @@
 //! A slow client is closed; the others keep receiving.
 
-use chatfabric_tests::{fabric::test_config, Client, Nats, TestGateway};
+use crate::support::{Client, Nats, TestGateway};
 use futures::{SinkExt, StreamExt};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -9,7 +9,7 @@ use tokio_tungstenite::tungstenite::Message;
 #[tokio::test]
 async fn a_slow_client_is_closed_while_a_fast_one_keeps_receiving() {
     let nats = Nats::start().await;
-    let mut config = test_config();
+    let mut config = nats.config();
     config.limits.queue = 8;
     let g = TestGateway::start_with(&nats, config, 8192).await;
     let mut alice = Client::connect(&g.ws_url(), "alice").await;
@@ -22,7 +22,7 @@ async fn a_slow_client_is_closed_while_a_fast_one_keeps_receiving() {
     let mut req = g.ws_url().into_client_request().unwrap();
     req.headers_mut().insert(
         "authorization",
-        format!("Bearer {}", chatfabric_tests::fabric::token("carol"))
+        format!("Bearer {}", crate::support::fabric::token("carol"))
             .parse()
             .unwrap(),
     );

@@ -29,7 +29,7 @@ impl Client {
         let mut req = url.into_client_request().expect("request");
         req.headers_mut().insert(
             "authorization",
-            format!("Bearer {}", crate::fabric::token(user))
+            format!("Bearer {}", super::fabric::token(user))
                 .parse()
                 .expect("header"),
         );

@@ -1,33 +1,67 @@
 //! A nats-server and gateways for one test.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use chatfabric_gateway::{fanout::HubConfig, Authenticator, GatewayConfig, Limits};
 use chatfabric_nats::server::{NatsServer, ServerOptions};
 use chatfabric_nats::{ConnectOptions, Fabric, StreamSettings, UserId};
+use chatfabric_persister::{HistoryStore, SqliteConfig, SqliteStore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// The HS256 secret test gateways accept.
 pub const SECRET: &[u8] = b"test-secret";
 
-/// A JetStream-enabled nats-server on a free port with a throw-away store.
+/// A JetStream-enabled nats-server on a free port with a throw-away store, and the history store
+/// (SQLite in a temporary directory) its gateways and persisters share.
 pub struct Nats {
     /// The server process (killed on drop).
     pub server: NatsServer,
+    /// The history store.
+    pub history: Arc<dyn HistoryStore>,
+    _dir: tempfile::TempDir,
 }
 
 impl Nats {
     /// Starts a server and provisions streams and buckets.
     pub async fn start() -> Self {
-        crate::init_tracing();
+        super::init_tracing();
         let server = tokio::task::spawn_blocking(|| NatsServer::start(ServerOptions::default()))
             .await
             .expect("spawn_blocking")
             .expect("nats-server starts (is it installed? apt-get install nats-server)");
-        let nats = Self { server };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let history_path = dir.path().join("history.db");
+        let history: Arc<dyn HistoryStore> = Arc::new(
+            SqliteStore::open(SqliteConfig::new(&history_path))
+                .await
+                .expect("open sqlite"),
+        );
+        let nats = Self {
+            server,
+            history,
+            _dir: dir,
+        };
         nats.fabric("provision").await;
         nats
+    }
+
+    /// Gateway test defaults: generous rate limits, this fixture's history store.
+    pub fn config(&self) -> GatewayConfig {
+        GatewayConfig {
+            auth: Authenticator::hs256(SECRET),
+            limits: Limits {
+                rate: 10_000.0,
+                burst: 10_000.0,
+                ..Limits::default()
+            },
+            hub: HubConfig::default(),
+            membership_cache: 10_000,
+            membership_ttl: std::time::Duration::from_secs(60),
+            history: self.history.clone(),
+            history_cache: 1000,
+        }
     }
 
     /// The client URL.
@@ -68,25 +102,10 @@ pub struct TestGateway {
     task: Option<JoinHandle<()>>,
 }
 
-/// Test defaults: small limits so tests reach them quickly where they want to.
-pub fn test_config() -> GatewayConfig {
-    GatewayConfig {
-        auth: Authenticator::hs256(SECRET),
-        limits: Limits {
-            rate: 10_000.0,
-            burst: 10_000.0,
-            ..Limits::default()
-        },
-        hub: HubConfig::default(),
-        membership_cache: 10_000,
-        membership_ttl: std::time::Duration::from_secs(60),
-    }
-}
-
 impl TestGateway {
     /// Starts a gateway with [`test_config`] on its own NATS connection.
     pub async fn start(nats: &Nats) -> Self {
-        Self::start_with(nats, test_config(), 8192).await
+        Self::start_with(nats, nats.config(), 8192).await
     }
 
     /// Starts a gateway with `config` and a NATS subscription capacity of `capacity` messages.
@@ -161,4 +180,20 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> String {
 pub fn token(user: &str) -> String {
     let user = UserId::new(user).expect("valid user id");
     chatfabric_gateway::auth::mint_hs256(SECRET, &user, 3600).expect("mint")
+}
+
+/// A GET with `user`'s bearer token, returning the body.
+pub async fn http_get_auth(addr: SocketAddr, path: &str, user: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "GET {path} HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        token(user)
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
 }

@@ -1,7 +1,5 @@
-//! Fixtures for chatfabric's end-to-end tests: real nats-server processes on free ports, real
-//! gateways bound to port 0, and a WebSocket client that speaks the protocol.
-#![forbid(unsafe_code)]
-#![warn(missing_docs, unreachable_pub)]
+//! Fixtures: real nats-server processes on free ports, real gateways bound to port 0, and a
+//! WebSocket client that speaks the protocol.
 
 pub mod client;
 pub mod fabric;
