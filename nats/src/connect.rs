@@ -15,6 +15,19 @@ pub struct ConnectOptions {
     pub subscription_capacity: usize,
 }
 
+/// Parses a comma-separated list of server URLs.
+fn servers(urls: &str) -> Result<Vec<async_nats::ServerAddr>, async_nats::ConnectError> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>().map_err(|e| {
+                async_nats::ConnectError::with_source(async_nats::ConnectErrorKind::ServerParse, e)
+            })
+        })
+        .collect()
+}
+
 /// A connected client and a counter that moves whenever the client (re)connected or dropped
 /// messages of a subscription. Readers of core NATS subscriptions watch it: after either event,
 /// messages may have been missed and must be fetched from JetStream.
@@ -37,7 +50,7 @@ pub async fn connect(
                 }
             }
         })
-        .connect(opts.url.as_str())
+        .connect(servers(&opts.url)?)
         .await?;
     Ok((client, rx))
 }

@@ -47,23 +47,6 @@ impl Nats {
         nats
     }
 
-    /// Gateway test defaults: generous rate limits, this fixture's history store.
-    pub fn config(&self) -> GatewayConfig {
-        GatewayConfig {
-            auth: Authenticator::hs256(SECRET),
-            limits: Limits {
-                rate: 10_000.0,
-                burst: 10_000.0,
-                ..Limits::default()
-            },
-            hub: HubConfig::default(),
-            membership_cache: 10_000,
-            membership_ttl: std::time::Duration::from_secs(60),
-            history: self.history.clone(),
-            history_cache: 1000,
-        }
-    }
-
     /// The client URL.
     pub fn url(&self) -> String {
         self.server.url()
@@ -92,6 +75,85 @@ impl Nats {
             .expect("provision");
         (fabric, missed)
     }
+
+    /// Gateway test defaults: generous rate limits, this fixture's history store.
+    pub fn config(&self) -> GatewayConfig {
+        test_config(self.history.clone())
+    }
+}
+
+/// Gateway test defaults (generous rate limits) reading history from `history`.
+pub fn test_config(history: Arc<dyn HistoryStore>) -> GatewayConfig {
+    GatewayConfig {
+        auth: Authenticator::hs256(SECRET),
+        limits: Limits {
+            rate: 10_000.0,
+            burst: 10_000.0,
+            ..Limits::default()
+        },
+        hub: HubConfig::default(),
+        membership_cache: 10_000,
+        membership_ttl: std::time::Duration::from_secs(60),
+        history,
+        history_cache: 1000,
+    }
+}
+
+/// A connection to a cluster (first trying node `first`) with streams and buckets provisioned
+/// with 3 replicas, plus the config a test gateway needs; retries while JetStream elects leaders.
+pub async fn cluster_fabric(urls: &[String], first: usize) -> ClusterGatewayParts {
+    super::init_tracing();
+    let mut ordered = urls.to_vec();
+    ordered.rotate_left(first);
+    let (client, missed) = chatfabric_nats::connect(&ConnectOptions {
+        url: ordered.join(","),
+        name: "cluster-gateway".into(),
+        subscription_capacity: 8192,
+    })
+    .await
+    .expect("connect to the cluster");
+    let settings = StreamSettings {
+        replicas: 3,
+        ..StreamSettings::default()
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let fabric = loop {
+        match chatfabric_nats::provision(client.clone(), settings.clone()).await {
+            Ok(f) => break f,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::info!(error = %e, "cluster not ready yet");
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("provisioning on the cluster: {e}"),
+        }
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let history: Arc<dyn HistoryStore> = Arc::new(
+        SqliteStore::open(SqliteConfig::new(dir.path().join("h.db")))
+            .await
+            .expect("sqlite"),
+    );
+    ClusterGatewayParts {
+        fabric,
+        missed,
+        history,
+        _dir: dir,
+    }
+}
+
+/// What [`TestGateway::start_on`] needs: a provisioned connection and a history store.
+pub struct ClusterGatewayParts {
+    fabric: Fabric,
+    missed: tokio::sync::watch::Receiver<u64>,
+    history: Arc<dyn HistoryStore>,
+    _dir: tempfile::TempDir,
+}
+
+impl ClusterGatewayParts {
+    /// The client port of the node this connection is on.
+    pub fn port(&self) -> u16 {
+        self.fabric.client.server_info().port
+    }
 }
 
 /// A gateway running in this process on 127.0.0.1 with a free port, stopped on drop.
@@ -108,9 +170,23 @@ impl TestGateway {
         Self::start_with(nats, nats.config(), 8192).await
     }
 
+    /// Starts a gateway on an existing (cluster) connection.
+    pub async fn start_on(parts: &ClusterGatewayParts) -> Self {
+        let config = test_config(parts.history.clone());
+        Self::spawn(parts.fabric.clone(), parts.missed.clone(), config).await
+    }
+
     /// Starts a gateway with `config` and a NATS subscription capacity of `capacity` messages.
     pub async fn start_with(nats: &Nats, config: GatewayConfig, capacity: usize) -> Self {
         let (fabric, missed) = nats.fabric_with("test-gateway", capacity).await;
+        Self::spawn(fabric, missed, config).await
+    }
+
+    async fn spawn(
+        fabric: Fabric,
+        missed: tokio::sync::watch::Receiver<u64>,
+        config: GatewayConfig,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
