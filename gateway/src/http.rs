@@ -1,4 +1,5 @@
-//! The HTTP front: WebSocket upgrade on `/ws`, health, readiness and metrics.
+//! The HTTP front: routes to the WebSocket upgrade (`/ws`), server-sent events (`/v1/events`),
+//! the REST API (`/v1/conversations/...`), health, readiness and metrics.
 //!
 //! hyper serves HTTP/1.1; `/ws` answers the upgrade itself and hands the raw socket to
 //! tokio-tungstenite with the gateway's buffer sizes, so per-connection memory is ours to set.
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -18,13 +19,16 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
-use chatfabric_nats::ConvId;
+use crate::protocol::ErrorCode;
+use crate::{api, connection, sse, State};
 
-use crate::connection;
-use crate::protocol::{self, ErrorCode, DEFAULT_HISTORY_LIMIT};
-use crate::State;
+/// Every response body: a full buffer, or a stream (server-sent events).
+pub(crate) type Body = BoxBody<Bytes, Infallible>;
 
-type Body = Full<Bytes>;
+/// A complete body.
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed()
+}
 
 /// Accepts connections until shutdown; each is served on its own task tracked by `state.tracker`.
 pub(crate) async fn accept_loop(listener: TcpListener, state: Arc<State>) {
@@ -51,7 +55,16 @@ pub(crate) async fn accept_loop(listener: TcpListener, state: Arc<State>) {
                 .header_read_timeout(Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
-            if let Err(e) = conn.await {
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = state.shutdown.cancelled() => {
+                    // Finish the request in flight, then close (idle keep-alives close at once).
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "http connection ended");
             }
         });
@@ -77,81 +90,32 @@ async fn route(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bod
                         header::CONTENT_TYPE,
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     )
-                    .body(Body::from(out)),
+                    .body(full(out)),
                 Err(_) => text(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "metrics encoding failed\n",
                 ),
             }
         }
+        (&Method::GET, "/v1/events") => sse::events(req, state).await,
         (&Method::GET, path) if path.starts_with("/v1/conversations/") => {
-            history(&req, path, &state).await
+            api::history(&req, &state).await
+        }
+        (&Method::POST, path) if path.starts_with("/v1/conversations/") => {
+            api::send(req, &state).await
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
     // Building a response from static parts cannot fail; answer 500 rather than panic if it did.
     Ok(resp.unwrap_or_else(|_| {
-        let mut r = Response::new(Body::from("internal error\n"));
+        let mut r = Response::new(full("internal error\n"));
         *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
         r
     }))
 }
 
-/// `GET /v1/conversations/{conv}/messages?before=&after=&limit=` with a bearer token.
-async fn history(
-    req: &Request<Incoming>,
-    path: &str,
-    state: &State,
-) -> Result<Response<Body>, http::Error> {
-    let Some(conv) = path
-        .strip_prefix("/v1/conversations/")
-        .and_then(|p| p.strip_suffix("/messages"))
-    else {
-        return text(StatusCode::NOT_FOUND, "not found\n");
-    };
-    let user = match bearer(req).map(|t| state.auth.verify(t)) {
-        Some(Ok(id)) => id.user,
-        _ => {
-            return json_error(
-                ErrorCode::Unauthenticated,
-                "missing, invalid or expired token",
-            )
-        }
-    };
-    let Ok(conv) = ConvId::new(conv) else {
-        return json_error(ErrorCode::Invalid, "invalid conversation id");
-    };
-    let (mut before, mut after, mut limit) = (None, None, DEFAULT_HISTORY_LIMIT);
-    for pair in req
-        .uri()
-        .query()
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let Ok(n) = v.parse::<u64>() else {
-            return json_error(ErrorCode::Invalid, "before, after and limit are integers");
-        };
-        match k {
-            "before" => before = Some(n),
-            "after" => after = Some(n),
-            "limit" => limit = n as usize,
-            _ => return json_error(ErrorCode::Invalid, "unknown query parameter"),
-        }
-    }
-    if let Err(e) = state.membership.require_member(&conv, &user).await {
-        return json_error(e.code(), &e.to_string());
-    }
-    match state.history.page(&conv, before, after, limit).await {
-        Ok(page) => Response::builder()
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(protocol::encode_history(&conv, &page, None))),
-        Err(e) => json_error(e.code(), &e.to_string()),
-    }
-}
-
-fn bearer(req: &Request<Incoming>) -> Option<&str> {
+/// The token of an `Authorization: Bearer` header.
+pub(crate) fn bearer(req: &Request<Incoming>) -> Option<&str> {
     req.headers()
         .get(header::AUTHORIZATION)?
         .to_str()
@@ -160,7 +124,7 @@ fn bearer(req: &Request<Incoming>) -> Option<&str> {
 }
 
 /// An error as JSON, with the HTTP status matching its code.
-fn json_error(code: ErrorCode, message: &str) -> Result<Response<Body>, http::Error> {
+pub(crate) fn json_error(code: ErrorCode, message: &str) -> Result<Response<Body>, http::Error> {
     let status = match code {
         ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
@@ -173,14 +137,15 @@ fn json_error(code: ErrorCode, message: &str) -> Result<Response<Body>, http::Er
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(body))
+        .body(full(body))
 }
 
-fn text(status: StatusCode, body: &'static str) -> Result<Response<Body>, http::Error> {
+/// A plain-text response.
+pub(crate) fn text(status: StatusCode, body: &'static str) -> Result<Response<Body>, http::Error> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(Body::from(body))
+        .body(full(body))
 }
 
 fn upgrade(mut req: Request<Incoming>, state: Arc<State>) -> Result<Response<Body>, http::Error> {
@@ -242,5 +207,5 @@ fn upgrade(mut req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bod
             header::SEC_WEBSOCKET_ACCEPT,
             derive_accept_key(key.as_bytes()),
         )
-        .body(Body::default())
+        .body(full(Bytes::new()))
 }

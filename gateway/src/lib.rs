@@ -4,7 +4,8 @@
 //!
 //! The data path, in the order a message travels:
 //!
-//! - [`http`]: accepts TCP, serves `/healthz`, `/readyz`, `/metrics`, upgrades `/ws`.
+//! - [`http`]: accepts TCP, serves `/healthz`, `/readyz`, `/metrics`, upgrades `/ws`, and routes
+//!   to [`sse`] (event streams) and `api` (REST history and send).
 //! - [`connection`]: one task per WebSocket: authenticate ([`auth`]), read a **frame**, decode and
 //!   **validate** it ([`protocol`], [`rate`]), dispatch.
 //! - [`membership`]: who may read and write which conversation (KV bucket + moka cache).
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+mod api;
 pub mod auth;
 mod connection;
 pub mod fanout;
@@ -30,6 +32,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod rate;
 pub mod send;
+pub mod sse;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -129,6 +132,7 @@ pub(crate) struct State {
     hub: fanout::Hub,
     membership: Arc<membership::Membership>,
     history: history::History,
+    send_limits: api::SendLimits,
     metrics: metrics::Metrics,
     registry: Registry,
     next_conn: AtomicU64,
@@ -221,6 +225,7 @@ pub async fn run(
         hub,
         membership,
         history,
+        send_limits: api::SendLimits::new(),
         metrics,
         registry,
         next_conn: AtomicU64::new(0),

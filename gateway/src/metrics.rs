@@ -22,6 +22,8 @@ pub struct Kind {
 pub struct Metrics {
     /// Open WebSocket connections (authenticated or not).
     pub connections: Gauge,
+    /// Open server-sent event streams.
+    pub sse_streams: Gauge,
     /// Connections accepted since start.
     pub connections_total: Counter,
     /// Inbound frames by op (`invalid` for frames that did not decode).
@@ -54,6 +56,7 @@ impl Metrics {
         let m = Self {
             connections: Gauge::default(),
             connections_total: Counter::default(),
+            sse_streams: Gauge::default(),
             frames_in: Family::default(),
             frames_out: Family::default(),
             deliveries: Counter::default(),

@@ -10,3 +10,4 @@ mod gaps;
 mod history;
 mod messaging;
 mod slow;
+mod sse;

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod fabric;
+pub mod sse;
 
 pub use client::Client;
 pub use fabric::{Nats, TestGateway};

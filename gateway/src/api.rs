@@ -1,0 +1,176 @@
+//! The REST API: history pages and sends over plain HTTP, with a bearer token.
+//!
+//! - `GET /v1/conversations/{conv}/messages?before=&after=&limit=`: a history page.
+//! - `POST /v1/conversations/{conv}/messages` with `{"client_id":..,"body":..}` (or the client id
+//!   in an `Idempotency-Key` header): the same validation, idempotency and ack point as the
+//!   WebSocket `send`; the answer comes after the PubAck.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chatfabric_nats::{ConvId, UserId};
+use http::{header, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+
+use crate::http::{bearer, full, json_error, text, Body};
+use crate::protocol::{self, ErrorCode, DEFAULT_HISTORY_LIMIT};
+use crate::rate::{RateLimiter, Verdict};
+use crate::{send, State};
+
+type Reply = Result<Response<Body>, http::Error>;
+
+/// Per-user limits of HTTP sends, which have no connection to hang a limiter on.
+pub(crate) struct SendLimits {
+    users: moka::sync::Cache<UserId, Arc<std::sync::Mutex<RateLimiter>>>,
+}
+
+impl SendLimits {
+    pub(crate) fn new() -> Self {
+        Self {
+            users: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(std::time::Duration::from_secs(600))
+                .build(),
+        }
+    }
+
+    fn allow(&self, user: &UserId, rate: f64, burst: f64) -> bool {
+        let limiter = self.users.get_with(user.clone(), || {
+            Arc::new(std::sync::Mutex::new(RateLimiter::new(rate, burst)))
+        });
+        let mut limiter = limiter.lock().unwrap_or_else(|p| p.into_inner());
+        limiter.check(Instant::now()) == Verdict::Allow
+    }
+}
+
+/// The conversation of `/v1/conversations/{conv}/messages`, and the caller.
+fn target(req: &Request<Incoming>, state: &State) -> Result<(ConvId, UserId), Reply> {
+    let conv = req
+        .uri()
+        .path()
+        .strip_prefix("/v1/conversations/")
+        .and_then(|p| p.strip_suffix("/messages"))
+        .ok_or_else(|| text(StatusCode::NOT_FOUND, "not found\n"))?;
+    let user = match bearer(req).map(|t| state.auth.verify(t)) {
+        Some(Ok(id)) => id.user,
+        _ => {
+            return Err(json_error(
+                ErrorCode::Unauthenticated,
+                "missing, invalid or expired token",
+            ))
+        }
+    };
+    let conv =
+        ConvId::new(conv).map_err(|_| json_error(ErrorCode::Invalid, "invalid conversation id"))?;
+    Ok((conv, user))
+}
+
+/// `GET /v1/conversations/{conv}/messages?before=&after=&limit=`.
+pub(crate) async fn history(req: &Request<Incoming>, state: &State) -> Reply {
+    let (conv, user) = match target(req, state) {
+        Ok(t) => t,
+        Err(reply) => return reply,
+    };
+    let (mut before, mut after, mut limit) = (None, None, DEFAULT_HISTORY_LIMIT);
+    let query = req.uri().query().unwrap_or_default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let Ok(n) = v.parse::<u64>() else {
+            return json_error(ErrorCode::Invalid, "before, after and limit are integers");
+        };
+        match k {
+            "before" => before = Some(n),
+            "after" => after = Some(n),
+            "limit" => limit = usize::try_from(n).unwrap_or(usize::MAX),
+            _ => return json_error(ErrorCode::Invalid, "unknown query parameter"),
+        }
+    }
+    if let Err(e) = state.membership.require_member(&conv, &user).await {
+        return json_error(e.code(), &e.to_string());
+    }
+    match state.history.page(&conv, before, after, limit).await {
+        Ok(page) => Response::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(full(protocol::encode_history(&conv, &page, None))),
+        Err(e) => json_error(e.code(), &e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendBody {
+    #[serde(default)]
+    client_id: Option<String>,
+    body: String,
+}
+
+/// `POST /v1/conversations/{conv}/messages`.
+pub(crate) async fn send(req: Request<Incoming>, state: &State) -> Reply {
+    let (conv, user) = match target(&req, state) {
+        Ok(t) => t,
+        Err(reply) => return reply,
+    };
+    let limits = &state.limits;
+    if !state.send_limits.allow(&user, limits.rate, limits.burst) {
+        return json_error(ErrorCode::RateLimited, "too many sends; slow down");
+    }
+    let key = req
+        .headers()
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    // The JSON envelope around a body of the largest allowed size, with room for escapes.
+    let cap = limits.max_body * 2 + 1024;
+    let raw = match Limited::new(req.into_body(), cap).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return json_error(ErrorCode::TooLarge, "request body too large"),
+    };
+    let parsed: SendBody = match serde_json::from_slice(&raw) {
+        Ok(p) => p,
+        Err(e) => return json_error(ErrorCode::Invalid, &e.to_string()),
+    };
+    let Some(client_id) = parsed.client_id.or(key) else {
+        return json_error(
+            ErrorCode::Invalid,
+            "client_id (or an Idempotency-Key header) is required",
+        );
+    };
+    if let Err(e) = send::validate(&client_id, &parsed.body, limits.max_body) {
+        return json_error(e.code(), &e.to_string());
+    }
+    if let Err(e) = state.membership.require_member(&conv, &user).await {
+        return json_error(e.code(), &e.to_string());
+    }
+    let timeout = limits.publish_timeout;
+    let reply_id = client_id.clone();
+    match send::publish(
+        &state.fabric,
+        &state.metrics,
+        conv.clone(),
+        user,
+        client_id,
+        parsed.body,
+        timeout,
+    )
+    .await
+    {
+        Ok(stored) => {
+            state.metrics.acks.inc();
+            if stored.duplicate {
+                state.metrics.acks_duplicate.inc();
+            }
+            let body = protocol::encode(&protocol::ServerFrame::Ack {
+                conv,
+                client_id: reply_id,
+                seq: stored.seq,
+                duplicate: stored.duplicate,
+            });
+            Response::builder()
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(full(body))
+        }
+        Err(e) => json_error(e.code(), &e.to_string()),
+    }
+}

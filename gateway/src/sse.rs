@@ -1,0 +1,264 @@
+//! Server-sent events: a user's conversations as a `text/event-stream`, with resume.
+//!
+//! `GET /v1/events` (all the user's conversations, at most [`MAX_CONVERSATIONS`]) or
+//! `GET /v1/events?conv=a&conv=b`. The stream subscribes through the same fan-out as WebSocket
+//! connections, so it has the same order, gap-freeness and slow-consumer handling.
+//!
+//! Every `msg` event's `id:` is a composite cursor, `conv:seq` pairs joined by `,`, covering every
+//! conversation of the stream. A browser's EventSource sends the last one back as
+//! `Last-Event-ID` when it reconnects, and the stream resumes each conversation after its cursor.
+//! Comment heartbeats keep proxies from closing idle streams. A slow reader gets an `error`
+//! event (`slow_consumer`) and the stream ends; the client reconnects and resumes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chatfabric_nats::ConvId;
+use http::{header, Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::fanout::{Kick, Outbound, Outlet};
+use crate::http::{bearer, json_error, Body};
+use crate::protocol::{close, ErrorCode};
+use crate::State;
+
+/// Most conversations one event stream carries (the composite cursor grows with them).
+pub const MAX_CONVERSATIONS: usize = 100;
+/// Interval of comment heartbeats.
+pub const HEARTBEAT: Duration = Duration::from_secs(15);
+/// The reconnect delay suggested to EventSource, in ms.
+const RETRY_MS: u64 = 2000;
+
+/// Parses a composite cursor `conv:seq,conv:seq`. Unparsable parts are ignored.
+pub fn parse_cursor(id: &str) -> BTreeMap<ConvId, u64> {
+    id.split(',')
+        .filter_map(|part| {
+            let (conv, seq) = part.split_once(':')?;
+            Some((ConvId::new(conv.trim()).ok()?, seq.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Formats a composite cursor.
+pub fn format_cursor(cursors: &BTreeMap<ConvId, u64>) -> String {
+    let mut out = String::with_capacity(cursors.len() * 24);
+    for (i, (conv, seq)) in cursors.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(conv.as_str());
+        out.push(':');
+        out.push_str(&seq.to_string());
+    }
+    out
+}
+
+/// `GET /v1/events`.
+pub(crate) async fn events(
+    req: Request<Incoming>,
+    state: Arc<State>,
+) -> Result<Response<Body>, http::Error> {
+    let query = req.uri().query().unwrap_or_default().to_owned();
+    let mut token = bearer(&req).map(str::to_owned);
+    let mut wanted = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            // Browsers' EventSource cannot send headers: the token may come in the query (it
+            // then shows in access logs; prefer the header where the client allows it).
+            Some(("token", t)) => token = token.or_else(|| Some(t.to_owned())),
+            Some(("conv", c)) => match ConvId::new(c) {
+                Ok(c) => wanted.push(c),
+                Err(_) => return json_error(ErrorCode::Invalid, "invalid conversation id"),
+            },
+            _ => return json_error(ErrorCode::Invalid, "unknown query parameter"),
+        }
+    }
+    let user = match token.map(|t| state.auth.verify(&t)) {
+        Some(Ok(id)) => id.user,
+        _ => {
+            return json_error(
+                ErrorCode::Unauthenticated,
+                "missing, invalid or expired token",
+            )
+        }
+    };
+    let convs = if wanted.is_empty() {
+        match state.membership.conversations_of(&user).await {
+            Ok(list) => list.into_iter().map(|c| c.conv).collect(),
+            Err(e) => return json_error(e.code(), &e.to_string()),
+        }
+    } else {
+        for conv in &wanted {
+            if let Err(e) = state.membership.require_member(conv, &user).await {
+                return json_error(e.code(), &e.to_string());
+            }
+        }
+        wanted
+    };
+    if convs.len() > MAX_CONVERSATIONS {
+        return json_error(
+            ErrorCode::TooLarge,
+            "an event stream carries at most 100 conversations; name them with conv=",
+        );
+    }
+    let resume = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(parse_cursor)
+        .unwrap_or_default();
+
+    let conn = state.next_conn();
+    let (tx, outbound) = mpsc::channel(state.limits.queue);
+    let kick = Arc::new(Kick::default());
+    let outlet = Outlet {
+        conn,
+        user: user.clone(),
+        tx,
+        kick: kick.clone(),
+    };
+    for conv in &convs {
+        let after = resume.get(conv).copied();
+        if let Err(e) = state.hub.subscribe(conv, outlet.clone(), after, None).await {
+            for c in &convs {
+                state.hub.unsubscribe(c, conn);
+            }
+            return json_error(e.code(), &e.to_string());
+        }
+    }
+    drop(outlet);
+
+    // A small bounded body channel: a client that stops reading fills it, then the outbound
+    // queue, and the fan-out closes it as slow.
+    let (body_tx, body_rx) = mpsc::channel::<Bytes>(8);
+    state.metrics.sse_streams.inc();
+    let task_state = state.clone();
+    state.tracker.spawn(async move {
+        pump(&task_state, outbound, kick, body_tx, resume).await;
+        for c in &convs {
+            task_state.hub.unsubscribe(c, conn);
+        }
+        task_state.metrics.sse_streams.dec();
+    });
+    let stream = futures::stream::unfold(body_rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(Frame::data(b)), rx))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header("x-accel-buffering", "no")
+        .body(BodyExt::boxed(StreamBody::new(stream)))
+}
+
+#[derive(Deserialize)]
+struct Head<'a> {
+    op: &'a str,
+    #[serde(borrow)]
+    conv: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default)]
+    cursor: Option<u64>,
+}
+
+/// Turns queued frames into events until the client leaves, is kicked, or the gateway stops.
+async fn pump(
+    state: &State,
+    mut outbound: mpsc::Receiver<Outbound>,
+    kick: Arc<Kick>,
+    body: mpsc::Sender<Bytes>,
+    mut cursors: BTreeMap<ConvId, u64>,
+) {
+    if body
+        .send(Bytes::from(format!("retry: {RETRY_MS}\n\n")))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.tick().await;
+    loop {
+        let chunk = tokio::select! {
+            code = kick.requested() => {
+                let reason = if code == close::SLOW_CONSUMER { "slow_consumer" } else { "closed" };
+                let event = format!("event: error\ndata: {{\"code\":\"{reason}\"}}\n\n");
+                let _ = tokio::time::timeout(Duration::from_secs(1), body.send(event.into())).await;
+                return;
+            }
+            _ = state.shutdown.cancelled() => return,
+            _ = body.closed() => return,
+            _ = heartbeat.tick() => Bytes::from_static(b": heartbeat\n\n"),
+            out = outbound.recv() => match out {
+                None => return,
+                Some(Outbound::Frame(f)) => event(&mut cursors, &f),
+                Some(Outbound::Batch(frames)) => {
+                    let mut all = Vec::new();
+                    for f in frames {
+                        all.extend_from_slice(&event(&mut cursors, &f));
+                    }
+                    Bytes::from(all)
+                }
+            },
+        };
+        tokio::select! {
+            sent = body.send(chunk) => if sent.is_err() { return },
+            code = kick.requested() => {
+                let _ = code;
+                return;
+            }
+        }
+    }
+}
+
+/// One frame as an event, advancing the composite cursor.
+fn event(cursors: &mut BTreeMap<ConvId, u64>, frame: &str) -> Bytes {
+    let Ok(head) = serde_json::from_str::<Head<'_>>(frame) else {
+        return Bytes::new();
+    };
+    let Ok(conv) = ConvId::new(head.conv.as_ref()) else {
+        return Bytes::new();
+    };
+    if let Some(seq) = head.seq.or(head.cursor) {
+        cursors.insert(conv, seq);
+    }
+    let id = format_cursor(cursors);
+    Bytes::from(format!("id: {id}\nevent: {}\ndata: {frame}\n\n", head.op))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_ignore_garbage() {
+        let c = parse_cursor("a:1,b-2:42, junk ,c.d:3,e:x");
+        assert_eq!(c.len(), 2);
+        assert_eq!(format_cursor(&c), "a:1,b-2:42");
+        assert_eq!(parse_cursor(&format_cursor(&c)), c);
+    }
+
+    #[test]
+    fn events_carry_the_composite_cursor() {
+        let mut cursors = BTreeMap::new();
+        let sub = event(&mut cursors, r#"{"op":"subscribed","conv":"a","cursor":5}"#);
+        assert!(std::str::from_utf8(&sub)
+            .unwrap()
+            .starts_with("id: a:5\nevent: subscribed\n"));
+        let msg = event(&mut cursors, r#"{"op":"msg","conv":"b","seq":9,"prev":0}"#);
+        let text = std::str::from_utf8(&msg).unwrap();
+        assert!(
+            text.starts_with("id: a:5,b:9\nevent: msg\ndata: {"),
+            "{text}"
+        );
+        assert!(text.ends_with("}\n\n"));
+    }
+}
