@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chatfabric_nats::{ConvId, UserId};
-use http::{header, Request, Response, StatusCode};
+use http::{header, Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use crate::http::{bearer, full, json_error, text, Body};
+use crate::http::{bearer, full, json_error, Body};
 use crate::protocol::{self, ErrorCode, DEFAULT_HISTORY_LIMIT};
 use crate::rate::{RateLimiter, Verdict};
 use crate::{send, State};
@@ -71,7 +71,7 @@ fn target(req: &Request<Incoming>, state: &State) -> Result<(ConvId, UserId), Re
 pub(crate) async fn history(req: &Request<Incoming>, state: &State) -> Reply {
     let (conv, user) = match target(req, state) {
         Ok(t) => t,
-        Err(reply) => return reply,
+        Err((code, message)) => return json_error(code, message),
     };
     let (mut before, mut after, mut limit) = (None, None, DEFAULT_HISTORY_LIMIT);
     let query = req.uri().query().unwrap_or_default();
@@ -110,7 +110,7 @@ struct SendBody {
 pub(crate) async fn send(req: Request<Incoming>, state: &State) -> Reply {
     let (conv, user) = match target(&req, state) {
         Ok(t) => t,
-        Err(reply) => return reply,
+        Err((code, message)) => return json_error(code, message),
     };
     let limits = &state.limits;
     if !state.send_limits.allow(&user, limits.rate, limits.burst) {
