@@ -10,6 +10,11 @@
 //!   answered only after that commit.
 //! - **A small pool of read connections** serves [`HistoryStore::page`] on tokio's blocking pool.
 //!   WAL lets readers run concurrently with the writer, so history reads never queue behind writes.
+//! - **A checkpointer thread** copies the WAL into the database every [`CHECKPOINT_EVERY`]
+//!   (`PASSIVE`, concurrent with writes). SQLite's automatic checkpoints would run inside a
+//!   writer's commit, and their fsync would stall the write path (on a slow disk it was the
+//!   largest cost of a batch). When the WAL outgrows [`WAL_RESTART_PAGES`] a `RESTART` checkpoint
+//!   briefly holds the writer so the WAL file is reused instead of growing.
 //!
 //! # Durability
 //!
@@ -23,7 +28,8 @@
 //! [`Synchronous::Full`] (fsync on every commit) to also survive OS crashes, at a lower write rate.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chatfabric_nats::ConvId;
@@ -69,6 +75,11 @@ const READ_WATERMARK: &str = "SELECT seq FROM watermarks WHERE partition = ?1";
 const WRITE_QUEUE: usize = 64;
 /// The most batches the writer folds into one transaction.
 const MAX_GROUP: usize = 32;
+
+/// How often the checkpointer runs.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// WAL size, in pages, above which the checkpointer restarts the WAL (holding writers briefly).
+pub const WAL_RESTART_PAGES: i64 = 16 * 1024;
 
 /// How hard SQLite flushes commits to disk; see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -119,6 +130,8 @@ pub struct SqliteStore {
     readers: Arc<Mutex<Vec<Connection>>>,
     /// One permit per read connection.
     read_permits: Arc<Semaphore>,
+    /// Dropping it tells the checkpointer thread to run a last checkpoint and exit.
+    _checkpointer: std_mpsc::Sender<()>,
 }
 
 impl SqliteStore {
@@ -148,7 +161,8 @@ impl SqliteStore {
         };
         writer
             .execute_batch(&format!(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 5000;"
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; \
+                 PRAGMA busy_timeout = 5000; PRAGMA wal_autocheckpoint = 0;"
             ))
             .map_err(open_err)?;
         migrate(&mut writer)?;
@@ -165,6 +179,22 @@ impl SqliteStore {
             readers.push(conn);
         }
 
+        let checkpoint_conn = Connection::open(&config.path).map_err(open_err)?;
+        checkpoint_conn
+            .execute_batch(&format!(
+                "PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 5000; \
+                 PRAGMA wal_autocheckpoint = 0;"
+            ))
+            .map_err(open_err)?;
+        let (checkpointer, stop) = std_mpsc::channel();
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpoint_conn, stop))
+            .map_err(|source| StoreError::Io {
+                path: path_str.clone(),
+                source,
+            })?;
+
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -177,6 +207,7 @@ impl SqliteStore {
             writer: tx,
             read_permits: Arc::new(Semaphore::new(readers.len())),
             readers: Arc::new(Mutex::new(readers)),
+            _checkpointer: checkpointer,
         })
     }
 
@@ -252,6 +283,36 @@ fn write_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteJob>) {
             };
             // The caller may have given up (cancelled); its batch is committed or not either way.
             let _ = job.done.send(answer);
+        }
+    }
+}
+
+/// The checkpointer thread: a passive checkpoint every [`CHECKPOINT_EVERY`] until the store drops.
+fn checkpoint_loop(conn: Connection, stop: std_mpsc::Receiver<()>) {
+    loop {
+        let last = matches!(
+            stop.recv_timeout(CHECKPOINT_EVERY),
+            Err(std_mpsc::RecvTimeoutError::Disconnected)
+        );
+        // (busy, WAL pages, pages copied)
+        let passive = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        });
+        match passive {
+            Ok((_, wal_pages, _)) if wal_pages > WAL_RESTART_PAGES || last => {
+                if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(RESTART);") {
+                    tracing::warn!(error = %e, "restarting the SQLite WAL failed");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "SQLite checkpoint failed"),
+        }
+        if last {
+            return;
         }
     }
 }
