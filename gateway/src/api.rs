@@ -46,24 +46,26 @@ impl SendLimits {
 }
 
 /// The conversation of `/v1/conversations/{conv}/messages`, and the caller.
-fn target(req: &Request<Incoming>, state: &State) -> Result<(ConvId, UserId), Reply> {
+fn target(
+    req: &Request<Incoming>,
+    state: &State,
+) -> Result<(ConvId, UserId), (ErrorCode, &'static str)> {
     let conv = req
         .uri()
         .path()
         .strip_prefix("/v1/conversations/")
         .and_then(|p| p.strip_suffix("/messages"))
-        .ok_or_else(|| text(StatusCode::NOT_FOUND, "not found\n"))?;
+        .ok_or((ErrorCode::NotFound, "no such endpoint"))?;
     let user = match bearer(req).map(|t| state.auth.verify(t)) {
         Some(Ok(id)) => id.user,
         _ => {
-            return Err(json_error(
+            return Err((
                 ErrorCode::Unauthenticated,
                 "missing, invalid or expired token",
             ))
         }
     };
-    let conv =
-        ConvId::new(conv).map_err(|_| json_error(ErrorCode::Invalid, "invalid conversation id"))?;
+    let conv = ConvId::new(conv).map_err(|_| (ErrorCode::Invalid, "invalid conversation id"))?;
     Ok((conv, user))
 }
 
