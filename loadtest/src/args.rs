@@ -78,8 +78,8 @@ pub struct LoadtestArgs {
     #[arg(long, env = "CHATFABRIC_LOADTEST_PAYLOAD")]
     pub payload: Option<usize>,
 
-    /// Share (0..1) of receiving members that use SSE instead of WebSocket. Not yet supported:
-    /// the gateway has no SSE endpoint yet, so any value above 0 is refused.
+    /// Share [0, 1) of active members that receive over server-sent events (`GET /v1/events`)
+    /// instead of WebSocket; they do not send.
     #[arg(long, env = "CHATFABRIC_LOADTEST_SSE_SHARE", default_value_t = 0.0)]
     pub sse_share: f64,
 
@@ -221,6 +221,8 @@ pub struct Settings {
     pub steps: Vec<Step>,
     /// Body size in bytes.
     pub payload: usize,
+    /// Share of active members that receive over SSE.
+    pub sse_share: f64,
     /// Drops-and-resumes per second while sending.
     pub churn: f64,
     /// Idle connections.
@@ -358,6 +360,7 @@ impl Settings {
             members,
             steps,
             payload,
+            sse_share: args.sse_share,
             churn: args.churn.or(p.churn).unwrap_or(0.0),
             idle,
             idle_room_size: args.idle_room_size,
@@ -380,8 +383,8 @@ impl Settings {
                  chat.in.<conv>.<sender> needs the ingest service, which does not exist yet"
             );
         }
-        if args.sse_share > 0.0 {
-            bail!("--sse-share is not yet supported: the gateway has no SSE endpoint yet");
+        if !(0.0..1.0).contains(&self.sse_share) {
+            bail!("--sse-share must be at least 0 and below 1 (WebSocket members do the sending)");
         }
         if self.gateways.is_empty() {
             bail!("give at least one --gateway URL");

@@ -54,6 +54,8 @@ pub(crate) struct Member {
     pub(crate) target: usize,
     /// Local address to connect from.
     pub(crate) source: Option<IpAddr>,
+    /// Receives over server-sent events instead of WebSocket (and never sends).
+    pub(crate) sse: bool,
 }
 
 /// What the worker tells a connection to do.
@@ -66,15 +68,21 @@ pub(crate) enum Order {
 }
 
 /// Why a session ended.
-enum End {
+pub(crate) enum End {
     Finish,
     Dropped,
     Closed(u16),
     Broken,
 }
 
+/// An open session of either kind.
+enum Session {
+    Ws(Box<WebSocketStream<TcpStream>>),
+    Sse(crate::sse::EventStream),
+}
+
 /// A send waiting for its ack.
-struct Pending {
+pub(crate) struct Pending {
     written: Instant,
     step: u32,
     body: String,
@@ -103,28 +111,39 @@ pub(crate) async fn run(
     };
     loop {
         let began = Instant::now();
-        let session = tokio::select! {
-            s = tokio::time::timeout(SESSION_TIMEOUT, open(&shared, &member, &token, ledger.resume_after())) => s,
-            _ = finish.cancelled() => break,
-        };
-        let (mut ws, cursor) = match session.unwrap_or_else(|_| Err(anyhow!("session timed out"))) {
-            Ok(s) => s,
-            Err(err) => {
-                counters.connect_failures.fetch_add(1, Relaxed);
-                shared.note_error(&format!("{err:#}"));
-                failures += 1;
-                if first && failures >= FIRST_SESSION_ATTEMPTS {
-                    shared.given_up.fetch_add(1, Relaxed);
-                    break;
-                }
-                let backoff = Duration::from_millis(100 << failures.min(5))
-                    + Duration::from_millis(fastrand::u64(0..100));
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => continue,
-                    _ = finish.cancelled() => break,
-                }
+        let after = ledger.resume_after();
+        let opening = async {
+            if member.sse {
+                let (es, cursor) = crate::sse::open(&shared, &member, &token, after).await?;
+                Ok((Session::Sse(es), cursor))
+            } else {
+                let (ws, cursor) = open(&shared, &member, &token, after).await?;
+                Ok((Session::Ws(Box::new(ws)), cursor))
             }
         };
+        let session = tokio::select! {
+            s = tokio::time::timeout(SESSION_TIMEOUT, opening) => s,
+            _ = finish.cancelled() => break,
+        };
+        let (mut session, cursor) =
+            match session.unwrap_or_else(|_| Err(anyhow!("session timed out"))) {
+                Ok(s) => s,
+                Err(err) => {
+                    counters.connect_failures.fetch_add(1, Relaxed);
+                    shared.note_error(&format!("{err:#}"));
+                    failures += 1;
+                    if first && failures >= FIRST_SESSION_ATTEMPTS {
+                        shared.given_up.fetch_add(1, Relaxed);
+                        break;
+                    }
+                    let backoff = Duration::from_millis(100 << failures.min(5))
+                        + Duration::from_millis(fastrand::u64(0..100));
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => continue,
+                        _ = finish.cancelled() => break,
+                    }
+                }
+            };
         failures = 0;
         counters.connects.fetch_add(1, Relaxed);
         shared.record_connect(began.elapsed());
@@ -136,23 +155,33 @@ pub(crate) async fn run(
             counters.reconnects.fetch_add(1, Relaxed);
         }
         shared.open.fetch_add(1, Relaxed);
-        let end = session_loop(
-            &member,
-            &shared,
-            &mut ws,
-            &mut ledger,
-            &mut pending,
-            &mut orders,
-            &finish,
-            &mut sends,
-        )
-        .await;
+        let end = match &mut session {
+            Session::Ws(ws) => {
+                session_loop(
+                    &member,
+                    &shared,
+                    ws,
+                    &mut ledger,
+                    &mut pending,
+                    &mut orders,
+                    &finish,
+                    &mut sends,
+                )
+                .await
+            }
+            Session::Sse(es) => {
+                crate::sse::session_loop(&member, &shared, es, &mut ledger, &mut orders, &finish)
+                    .await
+            }
+        };
         shared.open.fetch_sub(1, Relaxed);
         match end {
             End::Finish => {
                 // A polite close; the gateway may already be gone, which changes nothing here.
-                if ws.close(None).await.is_err() {
-                    tracing::trace!("close after finish failed");
+                if let Session::Ws(ws) = &mut session {
+                    if ws.as_mut().close(None).await.is_err() {
+                        tracing::trace!("close after finish failed");
+                    }
                 }
                 break;
             }
@@ -182,21 +211,7 @@ async fn open(
     after: Option<u64>,
 ) -> anyhow::Result<(WebSocketStream<TcpStream>, u64)> {
     let target = &shared.targets[member.target];
-    let socket = if target.addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    if let Some(source) = member.source {
-        socket
-            .bind(SocketAddr::new(source, 0))
-            .with_context(|| format!("binding source address {source}"))?;
-    }
-    let stream = socket
-        .connect(target.addr)
-        .await
-        .with_context(|| format!("connecting to {}", target.addr))?;
-    stream.set_nodelay(true)?;
+    let stream = dial(shared, member).await?;
     let mut request = target.url.as_str().into_client_request()?;
     request.headers_mut().insert(
         http::header::AUTHORIZATION,
@@ -219,6 +234,27 @@ async fn open(
     ws.send(Message::text(subscribe)).await?;
     let cursor = expect(&mut ws, "subscribed").await?;
     Ok((ws, cursor))
+}
+
+/// A TCP connection to the member's gateway from its source address.
+pub(crate) async fn dial(shared: &Shared, member: &Member) -> anyhow::Result<TcpStream> {
+    let target = &shared.targets[member.target];
+    let socket = if target.addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(source) = member.source {
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .with_context(|| format!("binding source address {source}"))?;
+    }
+    let stream = socket
+        .connect(target.addr)
+        .await
+        .with_context(|| format!("connecting to {}", target.addr))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
 
 /// Waits for a reply with `op`; returns its cursor (0 when it has none).
@@ -305,8 +341,8 @@ async fn session_loop(
     }
 }
 
-/// Handles a text frame of a live session.
-fn on_text(
+/// Handles a text frame of a live session (WebSocket text, or an SSE event's data).
+pub(crate) fn on_text(
     member: &Member,
     shared: &Shared,
     text: &str,

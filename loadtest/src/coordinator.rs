@@ -523,11 +523,14 @@ impl Collector {
         done: impl Fn(&Collector) -> bool,
     ) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + limit;
+        // Points close 300 ms after each whole Unix second, when the workers' ticks for that
+        // second (see the worker) have arrived.
+        let phase = (1_300_000_000 - crate::frames::unix_nanos() % 1_000_000_000) % 1_000_000_000;
         let mut second = tokio::time::interval_at(
-            tokio::time::Instant::from_std(self.last_cpu.at) + Duration::from_secs(1),
+            tokio::time::Instant::now() + Duration::from_nanos(phase),
             Duration::from_secs(1),
         );
-        second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         while !done(self) {
             tokio::select! {
                 event = events.recv() => match event {

@@ -187,4 +187,71 @@ mod tests {
         .encode();
         assert_eq!(s, r#"{"op":"subscribe","conv":"c","after":3}"#);
     }
+
+    #[test]
+    fn frames_agree_with_the_gateways_protocol() {
+        use chatfabric_gateway::protocol::{self, ClientFrame, ServerFrame};
+        let members = vec!["bob".to_string()];
+        let frames = [
+            Request::Subscribe {
+                conv: "c1",
+                after: Some(9),
+            }
+            .encode(),
+            Request::Send {
+                conv: "c1",
+                client_id: "7-1",
+                body: &stamped_body(5, 40),
+            }
+            .encode(),
+            Request::Create {
+                kind: "group",
+                members: &members,
+                title: "t",
+                reference: "3",
+            }
+            .encode(),
+        ];
+        for text in &frames {
+            assert!(
+                protocol::decode(text).is_ok(),
+                "the gateway cannot read {text}"
+            );
+        }
+        assert!(matches!(
+            protocol::decode(&frames[0]),
+            Ok(ClientFrame::Subscribe { after: Some(9), .. })
+        ));
+        let m = chatfabric_nats::wire::StoredMessage {
+            id: "i".into(),
+            conv: chatfabric_nats::ConvId::new("c1").unwrap(),
+            sender: chatfabric_nats::UserId::new("bob").unwrap(),
+            client_id: "7-1".into(),
+            ts: 1,
+            body: stamped_body(5, 40),
+        };
+        let text = protocol::encode_msg(&m, 12, 10);
+        let r = Reply::parse(&text).unwrap();
+        assert_eq!((r.seq, r.prev), (Some(12), Some(10)));
+        assert_eq!(r.body.as_deref().and_then(sent_nanos), Some(5));
+        let ack = protocol::encode(&ServerFrame::Ack {
+            conv: m.conv.clone(),
+            client_id: "7-1".into(),
+            seq: 12,
+            duplicate: true,
+        });
+        let r = Reply::parse(&ack).unwrap();
+        assert_eq!(
+            (r.op.as_ref(), r.client_id.as_deref(), r.duplicate),
+            ("ack", Some("7-1"), Some(true))
+        );
+        // Escaped text still parses (it is copied instead of borrowed).
+        let err = protocol::encode(&ServerFrame::Error {
+            code: protocol::ErrorCode::Invalid,
+            message: "bad \"conv\"\n".into(),
+            reference: Some("7-2".into()),
+        });
+        let r = Reply::parse(&err).unwrap();
+        assert_eq!(r.error_text(), "invalid: bad \"conv\"\n");
+    }
 }

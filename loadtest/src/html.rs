@@ -201,9 +201,10 @@ fn chart(
         TOP + plot_h / 2.0,
         esc(y_label)
     );
-    // x ticks every tenth of the run, in seconds.
-    for i in 0..=10 {
-        let x = x_max * i as f64 / 10.0;
+    // x ticks at a round number of seconds, ten or fewer.
+    let x_step = nice_max(x_max / 10.0);
+    for i in 0..=(x_max / x_step) as usize {
+        let x = x_step * i as f64;
         let _ = write!(
             svg,
             r#"<text x="{:.1}" y="{:.1}" font-size="10" text-anchor="middle">{:.0}s</text>"#,

@@ -19,6 +19,7 @@
 //! - `worker`: holds a share of the connections, paces their sends and reports every second.
 //! - `connection`: one member connection: connect from a chosen source address, authenticate,
 //!   subscribe, send, receive, and resume from its cursor after a drop.
+//! - `sse`: the same, for a member that receives over server-sent events.
 //! - `frames`: the JSON frames as the load generator writes and reads them, and the timestamped
 //!   message body that gives end-to-end latency without a clock protocol.
 //! - `ledger`: loss, duplicate and order accounting against the fabric's cursors.
@@ -38,6 +39,7 @@ mod ledger;
 mod procstat;
 mod report;
 mod setup;
+mod sse;
 mod stats;
 mod worker;
 

@@ -466,6 +466,7 @@ pub(crate) mod tests {
                 },
             ],
             payload: 100,
+            sse_share: 0.0,
             churn: 0.0,
             idle: 0,
             idle_room_size: 100,

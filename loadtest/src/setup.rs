@@ -169,6 +169,7 @@ mod tests {
                 secs: 0.0,
             }],
             payload: 1,
+            sse_share: 0.0,
             churn: 0.0,
             idle: 5,
             idle_room_size: 4,

@@ -148,6 +148,7 @@ fn members_of(plan: &WorkerPlan) -> Vec<Member> {
                 conv_idx: conv_idx as u32,
                 target: i % s.gateways.len(),
                 source: (sources > 0).then(|| s.source_addrs[i % sources]),
+                sse: crate::sse::is_sse(i, s.member_conns(), s.sse_share),
             }
         })
         .collect()
@@ -200,8 +201,13 @@ async fn drive(
     let mut next_sender = 0usize;
     let mut pace = tokio::time::interval(Duration::from_millis(10));
     pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut report = tokio::time::interval(Duration::from_secs(1));
-    report.tick().await;
+    // Ticks end on whole Unix seconds, in every worker, so the coordinator (which closes its
+    // timeline points 300 ms later) puts each worker's second in the same point.
+    let to_boundary = 1_000_000_000 - crate::frames::unix_nanos() % 1_000_000_000;
+    let mut report = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_nanos(to_boundary),
+        Duration::from_secs(1),
+    );
     let mut last_pace = Instant::now();
     loop {
         tokio::select! {
@@ -231,7 +237,7 @@ async fn drive(
                     let Some(member) = to_spawn.next() else { break };
                     connect_credit -= 1.0;
                     let (tx, rx) = mpsc::channel(ORDER_QUEUE);
-                    if member.index < member_conns {
+                    if member.index < member_conns && !member.sse {
                         senders.push(queues.len());
                     }
                     queues.push(tx);
@@ -316,12 +322,17 @@ async fn drive(
 
 /// The share of all sending members that this worker holds.
 fn senders_share(plan: &WorkerPlan) -> f64 {
-    let total = plan.settings.member_conns();
-    if total == 0 {
+    let s = &plan.settings;
+    let workers = plan.workers.max(1);
+    let (mut mine, mut all) = (0usize, 0usize);
+    for i in crate::sse::senders(s.member_conns(), s.sse_share) {
+        all += 1;
+        mine += usize::from(i % workers == plan.index);
+    }
+    if all == 0 {
         return 0.0;
     }
-    let mine = (plan.index..total).step_by(plan.workers.max(1)).count();
-    mine as f64 / total as f64
+    mine as f64 / all as f64
 }
 
 fn make_tick(plan: &WorkerPlan, shared: &Shared, assigned: u64) -> Tick {
@@ -366,6 +377,7 @@ mod tests {
                 secs: 1.0,
             }],
             payload: 10,
+            sse_share: 0.25,
             churn: 0.0,
             idle: 5,
             idle_room_size: 2,
