@@ -9,6 +9,7 @@
 //! - [`connection`]: one task per WebSocket: authenticate ([`auth`]), read a **frame**, decode and
 //!   **validate** it ([`protocol`], [`rate`]), dispatch.
 //! - [`membership`]: who may read and write which conversation (KV bucket + moka cache).
+//! - [`ingest`]: the same for bots and devices that speak NATS (`chat.in`, `chat.read`).
 //! - [`send`]: a `send` becomes a stored message on the conversation's **subject** in **JetStream**;
 //!   the sender gets `ack` after the PubAck.
 //! - [`fanout`]: one NATS subscription per conversation with local members; gap-free, encoded
@@ -27,6 +28,7 @@ mod connection;
 pub mod fanout;
 pub mod history;
 mod http;
+pub mod ingest;
 pub mod membership;
 pub mod metrics;
 pub mod protocol;
@@ -232,6 +234,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
     });
+    tracker.spawn(ingest::run(state.clone()));
     tracing::info!(%addr, "gateway listening");
     http::accept_loop(listener, state).await;
     tracker.close();

@@ -46,6 +46,10 @@ pub struct Metrics {
     pub fetched: Counter,
     /// Conversations with local subscribers (one NATS subscription each).
     pub live_conversations: Gauge,
+    /// Messages stored for NATS-direct publishers (bots, devices).
+    pub ingest_accepted: Counter,
+    /// NATS-direct requests refused, by error code (malformed, oversized, not a member, ...).
+    pub ingest_rejected: Family<Kind, Counter>,
     /// Time from publish to PubAck, seconds.
     pub publish_latency: Histogram,
 }
@@ -67,6 +71,8 @@ impl Metrics {
             gap_fills: Counter::default(),
             fetched: Counter::default(),
             live_conversations: Gauge::default(),
+            ingest_accepted: Counter::default(),
+            ingest_rejected: Family::default(),
             publish_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
         };
         let r = registry.sub_registry_with_prefix("chatfabric_gateway");

@@ -5,6 +5,7 @@
 //! | `chat.msg.<part>.<conv>`        | gateways, the ingest service  | stream `CHAT_MSGS_<part>` stores |
 //! | `chat.live.<part>.<conv>`       | JetStream `republish`         | gateways, granted bots (fan-out) |
 //! | `chat.in.<conv>.<sender>`       | bots and devices (request)    | the ingest service               |
+//! | `chat.read.<conv>.<reader>`     | bots and devices (request)    | the ingest service (history)     |
 //!
 //! - One conversation is one subject, so JetStream's per-subject `Nats-Last-Sequence` (stamped by
 //!   `republish`) chains each conversation's messages: a reader that sees a link it does not have
@@ -14,7 +15,8 @@
 //!   servers. N is fixed for a deployment: changing it moves conversations to other streams.
 //! - Bots publish on `chat.in.<conv>.<sender>`, never on `chat.msg`: the sender is a subject token,
 //!   so plain nats-server permissions (`publish: chat.in.<granted conv>.<own id>`) confine a bot to its
-//!   own identity and to its granted conversations.
+//!   own identity and to its granted conversations. They read live messages on
+//!   `chat.live.*.<conv>` and history pages through `chat.read.<conv>.<reader>`.
 
 use crate::{ConvId, UserId};
 
@@ -24,6 +26,8 @@ pub const MSG_PREFIX: &str = "chat.msg";
 pub const LIVE_PREFIX: &str = "chat.live";
 /// Prefix of the ingress subjects for NATS-direct publishers.
 pub const IN_PREFIX: &str = "chat.in";
+/// Prefix of the history request subjects for NATS-direct readers.
+pub const READ_PREFIX: &str = "chat.read";
 /// Prefix of the message streams' names; the partition number follows.
 pub const STREAM_PREFIX: &str = "CHAT_MSGS_";
 /// The KV bucket holding conversations and their members.
@@ -83,6 +87,20 @@ pub fn stream_subjects(part: u16) -> String {
 /// Where NATS-direct publishers send a message into `conv` as `sender`.
 pub fn ingress_subject(conv: &ConvId, sender: &UserId) -> String {
     format!("{IN_PREFIX}.{conv}.{sender}")
+}
+
+/// Where NATS-direct readers request history pages of `conv` as `reader`.
+pub fn read_subject(conv: &ConvId, reader: &UserId) -> String {
+    format!("{READ_PREFIX}.{conv}.{reader}")
+}
+
+/// Splits `chat.in.<conv>.<user>` or `chat.read.<conv>.<user>` into its conversation and user.
+pub fn parse_direct(subject: &str) -> Option<(ConvId, UserId)> {
+    let rest = subject
+        .strip_prefix("chat.in.")
+        .or_else(|| subject.strip_prefix("chat.read."))?;
+    let (conv, user) = rest.split_once('.')?;
+    Some((ConvId::new(conv).ok()?, UserId::new(user).ok()?))
 }
 
 /// The conversation token of a stored or live subject (`chat.msg.<part>.<conv>`).
@@ -148,6 +166,18 @@ mod tests {
         assert!(seen.iter().all(|&n| n > 50), "{seen:?}");
         // Changing this value changes where existing conversations live: it must never change.
         assert_eq!(p.of(&conv("general")), 3);
+    }
+
+    #[test]
+    fn direct_subjects_parse() {
+        let (c, u) = (conv("room"), UserId::new("bot-1").unwrap());
+        assert_eq!(
+            parse_direct(&ingress_subject(&c, &u)),
+            Some((c.clone(), u.clone()))
+        );
+        assert_eq!(parse_direct(&read_subject(&c, &u)), Some((c, u)));
+        assert_eq!(parse_direct("chat.in.room.a.b"), None);
+        assert_eq!(parse_direct("chat.msg.0.room"), None);
     }
 
     #[test]

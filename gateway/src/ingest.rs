@@ -1,0 +1,192 @@
+//! NATS-direct clients (bots, devices): requests on `chat.in.<conv>.<sender>` become stored
+//! messages, requests on `chat.read.<conv>.<reader>` return history pages.
+//!
+//! nats-server permissions bind a bot to its own `<sender>` token and its granted conversations
+//! (see `nats/config/auth.conf`), so the subject is the authenticated identity. The service then
+//! applies the same rules as the WebSocket path: payload schema and size, client id, membership.
+//! Malformed or oversized payloads are rejected with an error reply and counted; they are never
+//! stored, so they never reach anyone. Accepted messages take the same path as WebSocket sends
+//! (same dedupe id, same ack point), so they get the same ordering, durability, idempotency,
+//! history and fan-out. Every gateway process runs the service in one queue group.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chatfabric_nats::subject::{self, parse_direct};
+use chatfabric_nats::wire::MSG_ID_HEADER;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use serde::Deserialize;
+
+use crate::protocol::{self, ErrorCode, ServerFrame, DEFAULT_HISTORY_LIMIT};
+use crate::{send, State};
+
+/// The queue group all gateways' ingest services share.
+pub const QUEUE_GROUP: &str = "chatfabric-ingest";
+/// Requests handled concurrently per gateway.
+const CONCURRENCY: usize = 256;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Post {
+    #[serde(default)]
+    client_id: Option<String>,
+    body: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Read {
+    #[serde(default)]
+    before: Option<u64>,
+    #[serde(default)]
+    after: Option<u64>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// Serves NATS-direct requests until shutdown.
+pub(crate) async fn run(state: Arc<State>) {
+    let client = &state.fabric.client;
+    let subjects = [
+        format!("{}.*.*", subject::IN_PREFIX),
+        format!("{}.*.*", subject::READ_PREFIX),
+    ];
+    let mut subs = Vec::new();
+    for s in subjects {
+        match client.queue_subscribe(s.clone(), QUEUE_GROUP.into()).await {
+            Ok(sub) => subs.push(sub),
+            Err(e) => {
+                tracing::error!(subject = %s, error = %e, "ingest cannot subscribe; NATS-direct clients are not served");
+                return;
+            }
+        }
+    }
+    let mut requests = futures::stream::select_all(subs);
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => break,
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            msg = requests.next(), if in_flight.len() < CONCURRENCY => match msg {
+                Some(msg) => in_flight.push(handle(&state, msg)),
+                None => break,
+            },
+        }
+    }
+    // Answer what was accepted before stopping.
+    while in_flight.next().await.is_some() {}
+}
+
+async fn handle(state: &State, msg: async_nats::Message) {
+    let reply = msg.reply.clone();
+    let answer = if msg.subject.starts_with(subject::IN_PREFIX) {
+        post(state, &msg).await
+    } else {
+        read(state, &msg).await
+    };
+    let body = match answer {
+        Ok(body) => body,
+        Err((code, message)) => {
+            state
+                .metrics
+                .ingest_rejected
+                .get_or_create(&crate::metrics::Kind {
+                    kind: code.as_str(),
+                })
+                .inc();
+            protocol::encode(&ServerFrame::Error {
+                code,
+                message,
+                reference: None,
+            })
+        }
+    };
+    if let Some(reply) = reply {
+        if let Err(e) = state.fabric.client.publish(reply, Bytes::from(body)).await {
+            tracing::debug!(error = %e, "ingest reply not sent");
+        }
+    }
+}
+
+type Answer = Result<String, (ErrorCode, String)>;
+
+async fn post(state: &State, msg: &async_nats::Message) -> Answer {
+    let (conv, sender) = parse_direct(&msg.subject).ok_or((
+        ErrorCode::Invalid,
+        "subject must be chat.in.<conv>.<sender>".to_string(),
+    ))?;
+    let limits = &state.limits;
+    if msg.payload.len() > limits.max_body * 2 + 1024 {
+        return Err((ErrorCode::TooLarge, "payload too large".into()));
+    }
+    let post: Post = serde_json::from_slice(&msg.payload).map_err(|e| {
+        (
+            ErrorCode::Invalid,
+            format!("payload must be {{\"client_id\":..,\"body\":..}}: {e}"),
+        )
+    })?;
+    let header_id = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(MSG_ID_HEADER))
+        .map(|v| v.as_str().to_owned());
+    let client_id = post.client_id.or(header_id).ok_or((
+        ErrorCode::Invalid,
+        "client_id (or a Nats-Msg-Id header) is required".to_string(),
+    ))?;
+    send::validate(&client_id, &post.body, limits.max_body)
+        .map_err(|e| (e.code(), e.to_string()))?;
+    state
+        .membership
+        .require_member(&conv, &sender)
+        .await
+        .map_err(|e| (e.code(), e.to_string()))?;
+    let reply_id = client_id.clone();
+    let stored = send::publish(
+        &state.fabric,
+        &state.metrics,
+        conv.clone(),
+        sender,
+        client_id,
+        post.body,
+        limits.publish_timeout,
+    )
+    .await
+    .map_err(|e| (e.code(), e.to_string()))?;
+    state.metrics.ingest_accepted.inc();
+    Ok(protocol::encode(&ServerFrame::Ack {
+        conv,
+        client_id: reply_id,
+        seq: stored.seq,
+        duplicate: stored.duplicate,
+    }))
+}
+
+async fn read(state: &State, msg: &async_nats::Message) -> Answer {
+    let (conv, reader) = parse_direct(&msg.subject).ok_or((
+        ErrorCode::Invalid,
+        "subject must be chat.read.<conv>.<reader>".to_string(),
+    ))?;
+    let query: Read = if msg.payload.is_empty() {
+        Read::default()
+    } else {
+        serde_json::from_slice(&msg.payload).map_err(|e| (ErrorCode::Invalid, e.to_string()))?
+    };
+    state
+        .membership
+        .require_member(&conv, &reader)
+        .await
+        .map_err(|e| (e.code(), e.to_string()))?;
+    let page = state
+        .history
+        .page(
+            &conv,
+            query.before,
+            query.after,
+            query.limit.unwrap_or(DEFAULT_HISTORY_LIMIT),
+        )
+        .await
+        .map_err(|e| (e.code(), e.to_string()))?;
+    Ok(protocol::encode_history(&conv, &page, None))
+}
