@@ -36,6 +36,10 @@ pub(crate) enum Command {
     Persister(PersisterCmd),
     /// Print a development token (HS256) for a user.
     Token(TokenArgs),
+    /// Run the example echo bot, which talks NATS directly.
+    Bot(crate::bot::BotArgs),
+    /// Print a nats-server user block granting a bot exactly the given conversations.
+    BotUser(BotUserArgs),
     /// Drive a running fabric with a load scenario.
     Loadtest(LoadtestPlaceholder),
 }
@@ -281,6 +285,20 @@ pub(crate) struct TokenArgs {
     /// Validity in seconds.
     #[arg(long, default_value_t = 24 * 3600)]
     pub(crate) ttl_secs: u64,
+}
+
+/// `chatfabric bot-user`.
+#[derive(Args)]
+pub(crate) struct BotUserArgs {
+    /// The bot's id (its nats-server user and sender id).
+    #[arg(long)]
+    pub(crate) bot: String,
+    /// Its nats-server password.
+    #[arg(long)]
+    pub(crate) password: String,
+    /// A conversation it may read and post to (repeat for more).
+    #[arg(long, required = true)]
+    pub(crate) conv: Vec<String>,
 }
 
 /// `chatfabric dev`.

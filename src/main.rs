@@ -4,6 +4,7 @@
 //! live in their crates (`gateway/`, `persister/`, `loadtest/`). `dev` runs everything in one
 //! process next to a child nats-server.
 
+mod bot;
 mod cli;
 mod dev;
 mod metrics;
@@ -40,6 +41,21 @@ fn main() -> anyhow::Result<()> {
                     shutdown,
                 )
                 .await
+            }
+            Command::Bot(args) => bot::run(args, shutdown_on_signal()).await,
+            Command::BotUser(args) => {
+                let convs = args
+                    .conv
+                    .iter()
+                    .map(|c| chatfabric_nats::ConvId::new(c.as_str()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .context("conversation id")?;
+                let bot = chatfabric_nats::UserId::new(args.bot).context("bot id")?;
+                println!(
+                    "{}",
+                    chatfabric_nats::permissions::bot_user(&bot, &args.password, &convs)
+                );
+                Ok(())
             }
             Command::Token(args) => {
                 let user = chatfabric_nats::UserId::new(args.user).context("user id")?;

@@ -125,6 +125,21 @@ impl Metrics {
             m.live_conversations.clone(),
         );
         r.register(
+            "ingest_accepted",
+            "Messages stored for NATS-direct publishers",
+            m.ingest_accepted.clone(),
+        );
+        r.register(
+            "ingest_rejected",
+            "NATS-direct requests refused, by error code",
+            m.ingest_rejected.clone(),
+        );
+        r.register(
+            "sse_streams",
+            "Open server-sent event streams",
+            m.sse_streams.clone(),
+        );
+        r.register(
             "publish_latency_seconds",
             "Publish to PubAck latency",
             m.publish_latency.clone(),

@@ -16,7 +16,7 @@ pub struct ConnectOptions {
 }
 
 /// Parses a comma-separated list of server URLs.
-fn servers(urls: &str) -> Result<Vec<async_nats::ServerAddr>, async_nats::ConnectError> {
+pub fn servers(urls: &str) -> Result<Vec<async_nats::ServerAddr>, async_nats::ConnectError> {
     urls.split(',')
         .map(str::trim)
         .filter(|u| !u.is_empty())
@@ -28,6 +28,20 @@ fn servers(urls: &str) -> Result<Vec<async_nats::ServerAddr>, async_nats::Connec
         .collect()
 }
 
+/// Uses the `user:password@` of the first URL that has one (the client library ignores them).
+pub fn with_url_credentials(
+    options: async_nats::ConnectOptions,
+    servers: &[async_nats::ServerAddr],
+) -> async_nats::ConnectOptions {
+    match servers
+        .iter()
+        .find_map(|s| Some((s.username()?, s.password()?)))
+    {
+        Some((user, pass)) => options.user_and_password(user.to_string(), pass.to_string()),
+        None => options,
+    }
+}
+
 /// A connected client and a counter that moves whenever the client (re)connected or dropped
 /// messages of a subscription. Readers of core NATS subscriptions watch it: after either event,
 /// messages may have been missed and must be fetched from JetStream.
@@ -35,7 +49,8 @@ pub async fn connect(
     opts: &ConnectOptions,
 ) -> Result<(async_nats::Client, watch::Receiver<u64>), async_nats::ConnectError> {
     let (tx, rx) = watch::channel(0u64);
-    let client = async_nats::ConnectOptions::new()
+    let servers = servers(&opts.url)?;
+    let client = with_url_credentials(async_nats::ConnectOptions::new(), &servers)
         .name(&opts.name)
         .subscription_capacity(opts.subscription_capacity)
         .connection_timeout(Duration::from_secs(5))
@@ -50,7 +65,7 @@ pub async fn connect(
                 }
             }
         })
-        .connect(servers(&opts.url)?)
+        .connect(servers)
         .await?;
     Ok((client, rx))
 }

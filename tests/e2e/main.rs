@@ -5,6 +5,7 @@ mod support;
 
 mod access;
 mod bad_input;
+mod bots;
 mod cluster;
 mod gaps;
 mod history;

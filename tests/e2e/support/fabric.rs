@@ -18,6 +18,8 @@ pub const SECRET: &[u8] = b"test-secret";
 pub struct Nats {
     /// The server process (killed on drop).
     pub server: NatsServer,
+    /// `user:password@` of the service user when the server requires authentication.
+    credentials: String,
     /// The history store.
     pub history: Arc<dyn HistoryStore>,
     _dir: tempfile::TempDir,
@@ -26,8 +28,23 @@ pub struct Nats {
 impl Nats {
     /// Starts a server and provisions streams and buckets.
     pub async fn start() -> Self {
+        Self::start_with(ServerOptions::default(), String::new()).await
+    }
+
+    /// Starts a server with the shipped `nats/config/auth.conf` (users and permissions); the
+    /// fabric connects as its service user.
+    pub async fn start_with_auth() -> Self {
+        let conf = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("nats/config/auth.conf");
+        let opts = ServerOptions {
+            config_file: Some(conf),
+            ..ServerOptions::default()
+        };
+        Self::start_with(opts, "chatfabric:chatfabric-dev-password@".into()).await
+    }
+
+    async fn start_with(opts: ServerOptions, credentials: String) -> Self {
         super::init_tracing();
-        let server = tokio::task::spawn_blocking(|| NatsServer::start(ServerOptions::default()))
+        let server = tokio::task::spawn_blocking(move || NatsServer::start(opts))
             .await
             .expect("spawn_blocking")
             .expect("nats-server starts (is it installed? apt-get install nats-server)");
@@ -40,6 +57,7 @@ impl Nats {
         );
         let nats = Self {
             server,
+            credentials,
             history,
             _dir: dir,
         };
@@ -47,9 +65,14 @@ impl Nats {
         nats
     }
 
-    /// The client URL.
+    /// The client URL (with the service user's credentials when the server requires them).
     pub fn url(&self) -> String {
-        self.server.url()
+        self.url_as(&self.credentials)
+    }
+
+    /// The client URL with `credentials` (`user:password@`, or empty).
+    pub fn url_as(&self, credentials: &str) -> String {
+        format!("nats://{credentials}127.0.0.1:{}", self.server.port())
     }
 
     /// A fresh connection with provisioned handles.
