@@ -41,12 +41,8 @@ pub(crate) enum Command {
     /// Print a nats-server user block granting a bot exactly the given conversations.
     BotUser(BotUserArgs),
     /// Drive a running fabric with a load scenario.
-    Loadtest(LoadtestPlaceholder),
+    Loadtest(chatfabric_loadtest::LoadtestArgs),
 }
-
-/// Placeholder until the load generator lands.
-#[derive(Args)]
-pub(crate) struct LoadtestPlaceholder {}
 
 /// How to reach NATS and how the streams are laid out. Every process of a deployment must agree on
 /// the stream settings.

@@ -67,14 +67,9 @@ fn main() -> anyhow::Result<()> {
                 println!("{token}");
                 Ok(())
             }
-            Command::Loadtest(args) => chatfabric_loadtest_entry(args).await,
+            Command::Loadtest(args) => chatfabric_loadtest::run(args).await,
         }
     })
-}
-
-async fn chatfabric_loadtest_entry(args: cli::LoadtestPlaceholder) -> anyhow::Result<()> {
-    let _ = args;
-    anyhow::bail!("the load generator is not built yet")
 }
 
 /// A token cancelled on Ctrl-C or SIGTERM: the one shutdown signal every role listens to.
