@@ -108,6 +108,10 @@ pub struct Fabric {
     pub streams: Vec<stream::Stream>,
     /// Conversations and memberships.
     pub convs: kv::Store,
+    /// Gateway heartbeats, connected devices and published presence (see [`presence_bucket`]).
+    pub presence: kv::Store,
+    /// Read cursors, `r.<conv>.<user>`.
+    pub receipts: kv::Store,
 }
 
 impl Fabric {
@@ -134,6 +138,27 @@ pub fn bucket_config(bucket: &str, description: &str, replicas: usize) -> stream
         duplicate_window: Duration::from_secs(120),
         ..Default::default()
     }
+}
+
+/// The presence bucket. Its keys are written on change only (connects, disconnects, transitions)
+/// plus one heartbeat per gateway; nothing relies on `max_age`, whose expiry emits no watch event
+/// on nats-server 2.9. Memory storage would lose published presence on a server restart, which the
+/// heartbeats repair only for online users; file storage keeps last-seen times.
+pub fn presence_bucket(replicas: usize) -> stream::Config {
+    bucket_config(
+        subject::PRESENCE_BUCKET,
+        "chatfabric presence: gw.<gateway> heartbeats, dev.<user>.<gateway> devices, user.<user>",
+        replicas,
+    )
+}
+
+/// The read receipts bucket: `r.<conv>.<user>` holds the user's read cursor, moved forward only.
+pub fn receipts_bucket(replicas: usize) -> stream::Config {
+    bucket_config(
+        subject::RECEIPTS_BUCKET,
+        "chatfabric read cursors (r.<conv>.<user>)",
+        replicas,
+    )
 }
 
 /// Creates or updates a KV bucket from its stream config and opens it.
@@ -196,11 +221,15 @@ pub async fn provision(
         ),
     )
     .await?;
+    let presence = ensure_bucket(&js, presence_bucket(settings.replicas)).await?;
+    let receipts = ensure_bucket(&js, receipts_bucket(settings.replicas)).await?;
     Ok(Fabric {
         client,
         js,
         settings,
         streams,
         convs,
+        presence,
+        receipts,
     })
 }

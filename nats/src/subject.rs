@@ -6,6 +6,13 @@
 //! | `chat.live.<part>.<conv>`       | JetStream `republish`         | gateways, granted bots (fan-out) |
 //! | `chat.in.<conv>.<sender>`       | bots and devices (request)    | the ingest service               |
 //! | `chat.read.<conv>.<reader>`     | bots and devices (request)    | the ingest service (history)     |
+//! | `chat.eph.<conv>.presence`      | the presence service          | gateways (members' connections)  |
+//! | `chat.eph.<conv>.typing`        | gateways                      | gateways (members' connections)  |
+//! | `chat.eph.<conv>.read`          | gateways                      | gateways (members' connections)  |
+//!
+//! KV keys of `CHAT_PRESENCE`: `gw.<gateway>` (a gateway's heartbeat), `dev.<user>.<gateway>` (the
+//! user has a connection on that gateway), `user.<user>` (the published presence, written by the
+//! presence service). KV keys of `CHAT_RECEIPTS`: `r.<conv>.<user>` (read cursor).
 //!
 //! - One conversation is one subject, so JetStream's per-subject `Nats-Last-Sequence` (stamped by
 //!   `republish`) chains each conversation's messages: a reader that sees a link it does not have
@@ -17,6 +24,11 @@
 //!   so plain nats-server permissions (`publish: chat.in.<granted conv>.<own id>`) confine a bot to its
 //!   own identity and to its granted conversations. They read live messages on
 //!   `chat.live.*.<conv>` and history pages through `chat.read.<conv>.<reader>`.
+//! - `chat.eph.<conv>.<kind>` carries ephemeral events (presence, typing, read receipts) on core
+//!   NATS: at most once, never stored, no order across kinds. The conversation is a token of the
+//!   subject, so a gateway's conversation actor takes all of a conversation's events with one
+//!   subscription (`chat.eph.<conv>.*`) and only members, who alone can subscribe, receive them.
+//!   Only services publish there; bots are not granted it.
 
 use crate::{ConvId, UserId};
 
@@ -32,6 +44,103 @@ pub const READ_PREFIX: &str = "chat.read";
 pub const STREAM_PREFIX: &str = "CHAT_MSGS_";
 /// The KV bucket holding conversations and their members.
 pub const CONVS_BUCKET: &str = "CHAT_CONVS";
+/// Prefix of the ephemeral (core NATS, never stored) event subjects.
+pub const EPH_PREFIX: &str = "chat.eph";
+/// The KV bucket holding gateway heartbeats, connected devices and published presence.
+pub const PRESENCE_BUCKET: &str = "CHAT_PRESENCE";
+/// The KV bucket holding read cursors.
+pub const RECEIPTS_BUCKET: &str = "CHAT_RECEIPTS";
+
+/// The kinds of ephemeral events, the last token of `chat.eph.<conv>.<kind>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ephemeral {
+    /// A member went online or offline (published by the presence service).
+    Presence,
+    /// A member started or stopped typing (published by gateways).
+    Typing,
+    /// A member moved their read cursor (published by gateways).
+    Read,
+}
+
+impl Ephemeral {
+    /// The subject token.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Presence => "presence",
+            Self::Typing => "typing",
+            Self::Read => "read",
+        }
+    }
+
+    /// Parses a subject token.
+    pub fn parse(token: &str) -> Option<Self> {
+        match token {
+            "presence" => Some(Self::Presence),
+            "typing" => Some(Self::Typing),
+            "read" => Some(Self::Read),
+            _ => None,
+        }
+    }
+}
+
+/// Where ephemeral events of `kind` in `conv` are published.
+pub fn ephemeral_subject(conv: &ConvId, kind: Ephemeral) -> String {
+    format!("{EPH_PREFIX}.{conv}.{}", kind.as_str())
+}
+
+/// Matches every ephemeral event of `conv`.
+pub fn ephemeral_filter(conv: &ConvId) -> String {
+    format!("{EPH_PREFIX}.{conv}.*")
+}
+
+/// The kind of an ephemeral subject (`chat.eph.<conv>.<kind>`).
+pub fn ephemeral_kind(subject: &str) -> Option<Ephemeral> {
+    Ephemeral::parse(subject.rsplit('.').next()?)
+}
+
+/// Presence KV key of a gateway's heartbeat. Gateway ids are id-safe tokens chosen per process.
+pub fn gateway_key(gateway: &str) -> String {
+    format!("gw.{gateway}")
+}
+
+/// Presence KV key saying `user` has at least one connection on `gateway`.
+pub fn device_key(user: &UserId, gateway: &str) -> String {
+    format!("dev.{user}.{gateway}")
+}
+
+/// Presence KV key of `user`'s published presence.
+pub fn user_presence_key(user: &UserId) -> String {
+    format!("user.{user}")
+}
+
+/// A parsed presence KV key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PresenceKey {
+    /// `gw.<gateway>`
+    Gateway(String),
+    /// `dev.<user>.<gateway>`
+    Device(UserId, String),
+    /// `user.<user>`
+    User(UserId),
+}
+
+/// Parses a key of the presence bucket.
+pub fn parse_presence_key(key: &str) -> Option<PresenceKey> {
+    let mut it = key.split('.');
+    match (it.next(), it.next(), it.next(), it.next()) {
+        (Some("gw"), Some(g), None, None) => Some(PresenceKey::Gateway(g.to_string())),
+        (Some("dev"), Some(u), Some(g), None) => {
+            Some(PresenceKey::Device(UserId::new(u).ok()?, g.to_string()))
+        }
+        (Some("user"), Some(u), None, None) => Some(PresenceKey::User(UserId::new(u).ok()?)),
+        _ => None,
+    }
+}
+
+/// Receipts KV key of `user`'s read cursor in `conv`.
+pub fn receipt_key(conv: &ConvId, user: &UserId) -> String {
+    format!("r.{conv}.{user}")
+}
 
 /// Maps conversations to partitions. Every process of a deployment must use the same count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,6 +287,33 @@ mod tests {
         assert_eq!(parse_direct(&read_subject(&c, &u)), Some((c, u)));
         assert_eq!(parse_direct("chat.in.room.a.b"), None);
         assert_eq!(parse_direct("chat.msg.0.room"), None);
+    }
+
+    #[test]
+    fn presence_keys_parse() {
+        let u = UserId::new("alice").unwrap();
+        assert_eq!(
+            parse_presence_key(&device_key(&u, "g1")),
+            Some(PresenceKey::Device(u.clone(), "g1".into()))
+        );
+        assert_eq!(
+            parse_presence_key(&gateway_key("g1")),
+            Some(PresenceKey::Gateway("g1".into()))
+        );
+        assert_eq!(
+            parse_presence_key(&user_presence_key(&u)),
+            Some(PresenceKey::User(u))
+        );
+        assert_eq!(parse_presence_key("dev.a"), None);
+        let c = conv("room");
+        assert_eq!(
+            ephemeral_subject(&c, Ephemeral::Typing),
+            "chat.eph.room.typing"
+        );
+        assert_eq!(
+            ephemeral_kind("chat.eph.room.presence"),
+            Some(Ephemeral::Presence)
+        );
     }
 
     #[test]

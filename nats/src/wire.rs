@@ -89,6 +89,84 @@ pub struct Membership {
     pub added_at: u64,
 }
 
+/// A user's published presence, `user.<user>` in the presence bucket. Written only by the presence
+/// service, with compare-and-set, so each transition has exactly one writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceEntry {
+    /// Whether any of the user's devices is connected to a live gateway.
+    pub online: bool,
+    /// When online: since when. When offline: when the user was last online. Ms since the epoch.
+    pub last_seen: u64,
+}
+
+/// A read cursor, `r.<conv>.<user>` in the receipts bucket. Only ever moves forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadCursor {
+    /// The user has read every message of the conversation with `seq <= seq`.
+    pub seq: u64,
+    /// When it was set, ms since the epoch.
+    pub ts: u64,
+}
+
+/// An ephemeral event as published on `chat.eph.<conv>.<kind>`: exactly the frame clients get
+/// (gateways parse and re-encode it, so nothing unvalidated reaches a client).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum EphemeralEvent {
+    /// A member went online or offline.
+    Presence {
+        /// The conversation the event is delivered in.
+        conv: ConvId,
+        /// Who.
+        user: UserId,
+        /// The new state.
+        online: bool,
+        /// See [`PresenceEntry::last_seen`].
+        last_seen: u64,
+    },
+    /// A member started or stopped typing.
+    Typing {
+        /// The conversation.
+        conv: ConvId,
+        /// Who.
+        user: UserId,
+        /// `start` or `stop`.
+        state: TypingState,
+        /// A `start` counts as stopped after this many ms without another `start`.
+        expires_in: u64,
+    },
+    /// A member's read cursor moved forward.
+    Read {
+        /// The conversation.
+        conv: ConvId,
+        /// Who.
+        user: UserId,
+        /// The new cursor: everything up to and including it is read.
+        seq: u64,
+    },
+}
+
+impl EphemeralEvent {
+    /// The conversation the event belongs to.
+    pub fn conv(&self) -> &ConvId {
+        match self {
+            Self::Presence { conv, .. } | Self::Typing { conv, .. } | Self::Read { conv, .. } => {
+                conv
+            }
+        }
+    }
+}
+
+/// Typing states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TypingState {
+    /// Started (or still) typing.
+    Start,
+    /// Stopped typing.
+    Stop,
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

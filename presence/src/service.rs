@@ -1,0 +1,227 @@
+//! The presence service's loop: watch the presence and conversations buckets, tick the
+//! [`Tracker`], carry out its actions against KV and publish the events.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv::{self, Operation};
+use bytes::Bytes;
+use chatfabric_nats::subject::{self, Ephemeral, PresenceKey};
+use chatfabric_nats::wire::{now_ms, EphemeralEvent, PresenceEntry};
+use chatfabric_nats::{Fabric, UserId};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::members::Memberships;
+use crate::tracker::{Action, Timing, Tracker};
+use crate::{PresenceConfig, PresenceMetrics};
+
+/// Transitions carried out concurrently (a dead gateway may take thousands of users with it).
+const CONCURRENCY: usize = 64;
+
+/// Runs until `shutdown`. Watches are restarted with a fresh state when they fail.
+pub(crate) async fn run(fabric: Fabric, config: PresenceConfig, shutdown: CancellationToken) {
+    let timing = Timing {
+        gateway_timeout: config.gateway_timeout,
+        offline_grace: config.offline_grace,
+    };
+    let metrics = config.metrics.clone();
+    while !shutdown.is_cancelled() {
+        match session(&fabric, timing, &config, &metrics, &shutdown).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "presence watch failed; restarting with a fresh state");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// One watch session: state rebuilt from the buckets' current contents, then kept current.
+async fn session(
+    fabric: &Fabric,
+    timing: Timing,
+    config: &PresenceConfig,
+    metrics: &PresenceMetrics,
+    shutdown: &CancellationToken,
+) -> Result<(), String> {
+    let mut presence = fabric
+        .presence
+        .watch_with_history(">")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut convs = fabric
+        .convs
+        .watch_with_history("m.>")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut tracker = Tracker::new(timing);
+    let mut members = Memberships::default();
+    let mut tick = tokio::time::interval(config.tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let actions = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            entry = presence.next() => {
+                let entry = entry.ok_or("presence watch ended")?.map_err(|e| e.to_string())?;
+                apply(&mut tracker, &entry)
+            }
+            entry = convs.next() => {
+                let entry = entry.ok_or("membership watch ended")?.map_err(|e| e.to_string())?;
+                members.apply(&entry);
+                continue;
+            }
+            _ = tick.tick() => {
+                let actions = tracker.tick(Instant::now(), now_ms());
+                metrics.users.set(tracker.users() as i64);
+                metrics.gateways.set(tracker.gateways() as i64);
+                actions
+            }
+        };
+        if actions.is_empty() {
+            continue;
+        }
+        let members = &members;
+        let results: Vec<Option<(UserId, Option<(PresenceEntry, u64)>)>> =
+            futures::stream::iter(actions)
+                .map(|a| execute(fabric, members, metrics, a))
+                .buffer_unordered(CONCURRENCY)
+                .collect()
+                .await;
+        // What the writes left in KV, fed back so the next transition expects the right revision.
+        let (now, wall) = (Instant::now(), now_ms());
+        let mut follow_up = Vec::new();
+        for (user, stored) in results.into_iter().flatten() {
+            follow_up.extend(tracker.stored(&user, stored, now, wall));
+        }
+        // A lost race may leave the state out of date with liveness: try again once, at once.
+        for a in follow_up {
+            if let Some((user, stored)) = execute(fabric, members, metrics, a).await {
+                tracker.stored(&user, stored, now, wall);
+            }
+        }
+    }
+}
+
+fn apply(tracker: &mut Tracker, entry: &kv::Entry) -> Vec<Action> {
+    let (now, wall) = (Instant::now(), now_ms());
+    let put = entry.operation == Operation::Put;
+    match subject::parse_presence_key(&entry.key) {
+        Some(PresenceKey::Gateway(g)) if put => tracker.gateway_put(&g, entry.revision, now, wall),
+        Some(PresenceKey::Gateway(g)) => tracker.gateway_deleted(&g, now, wall),
+        Some(PresenceKey::Device(u, g)) if put => {
+            tracker.device_put(&u, &g, entry.revision, now, wall)
+        }
+        Some(PresenceKey::Device(u, g)) => tracker.device_deleted(&u, &g, now, wall),
+        Some(PresenceKey::User(u)) => {
+            let stored = if put {
+                match serde_json::from_slice::<PresenceEntry>(&entry.value) {
+                    Ok(e) => Some((e, entry.revision)),
+                    Err(e) => {
+                        tracing::warn!(key = %entry.key, error = %e, "unreadable presence entry; treated as absent");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            tracker.stored(&u, stored, now, wall)
+        }
+        None => Vec::new(),
+    }
+}
+
+/// Carries out one action. A `Publish` returns what `user.<user>` holds afterwards (ours when we
+/// won, the winner's when we lost), so the tracker expects the right revision next time.
+async fn execute(
+    fabric: &Fabric,
+    members: &Memberships,
+    metrics: &PresenceMetrics,
+    action: Action,
+) -> Option<(UserId, Option<(PresenceEntry, u64)>)> {
+    match action {
+        Action::Bury {
+            gateway,
+            revision,
+            devices,
+        } => {
+            tracing::info!(%gateway, devices = devices.len(), "gateway heartbeat timed out; burying it");
+            metrics.gateways_buried.inc();
+            let kv = &fabric.presence;
+            if revision > 0 {
+                // Fails if the gateway beat again meanwhile: then it is alive, and stays.
+                let _ = kv
+                    .delete_expect_revision(subject::gateway_key(&gateway), Some(revision))
+                    .await;
+            }
+            let deletes = devices.iter().map(|(user, rev)| {
+                kv.delete_expect_revision(subject::device_key(user, &gateway), Some(*rev))
+            });
+            let _ = futures::future::join_all(deletes).await;
+            None
+        }
+        Action::Publish {
+            user,
+            entry,
+            expected,
+        } => {
+            let key = subject::user_presence_key(&user);
+            let value = Bytes::from(serde_json::to_vec(&entry).unwrap_or_default());
+            let written = match expected {
+                Some(rev) => fabric
+                    .presence
+                    .update(&key, value, rev)
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => fabric
+                    .presence
+                    .create(&key, value)
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+            match written {
+                Ok(rev) => {
+                    let kind = if entry.online { "online" } else { "offline" };
+                    metrics.transition(kind);
+                    tracing::debug!(%user, online = entry.online, "presence changed");
+                    publish(fabric, members, &user, entry).await;
+                    Some((user, Some((entry, rev))))
+                }
+                Err(e) => {
+                    // Another presence service won this transition (or KV failed): read what won.
+                    metrics.conflicts.inc();
+                    tracing::debug!(%user, error = %e, "presence write lost");
+                    match fabric.presence.entry(key).await {
+                        Ok(Some(e)) if e.operation == Operation::Put => {
+                            let stored = serde_json::from_slice(&e.value)
+                                .ok()
+                                .map(|v| (v, e.revision));
+                            Some((user, stored))
+                        }
+                        Ok(_) => Some((user, None)),
+                        Err(_) => None,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Publishes `user`'s new presence on every conversation they are in.
+async fn publish(fabric: &Fabric, members: &Memberships, user: &UserId, entry: PresenceEntry) {
+    for conv in members.of(user) {
+        let event = EphemeralEvent::Presence {
+            conv: conv.clone(),
+            user: user.clone(),
+            online: entry.online,
+            last_seen: entry.last_seen,
+        };
+        let payload = Bytes::from(serde_json::to_vec(&event).unwrap_or_default());
+        let subject = subject::ephemeral_subject(conv, Ephemeral::Presence);
+        if let Err(e) = fabric.client.publish(subject, payload).await {
+            tracing::warn!(%user, error = %e, "presence event not published");
+        }
+    }
+}
