@@ -34,6 +34,8 @@ pub(crate) enum Command {
     Gateway(GatewayCmd),
     /// Run a persister: drains the message streams into the history store.
     Persister(PersisterCmd),
+    /// Run a presence service: gateway heartbeats and devices in KV -> online/offline events.
+    Presence(PresenceCmd),
     /// Print a development token (HS256) for a user.
     Token(TokenArgs),
     /// Run the example echo bot, which talks NATS directly.
@@ -146,6 +148,22 @@ pub(crate) struct PersisterCmd {
     pub(crate) metrics_listen: SocketAddr,
 }
 
+/// `chatfabric presence`.
+#[derive(Args)]
+pub(crate) struct PresenceCmd {
+    #[command(flatten)]
+    pub(crate) nats: NatsArgs,
+    #[command(flatten)]
+    pub(crate) presence: chatfabric_presence::PresenceArgs,
+    /// Address to serve /metrics on.
+    #[arg(
+        long,
+        env = "CHATFABRIC_PRESENCE_METRICS",
+        default_value = "127.0.0.1:9091"
+    )]
+    pub(crate) metrics_listen: SocketAddr,
+}
+
 /// Gateway settings.
 #[derive(Parser, Clone)]
 pub(crate) struct GatewayArgs {
@@ -188,6 +206,10 @@ pub(crate) struct GatewayArgs {
     /// History pages cached per gateway.
     #[arg(long, env = "CHATFABRIC_HISTORY_CACHE", default_value_t = 10_000)]
     pub(crate) history_cache: u64,
+    /// How often this gateway refreshes its presence heartbeat, ms (keep it well below the
+    /// presence service's --gateway-timeout-ms).
+    #[arg(long, env = "CHATFABRIC_PRESENCE_HEARTBEAT_MS", default_value_t = 2000)]
+    pub(crate) presence_heartbeat_ms: u64,
     /// The history store the persister writes (the gateway reads pages from it).
     #[command(flatten)]
     pub(crate) store: StoreArgs,
@@ -229,6 +251,10 @@ impl GatewayArgs {
                 .await
                 .context("opening the history store")?,
             history_cache: self.history_cache,
+            presence: chatfabric_gateway::presence::PresenceConfig {
+                heartbeat: Duration::from_millis(self.presence_heartbeat_ms),
+                ..Default::default()
+            },
         })
     }
 }
@@ -267,6 +293,24 @@ pub(crate) async fn run_persister(
         crate::metrics::serve(addr, registry, shutdown.clone()).await?;
     }
     chatfabric_persister::run(fabric, store, config, shutdown).await?;
+    Ok(())
+}
+
+/// Runs one presence service until `shutdown`, serving its metrics on `metrics_listen`.
+pub(crate) async fn run_presence(
+    nats: &NatsArgs,
+    args: &chatfabric_presence::PresenceArgs,
+    metrics_listen: Option<SocketAddr>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (fabric, _missed) = nats.connect("chatfabric-presence").await?;
+    let config = args.config();
+    let mut registry = prometheus_client::registry::Registry::default();
+    config.metrics.register(&mut registry);
+    if let Some(addr) = metrics_listen {
+        crate::metrics::serve(addr, registry, shutdown.clone()).await?;
+    }
+    chatfabric_presence::run(fabric, config, shutdown).await;
     Ok(())
 }
 

@@ -6,6 +6,13 @@ use clap::Parser;
 
 use crate::cli::{DevArgs, GatewayArgs, NatsArgs};
 
+/// Lets the presence service's flags be parsed on their own, to reuse their defaults.
+#[derive(clap::Parser)]
+struct PresenceDefaults {
+    #[command(flatten)]
+    args: chatfabric_presence::PresenceArgs,
+}
+
 /// Lets the persister's flags be parsed on their own, to reuse their defaults.
 #[derive(clap::Parser)]
 struct PersisterDefaults {
@@ -56,11 +63,21 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
             result
         })
     };
+    let presence = {
+        let (nats, shutdown) = (nats.clone(), shutdown.clone());
+        let args = PresenceDefaults::parse_from(["dev"]).args;
+        tokio::spawn(async move {
+            let result = crate::cli::run_presence(&nats, &args, None, shutdown.clone()).await;
+            shutdown.cancel();
+            result
+        })
+    };
     let result = crate::cli::run_gateway(&nats, &gateway, shutdown.clone()).await;
     shutdown.cancel();
     let persisted = persist.await.context("persister task")?;
+    let presenced = presence.await.context("presence task")?;
     tokio::task::spawn_blocking(move || server.stop())
         .await
         .ok();
-    result.and(persisted)
+    result.and(persisted).and(presenced)
 }

@@ -1,7 +1,7 @@
 //! `chatfabric`: one binary, a subcommand per role.
 //!
 //! `main` only parses configuration, connects, provisions and calls each role's `run`; the roles
-//! live in their crates (`gateway/`, `persister/`, `loadtest/`). `dev` runs everything in one
+//! live in their crates (`gateway/`, `persister/`, `presence/`, `loadtest/`). `dev` runs everything in one
 //! process next to a child nats-server.
 
 mod bot;
@@ -37,6 +37,16 @@ fn main() -> anyhow::Result<()> {
                 cli::run_persister(
                     &args.nats,
                     &args.persister,
+                    Some(args.metrics_listen),
+                    shutdown,
+                )
+                .await
+            }
+            Command::Presence(args) => {
+                let shutdown = shutdown_on_signal();
+                cli::run_presence(
+                    &args.nats,
+                    &args.presence,
                     Some(args.metrics_listen),
                     shutdown,
                 )

@@ -71,6 +71,8 @@ async fn run(socket: Socket, identity: Option<Identity>, conn: u64, state: &Arc<
         return;
     }
 
+    // Counted as a connected device (for presence) until this task ends.
+    let _device = state.devices.connect(&identity.user);
     let limits = &state.limits;
     let (tx, mut outbound) = mpsc::channel(limits.queue);
     let kick = Arc::new(Kick::default());
@@ -84,8 +86,10 @@ async fn run(socket: Socket, identity: Option<Identity>, conn: u64, state: &Arc<
         },
         subscribed: Vec::new(),
         rate: RateLimiter::new(limits.rate, limits.burst),
+        typing: RateLimiter::new(state.presence.typing_rate, state.presence.typing_burst),
     };
     let mut replies: FuturesUnordered<Reply> = FuturesUnordered::new();
+    replies.push(unread_counts(state.clone(), identity.user.clone()));
     let expires = tokio::time::Instant::now()
         + Duration::from_secs(
             identity
@@ -162,6 +166,22 @@ async fn run(socket: Socket, identity: Option<Identity>, conn: u64, state: &Arc<
     if let Some((code, reason)) = close {
         close_with(&mut sink, code, reason).await;
     }
+}
+
+/// The `unread` frame sent after `ready`: unread messages per conversation of the user.
+fn unread_counts(state: Arc<State>, user: UserId) -> Reply {
+    Box::pin(async move {
+        let convs = match state.membership.conv_ids_of(&user).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "unread counts unavailable");
+                return None;
+            }
+        };
+        let counts = crate::receipts::unread_counts(&state.fabric, &user, convs).await;
+        state.metrics.frame_out("unread");
+        Some(protocol::encode(&ServerFrame::Unread { counts }).into())
+    })
 }
 
 fn close_reason(code: u16) -> &'static str {
@@ -265,6 +285,8 @@ struct Session {
     /// Conversations this connection subscribed to (unsubscribed on close).
     subscribed: Vec<ConvId>,
     rate: RateLimiter,
+    /// `typing` frames, on top of the general rate limit.
+    typing: RateLimiter,
 }
 
 impl Session {
@@ -347,6 +369,17 @@ impl Session {
                 limit,
                 reference,
             } => self.history(conv, before, after, limit, reference),
+            ClientFrame::Typing {
+                conv,
+                state,
+                reference,
+            } => self.typing(conv, state, reference),
+            ClientFrame::Read {
+                conv,
+                seq,
+                reference,
+            } => self.read(conv, seq, reference),
+            ClientFrame::Presence { user, reference } => self.presence(user, reference),
             other => self.membership_op(other),
         }
     }
@@ -461,6 +494,134 @@ impl Session {
                 }
                 Err((code, message)) => error_frame(&state, code, message, reference.as_deref()),
             })
+        }))
+    }
+
+    fn typing(
+        &mut self,
+        conv: ConvId,
+        typing: chatfabric_nats::wire::TypingState,
+        reference: Option<String>,
+    ) -> Step {
+        // Refusals never close the connection: typing is advisory, so it is simply dropped.
+        if self.typing.check(Instant::now()) != Verdict::Allow {
+            return self.error(
+                ErrorCode::RateLimited,
+                "too many typing frames; the frame was dropped",
+                reference.as_deref(),
+            );
+        }
+        let state = self.state.clone();
+        let user = self.user().clone();
+        Step::Later(Box::pin(async move {
+            if let Err(e) = state.membership.require_member(&conv, &user).await {
+                return Some(error_frame(
+                    &state,
+                    e.code(),
+                    e.to_string(),
+                    reference.as_deref(),
+                ));
+            }
+            let event = chatfabric_nats::wire::EphemeralEvent::Typing {
+                conv: conv.clone(),
+                user,
+                state: typing,
+                expires_in: state.presence.typing_ttl.as_millis() as u64,
+            };
+            let subject = chatfabric_nats::subject::ephemeral_subject(
+                &conv,
+                chatfabric_nats::subject::Ephemeral::Typing,
+            );
+            let payload = protocol::encode_event(&event);
+            match state.fabric.client.publish(subject, payload.into()).await {
+                Ok(()) => None,
+                Err(e) => Some(error_frame(
+                    &state,
+                    ErrorCode::Unavailable,
+                    e.to_string(),
+                    reference.as_deref(),
+                )),
+            }
+        }))
+    }
+
+    fn read(&mut self, conv: ConvId, seq: u64, reference: Option<String>) -> Step {
+        let state = self.state.clone();
+        let user = self.user().clone();
+        Step::Later(Box::pin(async move {
+            let result = match state.membership.require_member(&conv, &user).await {
+                Ok(()) => crate::receipts::mark_read(&state.fabric, &conv, &user, seq)
+                    .await
+                    .map_err(|e| (e.code(), e.to_string())),
+                Err(e) => Err((e.code(), e.to_string())),
+            };
+            Some(match result {
+                Ok(seq) => {
+                    state.metrics.frame_out("read");
+                    protocol::encode(&ServerFrame::Read {
+                        conv,
+                        user,
+                        seq,
+                        reference,
+                    })
+                    .into()
+                }
+                Err((code, message)) => error_frame(&state, code, message, reference.as_deref()),
+            })
+        }))
+    }
+
+    fn presence(&mut self, user: UserId, reference: Option<String>) -> Step {
+        let state = self.state.clone();
+        let me = self.user().clone();
+        Step::Later(Box::pin(async move {
+            // The same answer whether the user does not exist or shares nothing with the caller:
+            // a query must not reveal more than the events would.
+            match state.membership.share_a_conversation(&me, &user).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Some(error_frame(
+                        &state,
+                        ErrorCode::Forbidden,
+                        "you share no conversation with this user",
+                        reference.as_deref(),
+                    ))
+                }
+                Err(e) => {
+                    return Some(error_frame(
+                        &state,
+                        e.code(),
+                        e.to_string(),
+                        reference.as_deref(),
+                    ))
+                }
+            }
+            Some(
+                match crate::presence::lookup(&state.fabric.presence, &user).await {
+                    Ok(entry) => {
+                        state.metrics.frame_out("presence");
+                        let online = entry.is_some_and(|e| e.online);
+                        let last_seen = if online {
+                            Some(chatfabric_nats::wire::now_ms())
+                        } else {
+                            entry.map(|e| e.last_seen)
+                        };
+                        protocol::encode(&ServerFrame::Presence {
+                            user,
+                            online,
+                            last_seen,
+                            reference,
+                        })
+                        .into()
+                    }
+                    Err(e) => error_frame(
+                        &state,
+                        ErrorCode::Unavailable,
+                        e.to_string(),
+                        reference.as_deref(),
+                    ),
+                },
+            )
         }))
     }
 
@@ -590,6 +751,9 @@ fn op_name(frame: &ClientFrame) -> &'static str {
         ClientFrame::Conversations { .. } => "conversations",
         ClientFrame::Members { .. } => "members",
         ClientFrame::History { .. } => "history",
+        ClientFrame::Typing { .. } => "typing",
+        ClientFrame::Read { .. } => "read",
+        ClientFrame::Presence { .. } => "presence",
         ClientFrame::Ping { .. } => "ping",
     }
 }
@@ -603,7 +767,29 @@ fn frame_name(frame: &ServerFrame) -> &'static str {
         ServerFrame::Conversation { .. } => "conversation",
         ServerFrame::Conversations { .. } => "conversations",
         ServerFrame::Members { .. } => "members",
+        ServerFrame::Presence { .. } => "presence",
+        ServerFrame::Read { .. } => "read",
+        ServerFrame::Unread { .. } => "unread",
         ServerFrame::Pong { .. } => "pong",
         ServerFrame::Error { .. } => "error",
+    }
+}
+
+#[cfg(test)]
+mod size_probe {
+    #[test]
+    fn print_sizes() {
+        fn size<F: std::future::Future>(_: &F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let _g = rt.enter();
+        eprintln!("Outbound {}", std::mem::size_of::<crate::fanout::Outbound>());
+        eprintln!("Session {}", std::mem::size_of::<super::Session>());
+        let _ = size::<std::future::Ready<()>>;
+        fn ret_size<A, B, C, Fut: std::future::Future>(_: fn(A, B, C) -> Fut) -> usize {
+            std::mem::size_of::<Fut>()
+        }
+        eprintln!("serve future {}", ret_size(super::serve));
     }
 }

@@ -18,6 +18,12 @@
 //! - **Slow clients.** Frames go to each connection's bounded queue with `try_send`; a full queue gets
 //!   the connection closed with [`close::SLOW_CONSUMER`], and the actor never waits for it.
 //!
+//! - **Ephemeral events.** The actor also owns the conversation's `chat.eph.<conv>.*` subscription
+//!   (presence, typing, read receipts). Each event is parsed, checked to belong to this
+//!   conversation, re-encoded once and `try_send` to every local subscriber. They are at most once
+//!   by nature, so a full queue drops the event for that connection (counted) instead of closing it.
+//!   Only subscribers, who are members, receive them: that is the privacy rule for events.
+//!
 //! The hub maps conversations to actors in shards (by hash), like centrifuge's hub. Every command is
 //! sent while holding the shard lock, and an actor retires only under that lock when it has no
 //! subscribers and no queued commands, so a subscribe can never reach a retiring actor.
@@ -30,7 +36,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::stream::DirectGetErrorKind;
-use chatfabric_nats::wire::{StoredMessage, LAST_SEQUENCE_HEADER, SEQUENCE_HEADER};
+use chatfabric_nats::subject;
+use chatfabric_nats::wire::{EphemeralEvent, StoredMessage, LAST_SEQUENCE_HEADER, SEQUENCE_HEADER};
 use chatfabric_nats::{ConvId, Fabric, UserId};
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
@@ -39,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
-use crate::protocol::{close, encode, encode_msg, ErrorCode, ServerFrame};
+use crate::protocol::{close, encode, encode_event, encode_msg, ErrorCode, ServerFrame};
 
 /// A connection's id, unique within a gateway process.
 pub type ConnId = u64;
@@ -316,11 +323,17 @@ impl ConvActor {
                 .subscribe(live)
                 .await
                 .map_err(|e| e.to_string())?;
+            let eph = inner
+                .fabric
+                .client
+                .subscribe(subject::ephemeral_filter(&self.conv))
+                .await
+                .map_err(|e| e.to_string())?;
             let head = self.head().await?;
-            Ok::<_, String>((sub, head))
+            Ok::<_, String>((sub, eph, head))
         }
         .await;
-        let (mut sub, head) = match started {
+        let (mut sub, mut eph, head) = match started {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start conversation feed");
@@ -346,6 +359,14 @@ impl ConvActor {
                         break;
                     }
                 },
+                msg = eph.next() => match msg {
+                    Some(msg) => self.on_ephemeral(&msg),
+                    None => {
+                        tracing::warn!("ephemeral subscription closed");
+                        self.kick_all(close::INTERNAL);
+                        break;
+                    }
+                },
             }
             if self.subs.is_empty() && self.retire(&rx) {
                 break;
@@ -354,6 +375,7 @@ impl ConvActor {
         inner.metrics.live_conversations.dec();
         // Unsubscribes from NATS on drop.
         drop(sub);
+        drop(eph);
     }
 
     /// Leaves the shard map if no command is queued. Runs under the shard lock, which every sender
@@ -661,10 +683,44 @@ impl ConvActor {
         self.last = seq;
     }
 
+    /// Forwards a presence, typing or read event to every local subscriber, dropping it for
+    /// connections whose queue is full.
+    fn on_ephemeral(&mut self, msg: &async_nats::Message) {
+        let metrics = &self.hub.inner.metrics;
+        let kind = subject::ephemeral_kind(msg.subject.as_str());
+        let event = match serde_json::from_slice::<EphemeralEvent>(&msg.payload) {
+            Ok(e) if e.conv() == &self.conv && kind.is_some_and(|k| kind_of(&e) == k) => e,
+            _ => {
+                metrics.ephemeral_invalid.inc();
+                return;
+            }
+        };
+        let frame = Utf8Bytes::from(encode_event(&event));
+        let (mut delivered, mut dropped) = (0, 0);
+        self.subs.retain(|s| {
+            match s.outlet.tx.try_send(Outbound::Frame(frame.clone())) {
+                Ok(()) => delivered += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => dropped += 1,
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            }
+            true
+        });
+        metrics.ephemeral_deliveries.inc_by(delivered);
+        metrics.ephemeral_dropped.inc_by(dropped);
+    }
+
     fn kick_all(&mut self, code: u16) {
         for s in self.subs.drain(..) {
             s.outlet.kick.kick(code);
         }
         self.ring.clear();
+    }
+}
+
+fn kind_of(event: &EphemeralEvent) -> subject::Ephemeral {
+    match event {
+        EphemeralEvent::Presence { .. } => subject::Ephemeral::Presence,
+        EphemeralEvent::Typing { .. } => subject::Ephemeral::Typing,
+        EphemeralEvent::Read { .. } => subject::Ephemeral::Read,
     }
 }

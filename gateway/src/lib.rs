@@ -14,6 +14,10 @@
 //!   the sender gets `ack` after the PubAck.
 //! - [`fanout`]: one NATS subscription per conversation with local members; gap-free, encoded
 //!   once, **fan-out** to each connection's bounded queue, and on to the **client**.
+//! - [`presence`]: this gateway's connected users and heartbeat in the presence bucket (written on
+//!   change only), and the `presence` query; the presence service turns them into events.
+//! - [`receipts`]: read cursors (`read`), their events, and unread counts sent after `ready`.
+//!   Presence, typing and read events reach members through [`fanout`]'s conversation actors.
 //! - [`history`]: history pages, from the persister's store below its watermark and from
 //!   JetStream above it (complete even while the persister lags), cached per page.
 //! - [`metrics`]: Prometheus counters for all of the above.
@@ -31,8 +35,10 @@ mod http;
 pub mod ingest;
 pub mod membership;
 pub mod metrics;
+pub mod presence;
 pub mod protocol;
 pub mod rate;
+pub mod receipts;
 pub mod send;
 pub mod sse;
 
@@ -124,6 +130,8 @@ pub struct GatewayConfig {
     pub history: Arc<dyn chatfabric_persister::HistoryStore>,
     /// History pages cached.
     pub history_cache: u64,
+    /// Presence heartbeat and typing limits.
+    pub presence: presence::PresenceConfig,
 }
 
 /// State shared by all connections of a gateway.
@@ -134,6 +142,9 @@ pub(crate) struct State {
     hub: fanout::Hub,
     membership: Arc<membership::Membership>,
     history: history::History,
+    /// This gateway's connected users, mirrored into the presence bucket.
+    devices: Arc<presence::Devices>,
+    presence: presence::PresenceConfig,
     send_limits: api::SendLimits,
     metrics: metrics::Metrics,
     registry: Registry,
@@ -220,6 +231,15 @@ pub async fn run(
         });
     }
     let history = history::History::new(config.history, fabric.clone(), config.history_cache);
+    // Not tracked: the heartbeat outlives the connections' drain and is awaited last, so its
+    // clean-stop delete comes after the accept loop stopped.
+    let (devices, heartbeat) = presence::Devices::start(
+        &fabric,
+        &config.presence,
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    tracing::info!(gateway = devices.gateway(), "presence id");
     let state = Arc::new(State {
         auth: config.auth,
         limits: config.limits,
@@ -227,6 +247,8 @@ pub async fn run(
         hub,
         membership,
         history,
+        devices,
+        presence: config.presence,
         send_limits: api::SendLimits::new(),
         metrics,
         registry,
@@ -244,5 +266,6 @@ pub async fn run(
     {
         tracing::warn!("some connections did not close within 10 s");
     }
+    let _ = heartbeat.await;
     Ok(())
 }

@@ -244,6 +244,34 @@ impl Membership {
         Ok(users)
     }
 
+    /// The ids of the conversations `user` is a member of.
+    pub async fn conv_ids_of(&self, user: &UserId) -> Result<Vec<ConvId>, MembershipError> {
+        Ok(self
+            .keys_matching(&subject::memberships_of_filter(user))
+            .await?
+            .iter()
+            .filter_map(|k| parse_member_key(k).map(|(c, _)| c))
+            .collect())
+    }
+
+    /// Whether `a` and `b` are members of a common conversation (a user shares one with
+    /// themselves). This is what allows `a` to learn `b`'s presence.
+    pub async fn share_a_conversation(
+        &self,
+        a: &UserId,
+        b: &UserId,
+    ) -> Result<bool, MembershipError> {
+        if a == b {
+            return Ok(true);
+        }
+        for conv in self.conv_ids_of(a).await? {
+            if self.is_member(&conv, b).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// The conversations `user` is a member of.
     pub async fn conversations_of(
         &self,

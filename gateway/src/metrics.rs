@@ -52,6 +52,18 @@ pub struct Metrics {
     pub ingest_rejected: Family<Kind, Counter>,
     /// Time from publish to PubAck, seconds.
     pub publish_latency: Histogram,
+    /// Ephemeral frames (presence, typing, read) handed to connections.
+    pub ephemeral_deliveries: Counter,
+    /// Ephemeral frames dropped because a connection's queue was full (the connection stays).
+    pub ephemeral_dropped: Counter,
+    /// Ephemeral events received from NATS that did not parse or named another conversation.
+    pub ephemeral_invalid: Counter,
+    /// Writes to the presence bucket (device keys and heartbeats).
+    pub presence_writes: Counter,
+    /// Presence bucket writes that failed.
+    pub presence_write_errors: Counter,
+    /// Times the presence service buried this live gateway and it re-asserted its users.
+    pub presence_reasserts: Counter,
 }
 
 impl Metrics {
@@ -74,6 +86,12 @@ impl Metrics {
             ingest_accepted: Counter::default(),
             ingest_rejected: Family::default(),
             publish_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            ephemeral_deliveries: Counter::default(),
+            ephemeral_dropped: Counter::default(),
+            ephemeral_invalid: Counter::default(),
+            presence_writes: Counter::default(),
+            presence_write_errors: Counter::default(),
+            presence_reasserts: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("chatfabric_gateway");
         r.register(
@@ -143,6 +161,36 @@ impl Metrics {
             "publish_latency_seconds",
             "Publish to PubAck latency",
             m.publish_latency.clone(),
+        );
+        r.register(
+            "ephemeral_deliveries",
+            "Presence, typing and read frames handed to connections",
+            m.ephemeral_deliveries.clone(),
+        );
+        r.register(
+            "ephemeral_dropped",
+            "Presence, typing and read frames dropped for full queues",
+            m.ephemeral_dropped.clone(),
+        );
+        r.register(
+            "ephemeral_invalid",
+            "Ephemeral events from NATS that did not parse",
+            m.ephemeral_invalid.clone(),
+        );
+        r.register(
+            "presence_writes",
+            "Presence bucket writes (device keys, heartbeats)",
+            m.presence_writes.clone(),
+        );
+        r.register(
+            "presence_write_errors",
+            "Presence bucket writes that failed",
+            m.presence_write_errors.clone(),
+        );
+        r.register(
+            "presence_reasserts",
+            "Times this gateway was declared dead while alive and re-asserted its users",
+            m.presence_reasserts.clone(),
         );
         m
     }

@@ -4,7 +4,10 @@
 //! Frames are tagged by `op`. Every request may carry a `ref` (at most 64 bytes) which the reply
 //! echoes, so a client can match replies to requests.
 
-use chatfabric_nats::{wire::ConvKind, ConvId, UserId};
+use std::collections::BTreeMap;
+
+use chatfabric_nats::wire::{ConvKind, TypingState};
+use chatfabric_nats::{ConvId, UserId};
 use serde::{Deserialize, Serialize};
 
 /// A frame from a client.
@@ -115,6 +118,35 @@ pub enum ClientFrame {
         #[serde(default, rename = "ref")]
         reference: Option<String>,
     },
+    /// Tell the conversation's members you started or stopped typing. Not stored, not answered
+    /// (errors excepted); rate-limited per connection.
+    Typing {
+        /// The conversation.
+        conv: ConvId,
+        /// `start` or `stop`.
+        state: TypingState,
+        /// Echoed in an error reply.
+        #[serde(default, rename = "ref")]
+        reference: Option<String>,
+    },
+    /// Mark the conversation read up to and including `seq`. Answered with `read`.
+    Read {
+        /// The conversation.
+        conv: ConvId,
+        /// The cursor of the newest message read.
+        seq: u64,
+        /// Echoed in the reply.
+        #[serde(default, rename = "ref")]
+        reference: Option<String>,
+    },
+    /// Ask for a user's presence; allowed when you share a conversation with them.
+    Presence {
+        /// Whose presence.
+        user: UserId,
+        /// Echoed in the reply.
+        #[serde(default, rename = "ref")]
+        reference: Option<String>,
+    },
     /// Liveness check; answered with `pong`.
     Ping {
         /// Echoed in the reply.
@@ -207,6 +239,37 @@ pub enum ServerFrame {
         /// Echo of the request's `ref`.
         #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<String>,
+    },
+    /// Reply to a `presence` query.
+    Presence {
+        /// Whose presence.
+        user: UserId,
+        /// Whether any of their devices is connected.
+        online: bool,
+        /// Online: now. Offline: when they were last online. Absent if never seen.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_seen: Option<u64>,
+        /// Echo of the request's `ref`.
+        #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+    },
+    /// Reply to `read`: the caller's cursor afterwards (also announced to the members as an
+    /// event of the same shape, without `ref`).
+    Read {
+        /// The conversation.
+        conv: ConvId,
+        /// The reader.
+        user: UserId,
+        /// The cursor (the stored one if it was already further).
+        seq: u64,
+        /// Echo of the request's `ref`.
+        #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+    },
+    /// Sent once after `ready`: unread messages per conversation of the user.
+    Unread {
+        /// Conversation -> messages after the user's read cursor.
+        counts: BTreeMap<ConvId, u64>,
     },
     /// Reply to `ping`.
     Pong {
@@ -366,6 +429,13 @@ pub fn encode_history(
     serde_json::to_string(&frame).unwrap_or_default()
 }
 
+/// Encodes an ephemeral event (presence, typing, read) as its client frame. The event was parsed
+/// from NATS and is re-encoded here, so only well-formed frames reach clients.
+pub fn encode_event(event: &chatfabric_nats::wire::EphemeralEvent) -> String {
+    // Strings, integers and enums only: serialization cannot fail.
+    serde_json::to_string(event).unwrap_or_default()
+}
+
 /// The page size of a history request without `limit`.
 pub const DEFAULT_HISTORY_LIMIT: usize = 50;
 
@@ -411,6 +481,9 @@ const KNOWN_OPS: &[&str] = &[
     "conversations",
     "members",
     "history",
+    "typing",
+    "read",
+    "presence",
     "ping",
 ];
 
@@ -447,6 +520,9 @@ pub fn reference_of(frame: &ClientFrame) -> Option<&str> {
         | ClientFrame::Conversations { reference, .. }
         | ClientFrame::Members { reference, .. }
         | ClientFrame::History { reference, .. }
+        | ClientFrame::Typing { reference, .. }
+        | ClientFrame::Read { reference, .. }
+        | ClientFrame::Presence { reference, .. }
         | ClientFrame::Ping { reference } => reference.as_deref(),
         ClientFrame::Send { client_id, .. } => Some(client_id),
     }
@@ -473,6 +549,38 @@ mod tests {
             decode(r#"{"op":"send","conv":"c","client_id":"k","body":"hi"}"#),
             Ok(ClientFrame::Send { .. })
         ));
+    }
+
+    #[test]
+    fn ephemeral_frames_decode_and_encode() {
+        assert!(matches!(
+            decode(r#"{"op":"typing","conv":"c","state":"start"}"#),
+            Ok(ClientFrame::Typing { state: TypingState::Start, .. })
+        ));
+        assert!(matches!(
+            decode(r#"{"op":"typing","conv":"c","state":"maybe"}"#),
+            Err(DecodeError::Invalid(_))
+        ));
+        assert!(matches!(
+            decode(r#"{"op":"read","conv":"c","seq":4}"#),
+            Ok(ClientFrame::Read { seq: 4, .. })
+        ));
+        let mut counts = BTreeMap::new();
+        counts.insert(ConvId::new("c").unwrap(), 3);
+        assert_eq!(
+            encode(&ServerFrame::Unread { counts }),
+            r#"{"op":"unread","counts":{"c":3}}"#
+        );
+        let e = chatfabric_nats::wire::EphemeralEvent::Typing {
+            conv: ConvId::new("c").unwrap(),
+            user: UserId::new("bob").unwrap(),
+            state: TypingState::Stop,
+            expires_in: 6000,
+        };
+        assert_eq!(
+            encode_event(&e),
+            r#"{"op":"typing","conv":"c","user":"bob","state":"stop","expires_in":6000}"#
+        );
     }
 
     #[test]

@@ -138,7 +138,10 @@ pub(crate) async fn events(
     let (body_tx, body_rx) = mpsc::channel::<Bytes>(8);
     state.metrics.sse_streams.inc();
     let task_state = state.clone();
+    // An open event stream is a connected device for presence, like a WebSocket.
+    let device = state.devices.connect(&user);
     state.tracker.spawn(async move {
+        let _device = device;
         pump(&task_state, outbound, kick, body_tx, resume).await;
         for c in &convs {
             task_state.hub.unsubscribe(c, conn);
@@ -227,8 +230,12 @@ fn event(cursors: &mut BTreeMap<ConvId, u64>, frame: &str) -> Bytes {
     let Ok(conv) = ConvId::new(head.conv.as_ref()) else {
         return Bytes::new();
     };
-    if let Some(seq) = head.seq.or(head.cursor) {
-        cursors.insert(conv, seq);
+    // Only messages and subscription starts are positions in a conversation; ephemeral events
+    // (a `read` frame's `seq` is someone's read cursor) leave the resume cursor alone.
+    if head.op == "msg" || head.op == "subscribed" {
+        if let Some(seq) = head.seq.or(head.cursor) {
+            cursors.insert(conv, seq);
+        }
     }
     let id = format_cursor(cursors);
     Bytes::from(format!("id: {id}\nevent: {}\ndata: {frame}\n\n", head.op))

@@ -13,12 +13,16 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// How long a test waits for an expected frame before failing.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// A connected client. `msg` frames are kept apart from replies, so a test can wait for an ack
-/// while messages keep arriving.
+/// Ops of ephemeral events (and the `unread` frame after `ready`), kept apart from replies.
+const EVENT_OPS: &[&str] = &["unread", "typing", "presence", "read"];
+
+/// A connected client. `msg` frames and ephemeral events are kept apart from replies, so a test
+/// can wait for an ack while messages and events keep arriving.
 pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     msgs: VecDeque<Value>,
     replies: VecDeque<Value>,
+    events: VecDeque<Value>,
     /// The user this client authenticated as.
     pub user: String,
 }
@@ -48,6 +52,7 @@ impl Client {
             ws,
             msgs: VecDeque::new(),
             replies: VecDeque::new(),
+            events: VecDeque::new(),
             user: user.into(),
         }
     }
@@ -81,6 +86,8 @@ impl Client {
         if let Some(v) = self.read_one().await {
             if v["op"] == "msg" {
                 self.msgs.push_back(v);
+            } else if EVENT_OPS.iter().any(|op| v["op"] == *op) {
+                self.events.push_back(v);
             } else {
                 self.replies.push_back(v);
             }
@@ -94,6 +101,54 @@ impl Client {
                 return v;
             }
             self.fill().await;
+        }
+    }
+
+    /// The next ephemeral event (`presence`, `typing`, `read`, `unread`; query replies too).
+    pub async fn event(&mut self) -> Value {
+        loop {
+            if let Some(v) = self.events.pop_front() {
+                return v;
+            }
+            self.fill().await;
+        }
+    }
+
+    /// The next event matching `pred`, skipping (and discarding) others.
+    pub async fn event_where(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let v = self.event().await;
+            if pred(&v) {
+                return v;
+            }
+        }
+    }
+
+    /// The next event matching `pred` within `d`, skipping others; `None` if none came.
+    pub async fn event_within(&mut self, d: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            while let Some(v) = self.events.pop_front() {
+                if pred(&v) {
+                    return Some(v);
+                }
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.ws.next()).await {
+                Err(_) => return None,
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    let v: Value = serde_json::from_str(&t).expect("json");
+                    if v["op"] == "msg" {
+                        self.msgs.push_back(v);
+                    } else if EVENT_OPS.iter().any(|op| v["op"] == *op) {
+                        self.events.push_back(v);
+                    } else {
+                        self.replies.push_back(v);
+                    }
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(other) => panic!("{}: connection ended: {other:?}", self.user),
+            }
         }
     }
 
@@ -132,7 +187,11 @@ impl Client {
             Ok(Some(Ok(Message::Text(t)))) => {
                 let v: Value = serde_json::from_str(&t).expect("json");
                 assert_ne!(v["op"], "msg", "{}: unexpected message {v}", self.user);
-                self.replies.push_back(v);
+                if EVENT_OPS.iter().any(|op| v["op"] == *op) {
+                    self.events.push_back(v);
+                } else {
+                    self.replies.push_back(v);
+                }
             }
             Ok(other) => panic!("{}: unexpected {other:?}", self.user),
         }

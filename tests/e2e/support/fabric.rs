@@ -119,6 +119,7 @@ pub fn test_config(history: Arc<dyn HistoryStore>) -> GatewayConfig {
         membership_ttl: std::time::Duration::from_secs(60),
         history,
         history_cache: 1000,
+        presence: chatfabric_gateway::presence::PresenceConfig::default(),
     }
 }
 
