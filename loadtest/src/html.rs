@@ -273,10 +273,12 @@ fn fmt_num(v: f64) -> String {
         format!("{:.1}M", v / 1e6)
     } else if v >= 1e3 {
         format!("{:.1}k", v / 1e3)
-    } else if v >= 1.0 || v == 0.0 {
+    } else if v.fract() == 0.0 {
         format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
     } else {
-        format!("{v}")
+        format!("{v:.2}")
     }
 }
 
@@ -329,6 +331,10 @@ mod tests {
         assert_eq!(nice_max(130.0), 200.0);
         assert_eq!(nice_max(4.2e5), 5e5);
         assert_eq!(fmt_num(250_000.0), "250.0k");
+        assert_eq!(
+            (fmt_num(1.5), fmt_num(2.0), fmt_num(0.01)),
+            ("1.50".into(), "2".into(), "0.01".into())
+        );
         assert_eq!(esc("<a&b>"), "&lt;a&amp;b&gt;");
     }
 }

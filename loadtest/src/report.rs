@@ -422,7 +422,7 @@ pub(crate) fn summary(r: &Report) -> String {
     if let Some(rss) = &r.rss {
         let _ = writeln!(
             o,
-            "rss        {:.0} B per connection ({} connections)",
+            "rss        {:.0} B per connection ({} connections; valid against a freshly started fabric)",
             rss.bytes_per_connection, rss.connections
         );
         for (label, before, after) in &rss.processes {
