@@ -782,9 +782,14 @@ mod size_probe {
         fn size<F: std::future::Future>(_: &F) -> usize {
             std::mem::size_of::<F>()
         }
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         let _g = rt.enter();
-        eprintln!("Outbound {}", std::mem::size_of::<crate::fanout::Outbound>());
+        eprintln!(
+            "Outbound {}",
+            std::mem::size_of::<crate::fanout::Outbound>()
+        );
         eprintln!("Session {}", std::mem::size_of::<super::Session>());
         let _ = size::<std::future::Ready<()>>;
         fn ret_size<A, B, C, Fut: std::future::Future>(_: fn(A, B, C) -> Fut) -> usize {

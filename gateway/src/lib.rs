@@ -233,12 +233,8 @@ pub async fn run(
     let history = history::History::new(config.history, fabric.clone(), config.history_cache);
     // Not tracked: the heartbeat outlives the connections' drain and is awaited last, so its
     // clean-stop delete comes after the accept loop stopped.
-    let (devices, heartbeat) = presence::Devices::start(
-        &fabric,
-        &config.presence,
-        metrics.clone(),
-        shutdown.clone(),
-    );
+    let (devices, heartbeat) =
+        presence::Devices::start(&fabric, &config.presence, metrics.clone(), shutdown.clone());
     tracing::info!(gateway = devices.gateway(), "presence id");
     let state = Arc::new(State {
         auth: config.auth,

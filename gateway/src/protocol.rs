@@ -555,7 +555,10 @@ mod tests {
     fn ephemeral_frames_decode_and_encode() {
         assert!(matches!(
             decode(r#"{"op":"typing","conv":"c","state":"start"}"#),
-            Ok(ClientFrame::Typing { state: TypingState::Start, .. })
+            Ok(ClientFrame::Typing {
+                state: TypingState::Start,
+                ..
+            })
         ));
         assert!(matches!(
             decode(r#"{"op":"typing","conv":"c","state":"maybe"}"#),

@@ -87,7 +87,8 @@ pub async fn mark_read(
         return Err(ReceiptError::Ahead(seq, newest));
     }
     let key = subject::receipt_key(conv, user);
-    let value = Bytes::from(serde_json::to_vec(&ReadCursor { seq, ts: now_ms() }).unwrap_or_default());
+    let value =
+        Bytes::from(serde_json::to_vec(&ReadCursor { seq, ts: now_ms() }).unwrap_or_default());
     for _ in 0..10 {
         let current = fabric.receipts.entry(&key).await.map_err(unavailable)?;
         let written = match current {
@@ -96,7 +97,11 @@ pub async fn mark_read(
                 if stored >= seq {
                     return Ok(stored);
                 }
-                fabric.receipts.update(&key, value.clone(), e.revision).await.is_ok()
+                fabric
+                    .receipts
+                    .update(&key, value.clone(), e.revision)
+                    .await
+                    .is_ok()
             }
             _ => fabric.receipts.create(&key, value.clone()).await.is_ok(),
         };

@@ -10,5 +10,6 @@ mod cluster;
 mod gaps;
 mod history;
 mod messaging;
+mod presence;
 mod slow;
 mod sse;

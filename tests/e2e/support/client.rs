@@ -125,7 +125,11 @@ impl Client {
     }
 
     /// The next event matching `pred` within `d`, skipping others; `None` if none came.
-    pub async fn event_within(&mut self, d: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+    pub async fn event_within(
+        &mut self,
+        d: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + d;
         loop {
             while let Some(v) = self.events.pop_front() {
@@ -150,6 +154,16 @@ impl Client {
                 Ok(other) => panic!("{}: connection ended: {other:?}", self.user),
             }
         }
+    }
+
+    /// A reply already received, if any.
+    pub fn try_reply(&mut self) -> Option<Value> {
+        self.replies.pop_front()
+    }
+
+    /// Closes the connection from the client side (a normal close).
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
     }
 
     /// The next `msg` frame.
