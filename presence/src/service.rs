@@ -15,6 +15,9 @@ use crate::members::Memberships;
 use crate::tracker::{Action, Timing, Tracker};
 use crate::{PresenceConfig, PresenceMetrics};
 
+/// What `user.<user>` holds after a write: the entry and its revision, or nothing.
+type Stored = Option<(PresenceEntry, u64)>;
+
 /// Transitions carried out concurrently (a dead gateway may take thousands of users with it).
 const CONCURRENCY: usize = 64;
 
@@ -84,12 +87,11 @@ async fn session(
             continue;
         }
         let members = &members;
-        let results: Vec<Option<(UserId, Option<(PresenceEntry, u64)>)>> =
-            futures::stream::iter(actions)
-                .map(|a| execute(fabric, members, metrics, a))
-                .buffer_unordered(CONCURRENCY)
-                .collect()
-                .await;
+        let results: Vec<Option<(UserId, Stored)>> = futures::stream::iter(actions)
+            .map(|a| execute(fabric, members, metrics, a))
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
         // What the writes left in KV, fed back so the next transition expects the right revision.
         let (now, wall) = (Instant::now(), now_ms());
         let mut follow_up = Vec::new();
@@ -140,7 +142,7 @@ async fn execute(
     members: &Memberships,
     metrics: &PresenceMetrics,
     action: Action,
-) -> Option<(UserId, Option<(PresenceEntry, u64)>)> {
+) -> Option<(UserId, Stored)> {
     match action {
         Action::Bury {
             gateway,
