@@ -2,13 +2,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use chatfabric_gateway::{fanout::HubConfig, Authenticator, GatewayConfig, Limits};
 use chatfabric_nats::subject::Partitions;
 use chatfabric_nats::{ConnectOptions, Fabric, StreamSettings};
-use chatfabric_persister::{open_store, PersisterArgs, StoreArgs};
+use chatfabric_persister::{open_store, HistoryStore, PersisterArgs, StoreArgs};
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -216,7 +217,8 @@ pub(crate) struct GatewayArgs {
 }
 
 impl GatewayArgs {
-    pub(crate) async fn config(&self) -> anyhow::Result<GatewayConfig> {
+    /// The gateway's config, reading history from `history`.
+    pub(crate) fn config(&self, history: Arc<dyn HistoryStore>) -> anyhow::Result<GatewayConfig> {
         let auth = match (&self.jwt_secret, &self.jwt_public_key) {
             (Some(secret), None) => Authenticator::hs256(secret.as_bytes()),
             (None, Some(path)) => {
@@ -247,9 +249,7 @@ impl GatewayArgs {
             },
             membership_cache: 1_000_000,
             membership_ttl: Duration::from_secs(300),
-            history: open_store(&self.store)
-                .await
-                .context("opening the history store")?,
+            history,
             history_cache: self.history_cache,
             presence: chatfabric_gateway::presence::PresenceConfig {
                 heartbeat: Duration::from_millis(self.presence_heartbeat_ms),
@@ -259,13 +259,21 @@ impl GatewayArgs {
     }
 }
 
-/// Runs one gateway until `shutdown`.
+/// Runs one gateway until `shutdown`, reading history from `history` (else the store its flags
+/// name).
 pub(crate) async fn run_gateway(
     nats: &NatsArgs,
     args: &GatewayArgs,
+    history: Option<Arc<dyn HistoryStore>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let config = args.config().await?;
+    let history = match history {
+        Some(h) => h,
+        None => open_store(&args.store)
+            .await
+            .context("opening the history store")?,
+    };
+    let config = args.config(history)?;
     let (fabric, missed) = nats.connect("chatfabric-gateway").await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -275,16 +283,21 @@ pub(crate) async fn run_gateway(
     Ok(())
 }
 
-/// Runs one persister until `shutdown`, serving its metrics on `metrics_listen`.
+/// Runs one persister until `shutdown`, writing to `store` (else the store its flags name) and
+/// serving its metrics on `metrics_listen`.
 pub(crate) async fn run_persister(
     nats: &NatsArgs,
     args: &PersisterArgs,
+    store: Option<Arc<dyn HistoryStore>>,
     metrics_listen: Option<SocketAddr>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let store = open_store(&args.store)
-        .await
-        .context("opening the history store")?;
+    let store = match store {
+        Some(s) => s,
+        None => open_store(&args.store)
+            .await
+            .context("opening the history store")?,
+    };
     let (fabric, _missed) = nats.connect("chatfabric-persister").await?;
     let config = args.drain_config();
     let mut registry = prometheus_client::registry::Registry::default();

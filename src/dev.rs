@@ -38,7 +38,6 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     gateway.listen = args.listen;
     gateway.jwt_secret = Some(args.jwt_secret.clone());
     let history = args.data.join("history.db");
-    gateway.store.sqlite_path = history.clone();
     let mut persister = PersisterDefaults::parse_from(["dev"]).args;
     persister.store.sqlite_path = history.clone();
 
@@ -54,10 +53,16 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  metrics     http://{listen}/metrics");
     println!("  history     {} (SQLite)", history.display());
     println!("  a token     cargo run -- token alice");
+    // One store for both roles: they share the file, and one opener means one migration.
+    let store = chatfabric_persister::open_store(&persister.store)
+        .await
+        .context("opening the history store")?;
     let persist = {
-        let (nats, shutdown) = (nats.clone(), shutdown.clone());
+        let (nats, shutdown, store) = (nats.clone(), shutdown.clone(), store.clone());
         tokio::spawn(async move {
-            let result = crate::cli::run_persister(&nats, &persister, None, shutdown.clone()).await;
+            let result =
+                crate::cli::run_persister(&nats, &persister, Some(store), None, shutdown.clone())
+                    .await;
             // A dead persister in dev is fatal: stop everything rather than run without history.
             shutdown.cancel();
             result
@@ -72,7 +77,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
             result
         })
     };
-    let result = crate::cli::run_gateway(&nats, &gateway, shutdown.clone()).await;
+    let result = crate::cli::run_gateway(&nats, &gateway, Some(store), shutdown.clone()).await;
     shutdown.cancel();
     let persisted = persist.await.context("persister task")?;
     let presenced = presence.await.context("presence task")?;

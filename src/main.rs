@@ -30,13 +30,14 @@ fn main() -> anyhow::Result<()> {
             Command::Dev(args) => dev::run(args).await,
             Command::Gateway(args) => {
                 let shutdown = shutdown_on_signal();
-                cli::run_gateway(&args.nats, &args.gateway, shutdown).await
+                cli::run_gateway(&args.nats, &args.gateway, None, shutdown).await
             }
             Command::Persister(args) => {
                 let shutdown = shutdown_on_signal();
                 cli::run_persister(
                     &args.nats,
                     &args.persister,
+                    None,
                     Some(args.metrics_listen),
                     shutdown,
                 )
