@@ -245,13 +245,31 @@ impl Membership {
     }
 
     /// The ids of the conversations `user` is a member of.
+    ///
+    /// Runs on every connect (for unread counts), so it avoids creating a consumer: one stream
+    /// info request lists the subjects of the user's membership keys (deleted ones included, as
+    /// their delete markers are messages too), and the cached `is_member` keeps the live ones.
     pub async fn conv_ids_of(&self, user: &UserId) -> Result<Vec<ConvId>, MembershipError> {
-        Ok(self
-            .keys_matching(&subject::memberships_of_filter(user))
-            .await?
-            .iter()
-            .filter_map(|k| parse_member_key(k).map(|(c, _)| c))
-            .collect())
+        let filter = format!("{}{}", self.kv.prefix, subject::memberships_of_filter(user));
+        let mut subjects = self
+            .kv
+            .stream
+            .info_with_subjects(filter)
+            .await
+            .map_err(store_err)?;
+        let mut convs = Vec::new();
+        while let Some(entry) = subjects.next().await {
+            let (subject, _) = entry.map_err(store_err)?;
+            let Some(key) = subject.strip_prefix(self.kv.prefix.as_str()) else {
+                continue;
+            };
+            if let Some((conv, _)) = parse_member_key(key) {
+                if self.is_member(&conv, user).await? {
+                    convs.push(conv);
+                }
+            }
+        }
+        Ok(convs)
     }
 
     /// Whether `a` and `b` are members of a common conversation (a user shares one with

@@ -7,8 +7,9 @@
 //! subscribers on `chat.eph.<conv>.read`.
 //!
 //! Unread counts are exact: the messages of the conversation after the cursor, counted by
-//! JetStream (`num_pending` of a short-lived filtered consumer starting after the cursor), which
-//! is only asked when the conversation's head is past the cursor.
+//! JetStream. Nothing is asked when the head is at the cursor; with no cursor the stream's
+//! per-subject count answers; otherwise `num_pending` of a short-lived filtered consumer starting
+//! after the cursor.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -133,9 +134,23 @@ pub async fn unread(fabric: &Fabric, conv: &ConvId, user: &UserId) -> Result<u64
         return Ok(0);
     }
     let stream = fabric.stream_for(conv);
+    let subject = fabric.settings.partitions.msg_subject(conv);
+    if read == 0 {
+        // Nothing read yet: every message counts, and the stream's per-subject count says how
+        // many without creating a consumer.
+        let mut counts = stream
+            .info_with_subjects(&subject)
+            .await
+            .map_err(unavailable)?;
+        let mut total = 0;
+        while let Some(entry) = counts.next().await {
+            total += entry.map_err(unavailable)?.1 as u64;
+        }
+        return Ok(total);
+    }
     let consumer = stream
         .create_consumer(pull::Config {
-            filter_subject: fabric.settings.partitions.msg_subject(conv),
+            filter_subject: subject,
             deliver_policy: DeliverPolicy::ByStartSequence {
                 start_sequence: read + 1,
             },
