@@ -177,6 +177,19 @@ pub async fn open_store(args: &StoreArgs) -> Result<Arc<dyn HistoryStore>, Store
     })
 }
 
+/// Opens the configured history store for reads ([`HistoryStore::page`] and
+/// [`HistoryStore::watermark`]) only, as a gateway needs it. SQLite: read connections without the
+/// writer thread and the checkpointer ([`SqliteStore::open_for_reads`]), so gateways sharing the
+/// file with a persister never take its write lock; writes fail with
+/// [`StoreError::ReadOnly`]. ScyllaDB: the same session as [`open_store`] (reads and writes
+/// share nothing a reader could avoid).
+pub async fn open_store_for_reads(args: &StoreArgs) -> Result<Arc<dyn HistoryStore>, StoreError> {
+    Ok(match args.kind {
+        StoreKind::Sqlite => Arc::new(SqliteStore::open_for_reads(args.sqlite_config()).await?),
+        StoreKind::Scylla => Arc::new(ScyllaStore::connect(args.scylla_config()).await?),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,5 +241,46 @@ mod tests {
         let store = open_store(&cli.args.store).await.unwrap();
         assert_eq!(store.watermark(0).await.unwrap(), 0);
         assert!(path.exists());
+    }
+
+    #[tokio::test]
+    async fn reads_only_store_sees_the_writers_rows_and_refuses_writes() {
+        use crate::store::{PageQuery, StoredRecord, Watermark};
+        use chatfabric_nats::wire::StoredMessage;
+        use chatfabric_nats::{ConvId, UserId};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.db");
+        let cli = Cli::try_parse_from(["x", "--sqlite-path", path.to_str().unwrap()]).unwrap();
+        // The reader may come first: it creates the file.
+        let reader = open_store_for_reads(&cli.args.store).await.unwrap();
+        let writer = open_store(&cli.args.store).await.unwrap();
+        let conv = ConvId::new("c1").unwrap();
+        let record = StoredRecord {
+            seq: 7,
+            msg: StoredMessage {
+                id: "id-7".into(),
+                conv: conv.clone(),
+                sender: UserId::new("alice").unwrap(),
+                client_id: "k7".into(),
+                ts: 1,
+                body: "hi".into(),
+            },
+        };
+        let mark = Watermark {
+            partition: 0,
+            seq: 7,
+        };
+        writer
+            .write_batch(std::slice::from_ref(&record), Some(mark))
+            .await
+            .unwrap();
+        assert_eq!(reader.watermark(0).await.unwrap(), 7);
+        let page = reader.page(&conv, PageQuery::latest(10)).await.unwrap();
+        assert_eq!(page, vec![record.clone()]);
+        assert!(matches!(
+            reader.write_batch(&[record], None).await,
+            Err(StoreError::ReadOnly)
+        ));
     }
 }

@@ -13,8 +13,9 @@
 //! - [`sqlite`]: the embedded backend (one file, WAL) for single-node deployments.
 //! - [`scylla`]: the clustered backend (ScyllaDB / Cassandra).
 //! - [`metrics`]: the persister's Prometheus metrics (lag, batch sizes, write latency, dead letters).
-//! - [`config`]: command-line flags ([`PersisterArgs`], [`StoreArgs`]) and [`open_store`], used by
-//!   `chatfabric persister` and by the gateway to open the same store for reads.
+//! - [`config`]: command-line flags ([`PersisterArgs`], [`StoreArgs`]), [`open_store`] (used by
+//!   `chatfabric persister`) and [`open_store_for_reads`] (used by the gateway to read pages from
+//!   the same store without a writer).
 //!
 //! `chatfabric persister` is: parse [`PersisterArgs`], [`open_store`], connect and
 //! `chatfabric_nats::provision`, register [`Metrics`], then [`run`] until the shutdown token fires.
@@ -28,7 +29,7 @@ pub mod scylla;
 pub mod sqlite;
 pub mod store;
 
-pub use config::{open_store, PersisterArgs, StoreArgs, StoreKind};
+pub use config::{open_store, open_store_for_reads, PersisterArgs, StoreArgs, StoreKind};
 pub use drain::{prepare, run, DrainConfig, PersistError};
 pub use metrics::Metrics;
 pub use scylla::{ScyllaConfig, ScyllaStore};

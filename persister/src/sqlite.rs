@@ -16,6 +16,17 @@
 //!   largest cost of a batch). When the WAL outgrows [`WAL_RESTART_PAGES`] a `RESTART` checkpoint
 //!   briefly holds the writer so the WAL file is reused instead of growing.
 //!
+//! A gateway opens the same file with [`SqliteStore::open_for_reads`]: the read pool only, no
+//! writer thread and no checkpointer.
+//!
+//! # Write cost
+//!
+//! Rows are appended to a rowid table and found through a unique `(conv, seq)` index (schema v2).
+//! What a commit costs is the pages it dirties, each written whole to the WAL: appended rows
+//! dirty a few sequential pages, and the index one small-entry leaf per conversation in the batch.
+//! Clustering rows by conversation (v1) dirtied one full row leaf per conversation instead, and
+//! halved the write rate. The writer keeps a large page cache so those leaves are not re-read.
+//!
 //! # Durability
 //!
 //! The default is `synchronous=NORMAL`. In WAL mode a commit is appended to the WAL with `write()`
@@ -58,6 +69,26 @@ const MIGRATIONS: &[&str] = &[
         partition INTEGER PRIMARY KEY,
         seq       INTEGER NOT NULL
     );",
+    // v2: the rows move to a rowid table (appended in commit order) with a unique (conv, seq)
+    // index. Clustering rows by conversation made every commit rewrite one 4 KiB leaf per
+    // conversation it touched (a 256-message batch over 1000 conversations wrote ~1 MiB of WAL);
+    // appending rows dirties a few sequential pages and the index's small entries a few more,
+    // which doubled the write rate. A page costs one index range scan plus one rowid lookup per
+    // message, still well inside the read budget.
+    "CREATE TABLE messages_v2 (
+        conv      TEXT    NOT NULL,
+        seq       INTEGER NOT NULL,
+        id        TEXT    NOT NULL,
+        sender    TEXT    NOT NULL,
+        client_id TEXT    NOT NULL,
+        ts        INTEGER NOT NULL,
+        body      TEXT    NOT NULL
+    );
+    INSERT INTO messages_v2 (conv, seq, id, sender, client_id, ts, body)
+        SELECT conv, seq, id, sender, client_id, ts, body FROM messages ORDER BY conv, seq;
+    DROP TABLE messages;
+    ALTER TABLE messages_v2 RENAME TO messages;
+    CREATE UNIQUE INDEX messages_by_conv ON messages (conv, seq);",
 ];
 
 const INSERT_MESSAGE: &str =
@@ -70,6 +101,19 @@ const PAGE_DESC: &str = "SELECT seq, id, sender, client_id, ts, body FROM messag
 const PAGE_ASC: &str = "SELECT seq, id, sender, client_id, ts, body FROM messages \
      WHERE conv = ?1 AND seq > ?2 AND seq < ?3 ORDER BY seq ASC LIMIT ?4";
 const READ_WATERMARK: &str = "SELECT seq FROM watermarks WHERE partition = ?1";
+
+/// Page cache of the writer connection, in KiB. The index leaves every commit touches (one per
+/// conversation written) stay in memory instead of being re-read from the file (SQLite's default
+/// is 2 MiB, which a busy store outgrows at once).
+const WRITER_CACHE_KIB: i64 = 64 * 1024;
+/// Page cache of each read connection, in KiB; reads also go through `mmap`.
+const READER_CACHE_KIB: i64 = 8 * 1024;
+/// How much of the database file readers map into memory: a page read from the map costs no
+/// `read()` system call and no copy into SQLite's cache.
+const READER_MMAP_BYTES: i64 = 1 << 30;
+/// Size the WAL file is truncated to after a `RESTART` checkpoint (it is reused, not regrown, up
+/// to this size).
+const WAL_SIZE_LIMIT_BYTES: i64 = 64 << 20;
 
 /// Queued write batches the writer thread may hold before callers wait (backpressure).
 const WRITE_QUEUE: usize = 64;
@@ -124,14 +168,16 @@ struct WriteJob {
 /// The SQLite [`HistoryStore`]. Cheap to share behind an `Arc`; dropping the last handle stops the
 /// writer thread after it finished the queued batches.
 pub struct SqliteStore {
-    /// Bounded queue to the writer thread; its capacity is the write backpressure.
-    writer: mpsc::Sender<WriteJob>,
+    /// Bounded queue to the writer thread; its capacity is the write backpressure. `None` for a
+    /// store opened with [`SqliteStore::open_for_reads`].
+    writer: Option<mpsc::Sender<WriteJob>>,
     /// Idle read connections; a permit of `read_permits` guarantees one is there.
     readers: Arc<Mutex<Vec<Connection>>>,
     /// One permit per read connection.
     read_permits: Arc<Semaphore>,
-    /// Dropping it tells the checkpointer thread to run a last checkpoint and exit.
-    _checkpointer: std_mpsc::Sender<()>,
+    /// Dropping it tells the checkpointer thread to run a last checkpoint and exit. `None` when
+    /// this process only reads: checkpoints are the writing process's job.
+    _checkpointer: Option<std_mpsc::Sender<()>>,
 }
 
 impl SqliteStore {
@@ -142,48 +188,55 @@ impl SqliteStore {
             .map_err(|_| StoreError::WorkerGone("SQLite open"))?
     }
 
+    /// Opens the database for history reads only: read connections, but no writer thread and no
+    /// checkpointer, so a gateway sharing the file with a persister never competes for the write
+    /// lock or runs checkpoints. [`write_batch`](HistoryStore::write_batch) fails with
+    /// [`StoreError::ReadOnly`].
+    ///
+    /// The file is created and migrated if needed (one short-lived write connection), so a gateway
+    /// may start before the first persister. Checkpoints are the persister's job: without one
+    /// running, the WAL only grows while something writes, which is exactly when a persister runs.
+    pub async fn open_for_reads(config: SqliteConfig) -> Result<Self, StoreError> {
+        tokio::task::spawn_blocking(move || Self::open_readers_blocking(config))
+            .await
+            .map_err(|_| StoreError::WorkerGone("SQLite open"))?
+    }
+
+    fn open_readers_blocking(config: SqliteConfig) -> Result<Self, StoreError> {
+        let setup = open_and_migrate(&config)?;
+        let readers = open_readers(&config)?;
+        // Closed only once the readers hold the file open, so it is not the last connection and
+        // does not checkpoint or remove the WAL on the way out.
+        drop(setup);
+        Ok(Self {
+            writer: None,
+            read_permits: Arc::new(Semaphore::new(readers.len())),
+            readers: Arc::new(Mutex::new(readers)),
+            _checkpointer: None,
+        })
+    }
+
     fn open_blocking(config: SqliteConfig) -> Result<Self, StoreError> {
         let path_str = config.path.display().to_string();
-        if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
-                path: dir.display().to_string(),
-                source,
-            })?;
-        }
         let open_err = |source| StoreError::SqliteOpen {
             path: path_str.clone(),
             source,
         };
-        let mut writer = Connection::open(&config.path).map_err(open_err)?;
-        let sync = match config.synchronous {
-            Synchronous::Normal => "NORMAL",
-            Synchronous::Full => "FULL",
-        };
+        let writer = open_and_migrate(&config)?;
         writer
             .execute_batch(&format!(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; \
-                 PRAGMA busy_timeout = 5000; PRAGMA wal_autocheckpoint = 0;"
+                "PRAGMA cache_size = -{WRITER_CACHE_KIB}; PRAGMA temp_store = MEMORY;"
             ))
             .map_err(open_err)?;
-        migrate(&mut writer)?;
-
-        let mut readers = Vec::with_capacity(config.readers.max(1));
-        for _ in 0..config.readers.max(1) {
-            let conn = Connection::open_with_flags(
-                &config.path,
-                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )
-            .map_err(open_err)?;
-            conn.execute_batch("PRAGMA busy_timeout = 5000;")
-                .map_err(open_err)?;
-            readers.push(conn);
-        }
+        let readers = open_readers(&config)?;
+        let sync = synchronous_pragma(config.synchronous);
 
         let checkpoint_conn = Connection::open(&config.path).map_err(open_err)?;
         checkpoint_conn
             .execute_batch(&format!(
                 "PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 5000; \
-                 PRAGMA wal_autocheckpoint = 0;"
+                 PRAGMA wal_autocheckpoint = 0; \
+                 PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES};"
             ))
             .map_err(open_err)?;
         let (checkpointer, stop) = std_mpsc::channel();
@@ -204,10 +257,10 @@ impl SqliteStore {
                 source,
             })?;
         Ok(Self {
-            writer: tx,
+            writer: Some(tx),
             read_permits: Arc::new(Semaphore::new(readers.len())),
             readers: Arc::new(Mutex::new(readers)),
-            _checkpointer: checkpointer,
+            _checkpointer: Some(checkpointer),
         })
     }
 
@@ -238,6 +291,61 @@ impl SqliteStore {
         .await
         .map_err(|_| StoreError::WorkerGone("SQLite reader"))?
     }
+}
+
+fn synchronous_pragma(s: Synchronous) -> &'static str {
+    match s {
+        Synchronous::Normal => "NORMAL",
+        Synchronous::Full => "FULL",
+    }
+}
+
+/// Opens a write connection in WAL mode (creating the file and its directory if missing) and
+/// brings the schema up to date.
+fn open_and_migrate(config: &SqliteConfig) -> Result<Connection, StoreError> {
+    let path_str = config.path.display().to_string();
+    if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    }
+    let open_err = |source| StoreError::SqliteOpen {
+        path: path_str.clone(),
+        source,
+    };
+    let mut conn = Connection::open(&config.path).map_err(open_err)?;
+    let sync = synchronous_pragma(config.synchronous);
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; \
+         PRAGMA busy_timeout = 5000; PRAGMA wal_autocheckpoint = 0;"
+    ))
+    .map_err(open_err)?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+/// The read connections of the pool (at least one).
+fn open_readers(config: &SqliteConfig) -> Result<Vec<Connection>, StoreError> {
+    let open_err = |source| StoreError::SqliteOpen {
+        path: config.path.display().to_string(),
+        source,
+    };
+    (0..config.readers.max(1))
+        .map(|_| {
+            let conn = Connection::open_with_flags(
+                &config.path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(open_err)?;
+            conn.execute_batch(&format!(
+                "PRAGMA busy_timeout = 5000; PRAGMA cache_size = -{READER_CACHE_KIB}; \
+                 PRAGMA mmap_size = {READER_MMAP_BYTES};"
+            ))
+            .map_err(open_err)?;
+            Ok(conn)
+        })
+        .collect()
 }
 
 /// Brings the schema to the newest version, one transaction per migration.
@@ -362,6 +470,7 @@ impl HistoryStore for SqliteStore {
         if records.is_empty() && watermark.is_none() {
             return Ok(());
         }
+        let writer = self.writer.as_ref().ok_or(StoreError::ReadOnly)?;
         let rows = records
             .iter()
             .map(|r| Ok((r.msg.conv.to_string(), record_columns(r)?)))
@@ -372,7 +481,7 @@ impl HistoryStore for SqliteStore {
             watermark,
             done,
         };
-        self.writer
+        writer
             .send(job)
             .await
             .map_err(|_| StoreError::WorkerGone("SQLite writer"))?;
@@ -468,5 +577,32 @@ mod tests {
             migrate(&mut conn),
             Err(StoreError::SchemaTooNew { found: 99, .. })
         ));
+    }
+
+    #[test]
+    fn v2_keeps_v1_rows_and_their_uniqueness() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("h.db")).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(INSERT_MESSAGE, params!["c", 5, "i", "u", "k", 1, "b"])
+            .unwrap();
+        migrate(&mut conn).unwrap();
+        let again = conn
+            .execute(INSERT_MESSAGE, params!["c", 5, "i", "u", "k", 1, "b"])
+            .unwrap();
+        assert_eq!(again, 0, "a redelivered row is ignored after the migration");
+        let body: String = conn
+            .query_row(PAGE_DESC, params!["c", 0, i64::MAX, 10], |r| r.get(5))
+            .unwrap();
+        assert_eq!(body, "b");
+        let plan: String = conn
+            .query_row(
+                &format!("EXPLAIN QUERY PLAN {PAGE_DESC}"),
+                params!["c", 0, i64::MAX, 10],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("messages_by_conv"), "{plan}");
     }
 }

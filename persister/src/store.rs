@@ -162,6 +162,10 @@ pub enum StoreError {
         /// The newest version this build knows.
         supported: i64,
     },
+    /// A write to a store opened for reads only (`SqliteStore::open_for_reads`): a bug in the
+    /// caller, which should have opened the store with `open_store`.
+    #[error("the history store was opened for reads only; writes go through the persister")]
+    ReadOnly,
     /// The store's worker thread or task is gone (it panicked or the store was dropped).
     #[error(
         "the {0} worker stopped; the store must be reopened (see earlier log lines for a panic)"

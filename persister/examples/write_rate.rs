@@ -1,0 +1,97 @@
+//! Steady-state write rate of the SQLite store, for profiling and for machines too busy for
+//! criterion's statistics: writes `TOTAL` fresh messages in 256-message batches from `WRITERS`
+//! concurrent callers and prints messages per second of wall time and of process CPU time.
+//!
+//! `cargo run --release -p chatfabric-persister --example write_rate -- [TOTAL] [WRITERS] [CONVS]`
+//!
+//! CPU time is the steadier figure on a shared machine: other processes stretch wall time but
+//! not the CPU this process burns per message.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use chatfabric_nats::wire::StoredMessage;
+use chatfabric_nats::{ConvId, UserId};
+use chatfabric_persister::{HistoryStore, SqliteConfig, SqliteStore, StoredRecord, Watermark};
+
+const BATCH: u64 = 256;
+
+fn record(seq: u64, convs: u64) -> StoredRecord {
+    StoredRecord {
+        seq,
+        msg: StoredMessage {
+            id: format!("0190a1b2-c3d4-7e5f-8a9b-{seq:012}"),
+            conv: ConvId::new(format!("conv-{}", seq % convs)).expect("valid conv"),
+            sender: UserId::new(format!("user-{}", seq % 1000)).expect("valid user"),
+            client_id: format!("client-{seq}"),
+            ts: 1_700_000_000_000 + seq,
+            body: "lorem ipsum dolor sit amet, consectetur adipiscing elit ".repeat(4)[..200]
+                .to_string(),
+        },
+    }
+}
+
+/// User + system CPU seconds of this process, from /proc (Linux only; 0 elsewhere).
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args()
+        .skip(1)
+        .map(|a| a.parse::<u64>().expect("number"));
+    let total = args.next().unwrap_or(400_000);
+    let writers = args.next().unwrap_or(1).max(1);
+    let convs = args.next().unwrap_or(100).max(1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn HistoryStore> = Arc::new(
+        SqliteStore::open(SqliteConfig::new(dir.path().join("rate.db")))
+            .await
+            .expect("open"),
+    );
+    let next = Arc::new(AtomicU64::new(1));
+    let (cpu0, wall0) = (cpu_seconds(), Instant::now());
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let (store, next) = (Arc::clone(&store), Arc::clone(&next));
+            tokio::spawn(async move {
+                loop {
+                    let start = next.fetch_add(BATCH, Ordering::Relaxed);
+                    if start > total {
+                        return;
+                    }
+                    let batch: Vec<_> = (start..start + BATCH).map(|s| record(s, convs)).collect();
+                    let mark = Watermark {
+                        partition: w as u16,
+                        seq: start,
+                    };
+                    store.write_batch(&batch, Some(mark)).await.expect("write");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    let (wall, cpu) = (wall0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "{total} msgs, {writers} writer(s), {convs} convs: {:.0} msg/s wall ({wall:.2} s), \
+         {:.0} msg/s per CPU-second ({cpu:.2} s); loadavg {}",
+        total as f64 / wall,
+        total as f64 / cpu.max(1e-9),
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+}
