@@ -189,12 +189,11 @@ async fn pump(
     }
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.tick().await;
+    let grace = state.limits.close_grace;
     loop {
         let chunk = tokio::select! {
             code = kick.requested() => {
-                let reason = if code == close::SLOW_CONSUMER { "slow_consumer" } else { "closed" };
-                let event = format!("event: error\ndata: {{\"code\":\"{reason}\"}}\n\n");
-                let _ = tokio::time::timeout(Duration::from_secs(1), body.send(event.into())).await;
+                let _ = tokio::time::timeout(grace, body.send(error_event(code))).await;
                 return;
             }
             _ = state.shutdown.cancelled() => return,
@@ -212,14 +211,32 @@ async fn pump(
                 }
             },
         };
+        let send = body.send(chunk);
+        tokio::pin!(send);
         tokio::select! {
-            sent = body.send(chunk) => if sent.is_err() { return },
+            sent = &mut send => if sent.is_err() { return },
+            // Kicked while the reader is not reading (the slow-consumer case): as on WebSocket,
+            // give it `close_grace` to read on, so the error event reaches it after the data.
             code = kick.requested() => {
-                let _ = code;
+                let _ = tokio::time::timeout(grace, async {
+                    if send.await.is_ok() {
+                        let _ = body.send(error_event(code)).await;
+                    }
+                })
+                .await;
                 return;
             }
         }
     }
+}
+
+fn error_event(code: u16) -> Bytes {
+    let reason = if code == close::SLOW_CONSUMER {
+        "slow_consumer"
+    } else {
+        "closed"
+    };
+    Bytes::from(format!("event: error\ndata: {{\"code\":\"{reason}\"}}\n\n"))
 }
 
 /// One frame as an event, advancing the composite cursor.

@@ -155,3 +155,52 @@ async fn http_send_retries_are_stored_once() {
     .await;
     assert_eq!((status, err["code"].as_str()), (400, Some("too_large")));
 }
+
+#[tokio::test]
+async fn a_slow_sse_reader_is_closed_like_a_slow_websocket() {
+    let nats = Nats::start().await;
+    let mut config = nats.config();
+    config.limits.queue = 8;
+    let g = TestGateway::start_with(&nats, config, 8192).await;
+    let mut alice = Client::connect(&g.ws_url(), "alice").await;
+    let room = alice.create_group(&["bob"]).await;
+
+    // Bob opens the stream through a socket with a tiny receive buffer and stops reading.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(g.addr).await.unwrap();
+    let req = format!(
+        "GET /v1/events?conv={room} HTTP/1.0\r\nAuthorization: Bearer {}\r\n\r\n",
+        crate::support::fabric::token("bob")
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+
+    let body = "x".repeat(4000);
+    for i in 0..2500 {
+        alice.post(&room, &format!("k{i}"), &body).await;
+    }
+    let slow = "chatfabric_gateway_closes_total{kind=\"slow_consumer\"}";
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while g.metric(slow).await < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the SSE reader was never closed as slow"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Reading on, bob finds the error event at the end of what was buffered.
+    let mut rest = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut rest))
+        .await
+        .expect("the stream ends")
+        .unwrap();
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        text.trim_end().ends_with(
+            r#"event: error
+data: {"code":"slow_consumer"}"#
+        ),
+        "{}",
+        &text[text.len().saturating_sub(300)..]
+    );
+}
