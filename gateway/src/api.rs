@@ -159,10 +159,6 @@ pub(crate) async fn send(req: Request<Incoming>, state: &State) -> Reply {
     .await
     {
         Ok(stored) => {
-            state.metrics.acks.inc();
-            if stored.duplicate {
-                state.metrics.acks_duplicate.inc();
-            }
             let body = protocol::encode(&protocol::ServerFrame::Ack {
                 conv,
                 client_id: reply_id,

@@ -413,10 +413,6 @@ impl Session {
             .await
             {
                 Ok(stored) => {
-                    state.metrics.acks.inc();
-                    if stored.duplicate {
-                        state.metrics.acks_duplicate.inc();
-                    }
                     state.metrics.frame_out("ack");
                     protocol::encode(&ServerFrame::Ack {
                         conv,

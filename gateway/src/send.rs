@@ -66,7 +66,8 @@ pub fn validate(client_id: &str, body: &str, max_body: usize) -> Result<(), Send
     Ok(())
 }
 
-/// Stamps and stores a validated message; resolves once JetStream acknowledged it.
+/// Stamps and stores a validated message; resolves once JetStream acknowledged it (and counts the
+/// ack, whichever front end it came through).
 pub async fn publish(
     fabric: &Fabric,
     metrics: &Metrics,
@@ -103,6 +104,10 @@ pub async fn publish(
     metrics
         .publish_latency
         .observe(start.elapsed().as_secs_f64());
+    metrics.acks.inc();
+    if stored.duplicate {
+        metrics.acks_duplicate.inc();
+    }
     Ok(Stored {
         seq: stored.sequence,
         duplicate: stored.duplicate,
