@@ -83,10 +83,21 @@ pub struct LoadtestArgs {
     #[arg(long, env = "CHATFABRIC_LOADTEST_SSE_SHARE", default_value_t = 0.0)]
     pub sse_share: f64,
 
-    /// Number of NATS-direct publishers (bots on `chat.in.<conv>.<sender>`). Not yet supported by
-    /// the fabric (no ingest service yet), so any value above 0 is refused.
+    /// Number of NATS-direct publishers: bots that post with requests on
+    /// `chat.in.<conv>.<bot>` over their own NATS connection, like `chatfabric bot`. They are
+    /// members of the groups the run creates and share the aggregate rate with the WebSocket
+    /// senders: every sender, WebSocket member or publisher, sends at the same rate.
     #[arg(long, env = "CHATFABRIC_LOADTEST_NATS_PUBLISHERS", default_value_t = 0)]
     pub nats_publishers: usize,
+
+    /// NATS server the publishers connect to (no credentials: `chatfabric dev`'s server, or one
+    /// that lets anonymous clients publish on `chat.in.>`).
+    #[arg(
+        long,
+        env = "CHATFABRIC_LOADTEST_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
 
     /// Connection churn: connections per second that drop and resume from their cursor while
     /// sending is on [scenario default, else 0].
@@ -167,6 +178,9 @@ pub struct LoadtestArgs {
     pub worker: bool,
 }
 
+/// Members a group may have (PROTOCOL.md, "Limits").
+const MAX_GROUP_MEMBERS: usize = 1000;
+
 /// A named scenario: a preset of defaults for [`LoadtestArgs`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -223,6 +237,12 @@ pub struct Settings {
     pub payload: usize,
     /// Share of active members that receive over SSE.
     pub sse_share: f64,
+    /// NATS-direct publishers.
+    #[serde(default)]
+    pub nats_publishers: usize,
+    /// Where the publishers connect.
+    #[serde(default)]
+    pub nats_url: String,
     /// Drops-and-resumes per second while sending.
     pub churn: f64,
     /// Idle connections.
@@ -361,6 +381,8 @@ impl Settings {
             steps,
             payload,
             sse_share: args.sse_share,
+            nats_publishers: args.nats_publishers,
+            nats_url: args.nats_url.clone(),
             churn: args.churn.or(p.churn).unwrap_or(0.0),
             idle,
             idle_room_size: args.idle_room_size,
@@ -372,15 +394,23 @@ impl Settings {
             p99_target_ms: args.p99_target_ms,
             run_id,
         };
-        settings.check(args)?;
+        settings.check()?;
         Ok(settings)
     }
 
-    fn check(&self, args: &LoadtestArgs) -> anyhow::Result<()> {
-        if args.nats_publishers > 0 {
+    fn check(&self) -> anyhow::Result<()> {
+        if self.nats_publishers > 0 && self.conversations == 0 {
+            bail!("--nats-publishers needs active conversations to post into");
+        }
+        let publishers_per_group = self.nats_publishers.div_ceil(self.conversations.max(1));
+        // The group's creator (an admin user of the run) is a member too.
+        if self.members + publishers_per_group + 1 > MAX_GROUP_MEMBERS
+            || self.idle_room_size + 1 > MAX_GROUP_MEMBERS
+        {
             bail!(
-                "--nats-publishers is not yet supported by the fabric: NATS-direct publishing on \
-                 chat.in.<conv>.<sender> needs the ingest service, which does not exist yet"
+                "a group holds at most {MAX_GROUP_MEMBERS} members, its creator included: lower \
+                 --members, --idle-room-size or --nats-publishers (at most one publisher per \
+                 conversation when there are more conversations than publishers)"
             );
         }
         if !(0.0..1.0).contains(&self.sse_share) {
@@ -432,6 +462,21 @@ impl Settings {
         self.idle.div_ceil(self.idle_room_size.max(1))
     }
 
+    /// WebSocket members that send (active members that are not SSE receivers).
+    pub fn ws_senders(&self) -> usize {
+        crate::sse::senders(self.member_conns(), self.sse_share).count()
+    }
+
+    /// The share of the aggregate rate the NATS publishers send: every sender, WebSocket member
+    /// or publisher, sends at the same rate.
+    pub fn nats_share(&self) -> f64 {
+        let all = self.ws_senders() + self.nats_publishers;
+        if all == 0 {
+            return 0.0;
+        }
+        self.nats_publishers as f64 / all as f64
+    }
+
     /// Seconds of sending, over all steps.
     pub fn send_secs(&self) -> f64 {
         self.steps.iter().map(|s| s.secs).sum()
@@ -442,6 +487,49 @@ impl Settings {
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn nats_publishers_share_the_rate_per_sender_and_fit_in_the_groups() {
+        let s = resolve(&["--nats-publishers", "5", "--run-id", "t"]).unwrap();
+        assert_eq!(s.nats_url, "nats://127.0.0.1:4222");
+        assert_eq!(s.ws_senders(), 100);
+        assert!((s.nats_share() - 5.0 / 105.0).abs() < 1e-12);
+        // SSE receivers do not send, so the publishers' share grows.
+        let s = resolve(&[
+            "--nats-publishers",
+            "20",
+            "--sse-share",
+            "0.2",
+            "--run-id",
+            "t",
+        ])
+        .unwrap();
+        assert!((s.nats_share() - 0.2).abs() < 1e-12, "20 of 80 + 20");
+        assert_eq!(resolve(&["--run-id", "t"]).unwrap().nats_share(), 0.0);
+        // 998 members + 2 publishers per group + the creator: over the limit.
+        assert!(resolve(&[
+            "--members",
+            "998",
+            "--conversations",
+            "2",
+            "--nats-publishers",
+            "4",
+            "--run-id",
+            "t"
+        ])
+        .is_err());
+        assert!(resolve(&[
+            "--conversations",
+            "0",
+            "--idle",
+            "10",
+            "--nats-publishers",
+            "1",
+            "--run-id",
+            "t"
+        ])
+        .is_err());
+    }
 
     #[derive(Parser)]
     struct Cli {
@@ -505,12 +593,14 @@ mod tests {
     }
 
     #[test]
-    fn storm_scenario_and_unsupported_features() {
+    fn storm_scenario_and_refused_settings() {
         let s = resolve(&["--scenario", "reconnect-storm", "--run-id", "t"]).unwrap();
         assert_eq!(s.storm_at, Some(10.0));
         assert_eq!(s.send_secs(), 20.0);
-        let err = resolve(&["--nats-publishers", "2", "--run-id", "t"]).unwrap_err();
-        assert!(err.to_string().contains("not yet supported"), "{err}");
+        assert!(
+            resolve(&["--members", "1000", "--run-id", "t"]).is_err(),
+            "1000 members and the creator exceed a group"
+        );
         assert!(
             resolve(&["--run-id", "a.b"]).is_err(),
             "run ids become user ids"

@@ -98,9 +98,9 @@ macro_rules! counters {
 }
 
 counters! {
-    /// `send` frames written (retries not included).
+    /// `send` frames written and NATS posts made (retries not included).
     sent,
-    /// `ack` frames received.
+    /// `ack` frames received (WebSocket and NATS).
     acked,
     /// Acks that said `duplicate: true` (a retried send that had been stored).
     ack_duplicates,
@@ -130,6 +130,10 @@ counters! {
     other_closes,
     /// `error` frames other than failed sends.
     errors,
+    /// Of `sent`, the NATS publishers' posts.
+    nats_sent,
+    /// Of `acked`, the NATS publishers' acks.
+    nats_acked,
 }
 
 /// One second of a worker.
@@ -139,8 +143,11 @@ pub(crate) struct Tick {
     pub(crate) counters: Counters,
     /// End-to-end latency (send -> receive), microseconds.
     pub(crate) e2e: Buckets,
-    /// Send -> ack latency, microseconds.
+    /// Send -> ack latency, microseconds (WebSocket and NATS).
     pub(crate) ack: Buckets,
+    /// Of those, the NATS publishers' (request -> reply).
+    #[serde(default)]
+    pub(crate) nats_ack: Buckets,
     /// Session establishment latency, microseconds.
     pub(crate) connect: Buckets,
     /// Connections open now.

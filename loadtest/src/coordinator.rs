@@ -221,11 +221,22 @@ fn preflight(s: &Settings) -> Vec<String> {
         ));
     }
     let peak = s.steps.iter().map(|st| st.rate).fold(0.0, f64::max);
-    if s.member_conns() > 0 && peak / s.member_conns() as f64 > 45.0 {
+    // Every sender, WebSocket member or NATS publisher, sends at the same rate; only the
+    // WebSocket ones are held to the gateway's per-connection limit.
+    let senders = s.ws_senders() + s.nats_publishers;
+    if s.ws_senders() > 0 && peak / senders as f64 > 45.0 {
         notes.push(format!(
-            "{:.0} messages/s per member exceeds what the gateway's default per-connection limit \
-             (50 frames/s) lets through: add conversations or members",
-            peak / s.member_conns() as f64
+            "{:.0} messages/s per sender exceeds what the gateway's default per-connection limit \
+             (50 frames/s) lets through: add conversations, members or NATS publishers",
+            peak / senders as f64
+        ));
+    }
+    if s.nats_publishers > 0 {
+        notes.push(format!(
+            "{} NATS publishers send {:.1} % of the rate ({:.1} msg/s each at the peak step)",
+            s.nats_publishers,
+            s.nats_share() * 100.0,
+            peak / senders as f64
         ));
     }
     notes
@@ -335,6 +346,7 @@ struct Collector {
     totals: Counters,
     e2e: Histogram<u64>,
     ack: Histogram<u64>,
+    nats_ack: Histogram<u64>,
     connect: Histogram<u64>,
     steps: Vec<StepAcc>,
     step: Option<usize>,
@@ -368,6 +380,7 @@ impl Collector {
             totals: Counters::default(),
             e2e: new_histogram(),
             ack: new_histogram(),
+            nats_ack: new_histogram(),
             connect: new_histogram(),
             steps,
             step: None,
@@ -436,6 +449,7 @@ impl Collector {
                 tick.e2e.add_to(&mut self.e2e);
                 tick.ack.add_to(&mut self.point_ack);
                 tick.ack.add_to(&mut self.ack);
+                tick.nats_ack.add_to(&mut self.nats_ack);
                 tick.connect.add_to(&mut self.connect);
                 if let Some(step) = self.step.and_then(|i| self.steps.get_mut(i)) {
                     step.counters.add(&tick.counters);
@@ -603,6 +617,7 @@ impl Collector {
             },
             e2e: Latency::of(&self.e2e),
             ack: Latency::of(&self.ack),
+            nats_ack: Latency::of(&self.nats_ack),
             deliveries_per_s: self.totals.delivered as f64 / settings.send_secs().max(1e-9),
             totals: self.totals,
             unacked,

@@ -20,6 +20,8 @@
 //! - `connection`: one member connection: connect from a chosen source address, authenticate,
 //!   subscribe, send, receive, and resume from its cursor after a drop.
 //! - `sse`: the same, for a member that receives over server-sent events.
+//! - `publisher`: a NATS-direct publisher (a bot posting on `chat.in.<conv>.<bot>`): the other
+//!   way in, **NATS request** -> ingest -> JetStream, feeding the same ledger.
 //! - `frames`: the JSON frames as the load generator writes and reads them, and the timestamped
 //!   message body that gives end-to-end latency without a clock protocol.
 //! - `ledger`: loss, duplicate and order accounting against the fabric's cursors.
@@ -37,6 +39,7 @@ mod frames;
 mod html;
 mod ledger;
 mod procstat;
+mod publisher;
 mod report;
 mod setup;
 mod sse;

@@ -28,8 +28,11 @@ pub(crate) struct Report {
     pub(crate) connect: ConnectReport,
     /// End-to-end latency over the whole run.
     pub(crate) e2e: Latency,
-    /// Send -> ack latency over the whole run.
+    /// Send -> ack latency over the whole run (WebSocket and NATS).
     pub(crate) ack: Latency,
+    /// Of those, the NATS publishers' (request -> reply).
+    #[serde(default)]
+    pub(crate) nats_ack: Latency,
     /// New deliveries per second of sending.
     pub(crate) deliveries_per_s: f64,
     pub(crate) totals: Counters,
@@ -361,6 +364,18 @@ pub(crate) fn summary(r: &Report) -> String {
     );
     let _ = writeln!(o, "e2e        {}", lat(&r.e2e));
     let _ = writeln!(o, "send->ack  {}", lat(&r.ack));
+    if s.nats_publishers > 0 {
+        let _ = writeln!(
+            o,
+            "nats       {} publishers on {}: sent {} ({:.1} % of the rate), acked {}; send->ack {}",
+            s.nats_publishers,
+            s.nats_url,
+            t.nats_sent,
+            s.nats_share() * 100.0,
+            t.nats_acked,
+            lat(&r.nats_ack)
+        );
+    }
     let a = &r.accounting;
     let _ = writeln!(
         o,
@@ -482,6 +497,8 @@ pub(crate) mod tests {
             ],
             payload: 100,
             sse_share: 0.0,
+            nats_publishers: 0,
+            nats_url: String::new(),
             churn: 0.0,
             idle: 0,
             idle_room_size: 100,
@@ -555,6 +572,7 @@ pub(crate) mod tests {
             },
             e2e: lat(60.0),
             ack: lat(3.0),
+            nats_ack: Latency::default(),
             deliveries_per_s: 64_500.0,
             totals: Counters {
                 sent: 130_000,

@@ -13,6 +13,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::args::Settings;
 use crate::frames::{mint_token, Reply, Request};
+use crate::publisher::{publisher_id, publishers_of};
 
 /// Groups one admin connection creates, all in flight at once: under the gateway's default
 /// burst of 100 frames.
@@ -33,16 +34,20 @@ pub(crate) fn member_at(s: &Settings, i: usize) -> (usize, String) {
     }
 }
 
-/// The users of conversation `conv` (active ones first, then the quiet ones).
+/// The users of conversation `conv` (active ones first, then the quiet ones); an active
+/// conversation's members are followed by its NATS publishers.
 fn users_of(s: &Settings, conv: usize) -> Vec<String> {
-    let range = if conv < s.conversations {
-        conv * s.members..(conv + 1) * s.members
+    if conv < s.conversations {
+        let members = (conv * s.members..(conv + 1) * s.members).map(|i| member_at(s, i).1);
+        let publishers = publishers_of(conv, s.nats_publishers, s.conversations)
+            .map(|k| publisher_id(&s.run_id, k));
+        members.chain(publishers).collect()
     } else {
         let room = conv - s.conversations;
         let start = s.member_conns() + room * s.idle_room_size;
-        start..(start + s.idle_room_size).min(s.total_conns())
-    };
-    range.map(|i| member_at(s, i).1).collect()
+        let range = start..(start + s.idle_room_size).min(s.total_conns());
+        range.map(|i| member_at(s, i).1).collect()
+    }
 }
 
 /// Resolves the host and port of a `ws://` URL.
@@ -170,6 +175,8 @@ mod tests {
             }],
             payload: 1,
             sse_share: 0.0,
+            nats_publishers: 0,
+            nats_url: String::new(),
             churn: 0.0,
             idle: 5,
             idle_room_size: 4,
@@ -192,5 +199,16 @@ mod tests {
             "the last quiet room holds the rest"
         );
         assert_eq!(member_at(&s, 10), (3, "r-i1-m0".to_string()));
+        // NATS publishers join the active conversations only.
+        let s = Settings {
+            nats_publishers: 3,
+            ..s
+        };
+        assert_eq!(
+            users_of(&s, 0),
+            ["r-c0-m0", "r-c0-m1", "r-c0-m2", "r-bot0", "r-bot2"]
+        );
+        assert_eq!(users_of(&s, 1), ["r-c1-m0", "r-c1-m1", "r-c1-m2", "r-bot1"]);
+        assert_eq!(users_of(&s, 2).len(), 4);
     }
 }

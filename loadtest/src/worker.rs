@@ -7,7 +7,8 @@
 //!
 //! Sends are paced by one timer per worker, not per connection: every 10 ms it hands out the
 //! messages due at the worker's share of the aggregate rate, round-robin over its members, so the
-//! offered rate is exact whatever the number of connections.
+//! offered rate is exact whatever the number of connections. NATS publisher `k` of the run belongs
+//! to worker `k % workers` and takes its turn in the same round-robin as the WebSocket senders.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::connection::{self, Member, Order, Target};
 use crate::control::{Command, Event, Final, LiveCounters, Tick, WorkerPlan};
 use crate::ledger::{AckBook, ReceiptBook};
+use crate::publisher::Publisher;
 use crate::stats::{new_histogram, record, Buckets};
 
 /// Distinct error messages kept per worker (the rest are only counted).
@@ -52,6 +54,7 @@ pub(crate) struct Shared {
     token_ttl_secs: u64,
     e2e: Mutex<Histogram<u64>>,
     ack: Mutex<Histogram<u64>>,
+    nats_ack: Mutex<Histogram<u64>>,
     connect: Mutex<Histogram<u64>>,
     acks: Mutex<HashMap<u32, Vec<(u64, u32)>>>,
     errors: Mutex<BTreeMap<String, u64>>,
@@ -71,6 +74,12 @@ impl Shared {
     /// Records a send -> ack latency.
     pub(crate) fn record_ack(&self, elapsed: Duration) {
         record(&mut lock(&self.ack), elapsed.as_micros() as u64);
+    }
+
+    /// Records a NATS publisher's request -> reply latency (also recorded with
+    /// [`Shared::record_ack`]).
+    pub(crate) fn record_nats_ack(&self, elapsed: Duration) {
+        record(&mut lock(&self.nats_ack), elapsed.as_micros() as u64);
     }
 
     /// Records how long a session took to open.
@@ -94,15 +103,20 @@ impl Shared {
         *errors.entry(key).or_default() += 1;
     }
 
-    /// The histograms' buckets since the last call.
-    fn take_histograms(&self) -> (Buckets, Buckets, Buckets) {
+    /// The histograms' buckets since the last call: e2e, ack, NATS ack, connect.
+    fn take_histograms(&self) -> [Buckets; 4] {
         let take = |m: &Mutex<Histogram<u64>>| {
             let mut h = lock(m);
             let b = Buckets::of(&h);
             h.reset();
             b
         };
-        (take(&self.e2e), take(&self.ack), take(&self.connect))
+        [
+            take(&self.e2e),
+            take(&self.ack),
+            take(&self.nats_ack),
+            take(&self.connect),
+        ]
     }
 }
 
@@ -154,6 +168,21 @@ fn members_of(plan: &WorkerPlan) -> Vec<Member> {
         .collect()
 }
 
+/// The NATS publishers this worker holds.
+fn publishers_of(plan: &WorkerPlan) -> Vec<Publisher> {
+    let s = &plan.settings;
+    (plan.index..s.nats_publishers)
+        .step_by(plan.workers.max(1))
+        .map(|k| Publisher {
+            index: k,
+            user: crate::publisher::publisher_id(&s.run_id, k),
+            convs: crate::publisher::conversations_of(k, s.nats_publishers, s.conversations)
+                .map(|c| (c as u32, Arc::from(plan.convs[c].as_str())))
+                .collect(),
+        })
+        .collect()
+}
+
 async fn drive(
     plan: WorkerPlan,
     mut commands: UnboundedReceiver<Command>,
@@ -180,6 +209,7 @@ async fn drive(
         token_ttl_secs: 3600 + (s.send_secs() + s.drain) as u64 * 4,
         e2e: Mutex::new(new_histogram()),
         ack: Mutex::new(new_histogram()),
+        nats_ack: Mutex::new(new_histogram()),
         connect: Mutex::new(new_histogram()),
         acks: Mutex::new(HashMap::new()),
         errors: Mutex::new(BTreeMap::new()),
@@ -190,9 +220,28 @@ async fn drive(
     let workers = plan.workers.max(1) as f64;
     let finish = CancellationToken::new();
     let mut tasks = JoinSet::new();
-    // Every connection's order queue, and the indexes (into it) of the ones that send.
+    // Every connection's order queue, and the queues of the connections and publishers that send.
     let mut queues: Vec<mpsc::Sender<Order>> = Vec::with_capacity(members.len());
-    let mut senders: Vec<usize> = Vec::new();
+    let mut senders: Vec<mpsc::Sender<Order>> = Vec::new();
+    // Publishers connect before the connections, so a wrong --nats-url fails the run at once.
+    let mut publishers = JoinSet::new();
+    let mine = publishers_of(&plan);
+    let clients = futures::future::try_join_all(
+        mine.iter()
+            .map(|p| crate::publisher::connect(&s.nats_url, p)),
+    )
+    .await?;
+    for (publisher, client) in mine.into_iter().zip(clients) {
+        let (tx, rx) = mpsc::channel(ORDER_QUEUE);
+        senders.push(tx);
+        publishers.spawn(crate::publisher::run(
+            publisher,
+            shared.clone(),
+            client,
+            rx,
+            finish.clone(),
+        ));
+    }
     let mut to_spawn = members.into_iter();
     let connect_per_tick = (s.connect_rate / workers / 100.0).max(0.01);
     let mut connect_credit = 1.0;
@@ -238,7 +287,7 @@ async fn drive(
                     connect_credit -= 1.0;
                     let (tx, rx) = mpsc::channel(ORDER_QUEUE);
                     if member.index < member_conns && !member.sse {
-                        senders.push(queues.len());
+                        senders.push(tx.clone());
                     }
                     queues.push(tx);
                     tasks.spawn(connection::run(member, shared.clone(), rx, finish.clone()));
@@ -247,7 +296,7 @@ async fn drive(
                     send_credit += rate * dt;
                     while send_credit >= 1.0 {
                         send_credit -= 1.0;
-                        let q = &queues[senders[next_sender % senders.len()]];
+                        let q = &senders[next_sender % senders.len()];
                         next_sender += 1;
                         if q.try_send(Order::Send).is_err() {
                             shared.counters.send_backlog.fetch_add(1, Relaxed);
@@ -292,6 +341,12 @@ async fn drive(
             tasks.len()
         ));
     }
+    while let Some(joined) = publishers.join_next().await {
+        match joined {
+            Ok(left) => unacked += left,
+            Err(err) => shared.note_error(&format!("publisher task failed: {err}")),
+        }
+    }
     // The last partial second.
     let tick = make_tick(&plan, &shared, assigned);
     events
@@ -320,12 +375,14 @@ async fn drive(
     Ok(())
 }
 
-/// The share of all sending members that this worker holds.
+/// The share of all senders (sending members and NATS publishers) that this worker holds: every
+/// sender sends at the same rate.
 fn senders_share(plan: &WorkerPlan) -> f64 {
     let s = &plan.settings;
     let workers = plan.workers.max(1);
     let (mut mine, mut all) = (0usize, 0usize);
-    for i in crate::sse::senders(s.member_conns(), s.sse_share) {
+    let publishers = 0..s.nats_publishers;
+    for i in crate::sse::senders(s.member_conns(), s.sse_share).chain(publishers) {
         all += 1;
         mine += usize::from(i % workers == plan.index);
     }
@@ -336,12 +393,13 @@ fn senders_share(plan: &WorkerPlan) -> f64 {
 }
 
 fn make_tick(plan: &WorkerPlan, shared: &Shared, assigned: u64) -> Tick {
-    let (e2e, ack, connect) = shared.take_histograms();
+    let [e2e, ack, nats_ack, connect] = shared.take_histograms();
     Tick {
         worker: plan.index,
         counters: shared.counters.take(),
         e2e,
         ack,
+        nats_ack,
         connect,
         open: shared.open.load(Relaxed),
         subscribed: shared.subscribed.load(Relaxed),
@@ -378,6 +436,8 @@ mod tests {
             }],
             payload: 10,
             sse_share: 0.25,
+            nats_publishers: 0,
+            nats_url: String::new(),
             churn: 0.0,
             idle: 5,
             idle_room_size: 2,
@@ -424,5 +484,29 @@ mod tests {
         // Worker shares of the senders add up to the whole rate.
         let share: f64 = (0..3).map(|w| senders_share(&plan(w, 3))).sum();
         assert!((share - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn publishers_are_spread_over_workers_and_take_a_sender_share() {
+        let with_publishers = |w| {
+            let mut p = plan(w, 3);
+            p.settings.nats_publishers = 4;
+            p
+        };
+        let all: Vec<Publisher> = (0..3)
+            .flat_map(|w| publishers_of(&with_publishers(w)))
+            .collect();
+        let mut indexes: Vec<usize> = all.iter().map(|p| p.index).collect();
+        indexes.sort_unstable();
+        assert_eq!(indexes, [0, 1, 2, 3], "each publisher exactly once");
+        // 4 publishers over 3 conversations: publisher 3 shares conversation 0 with publisher 0.
+        let p3 = all.iter().find(|p| p.index == 3).unwrap();
+        assert_eq!(p3.user, "t-bot3");
+        assert_eq!(p3.convs, [(0, Arc::from("g0"))]);
+        // 9 WebSocket senders (12 members, a quarter SSE) and 4 publishers share the rate.
+        let shares: Vec<f64> = (0..3).map(|w| senders_share(&with_publishers(w))).collect();
+        assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        assert_eq!(with_publishers(0).settings.ws_senders(), 9);
+        assert!((with_publishers(0).settings.nats_share() - 4.0 / 13.0).abs() < 1e-9);
     }
 }

@@ -1,0 +1,325 @@
+//! A NATS-direct publisher: a bot that skips the gateway's WebSocket and posts with requests on
+//! `chat.in.<conv>.<bot>` (PROTOCOL.md, "Bots and devices on NATS"), over its own NATS connection.
+//!
+//! The fabric's ingest service answers each request after the message is stored, with the same
+//! `ack` frame a WebSocket `send` gets (or an `error`), so a publisher feeds the same ledger as a
+//! WebSocket sender: its acks are expected at every receiver of the conversation, and its bodies
+//! carry the send time, so their deliveries count in the end-to-end latency.
+//!
+//! Publishers are members of the groups the run creates (see [`conversations_of`]), never
+//! subscribe, and are paced by the worker's timer like WebSocket senders: one `Order::Send`, one
+//! request. A request that times out is retried with the same `client_id`, as a bot would; the
+//! fabric must store it once.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::connection::Order;
+use crate::frames::{stamped_body, unix_nanos, Reply};
+use crate::worker::Shared;
+
+/// How long one request waits for its reply before it is retried.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts per message (the first and its retries).
+const ATTEMPTS: u32 = 3;
+/// Requests one publisher has in flight at most; further orders wait in its queue (and, once that
+/// is full, count as send backlog).
+const MAX_IN_FLIGHT: usize = 256;
+
+/// The user id of publisher `k`.
+pub(crate) fn publisher_id(run_id: &str, k: usize) -> String {
+    format!("{run_id}-bot{k}")
+}
+
+/// The active conversations publisher `k` of `publishers` posts into (round-robin), among
+/// `conversations`. With no more publishers than conversations each conversation has exactly one
+/// publisher; with more, each publisher has exactly one conversation. Either way every
+/// conversation gets at most `publishers.div_ceil(conversations)` extra members.
+pub(crate) fn conversations_of(
+    k: usize,
+    publishers: usize,
+    conversations: usize,
+) -> impl Iterator<Item = usize> {
+    let groups = publishers.min(conversations).max(1);
+    (k % groups..conversations).step_by(groups)
+}
+
+/// The publishers of active conversation `conv`: the inverse of [`conversations_of`].
+pub(crate) fn publishers_of(
+    conv: usize,
+    publishers: usize,
+    conversations: usize,
+) -> impl Iterator<Item = usize> {
+    let groups = publishers.min(conversations).max(1);
+    (conv % groups..publishers).step_by(groups)
+}
+
+/// The payload of a post request.
+#[derive(Debug, Serialize)]
+struct Post<'a> {
+    client_id: &'a str,
+    body: &'a str,
+}
+
+/// Encodes a post request's payload.
+fn post_payload(client_id: &str, body: &str) -> Bytes {
+    // Only strings: serialization cannot fail.
+    Bytes::from(serde_json::to_vec(&Post { client_id, body }).unwrap_or_default())
+}
+
+/// One publisher of a worker.
+#[derive(Debug, Clone)]
+pub(crate) struct Publisher {
+    /// Its index over all publishers of the run (unique, used in client ids).
+    pub(crate) index: usize,
+    /// Its user id, the `<bot>` token of its subjects.
+    pub(crate) user: String,
+    /// `(conversation index, id)` of the conversations it posts into, in turn.
+    pub(crate) convs: Vec<(u32, Arc<str>)>,
+}
+
+/// Connects a publisher to NATS: its own connection, named after it, with its replies under
+/// `_INBOX_<bot>` as a bot confined by `chatfabric bot-user` permissions would have them.
+pub(crate) async fn connect(
+    url: &str,
+    publisher: &Publisher,
+) -> anyhow::Result<async_nats::Client> {
+    async_nats::ConnectOptions::new()
+        .name(&publisher.user)
+        .custom_inbox_prefix(format!("_INBOX_{}", publisher.user))
+        .request_timeout(Some(REQUEST_TIMEOUT))
+        .connection_timeout(Duration::from_secs(10))
+        .connect(url)
+        .await
+        .with_context(|| {
+            format!(
+                "connecting NATS publisher {} to {url} (is --nats-url the fabric's NATS server?)",
+                publisher.user
+            )
+        })
+}
+
+/// What became of one post.
+struct Outcome {
+    conv_idx: u32,
+    step: u32,
+    written: Instant,
+    reply: Result<Bytes, async_nats::RequestError>,
+}
+
+/// Runs a publisher until `finish`; returns the posts still waiting for their reply.
+pub(crate) async fn run(
+    publisher: Publisher,
+    shared: Arc<Shared>,
+    client: async_nats::Client,
+    mut orders: mpsc::Receiver<Order>,
+    finish: CancellationToken,
+) -> u64 {
+    let counters = &shared.counters;
+    let mut in_flight = FuturesUnordered::new();
+    let mut posts = 0u64;
+    loop {
+        tokio::select! {
+            biased;
+            _ = finish.cancelled() => break,
+            Some(outcome) = in_flight.next(), if !in_flight.is_empty() => {
+                on_outcome(&shared, outcome);
+            }
+            order = orders.recv(), if in_flight.len() < MAX_IN_FLIGHT => match order {
+                Some(Order::Send) => {
+                    let (conv_idx, conv) = &publisher.convs[posts as usize % publisher.convs.len()];
+                    posts += 1;
+                    // `b` keeps these ids apart from the WebSocket members' `<index>-<n>`.
+                    let client_id = format!("b{}-{posts}", publisher.index);
+                    let body = stamped_body(unix_nanos(), shared.payload);
+                    let subject = format!("chat.in.{conv}.{}", publisher.user);
+                    let payload = post_payload(&client_id, &body);
+                    counters.sent.fetch_add(1, Relaxed);
+                    counters.nats_sent.fetch_add(1, Relaxed);
+                    in_flight.push(post(
+                        client.clone(),
+                        shared.clone(),
+                        subject,
+                        payload,
+                        *conv_idx,
+                        shared.step.load(Relaxed),
+                    ));
+                }
+                // A publisher has no session to drop: churn and storms are about connections.
+                Some(Order::Drop) => {}
+                None => break,
+            },
+        }
+    }
+    in_flight.len() as u64
+}
+
+/// Posts one message, retrying a request that timed out with the same payload (so the same
+/// `client_id`).
+async fn post(
+    client: async_nats::Client,
+    shared: Arc<Shared>,
+    subject: String,
+    payload: Bytes,
+    conv_idx: u32,
+    step: u32,
+) -> Outcome {
+    let written = Instant::now();
+    let mut attempt = 1;
+    loop {
+        let reply = client.request(subject.clone(), payload.clone()).await;
+        match reply {
+            Err(e) if e.kind() == async_nats::RequestErrorKind::TimedOut && attempt < ATTEMPTS => {
+                attempt += 1;
+                shared.counters.resent.fetch_add(1, Relaxed);
+            }
+            reply => {
+                return Outcome {
+                    conv_idx,
+                    step,
+                    written,
+                    reply: reply.map(|m| m.payload),
+                }
+            }
+        }
+    }
+}
+
+fn on_outcome(shared: &Shared, outcome: Outcome) {
+    let counters = &shared.counters;
+    let payload = match outcome.reply {
+        Ok(payload) => payload,
+        Err(e) => {
+            counters.send_errors.fetch_add(1, Relaxed);
+            let what = match e.kind() {
+                async_nats::RequestErrorKind::NoResponders => {
+                    "no responders on chat.in (is the gateway's ingest service running?)".into()
+                }
+                _ => e.to_string(),
+            };
+            shared.note_error(&format!("nats post: {what}"));
+            return;
+        }
+    };
+    let text = String::from_utf8_lossy(&payload);
+    let reply = match Reply::parse(&text) {
+        Ok(reply) => reply,
+        Err(e) => {
+            counters.send_errors.fetch_add(1, Relaxed);
+            shared.note_error(&format!("nats post: unreadable reply ({e})"));
+            return;
+        }
+    };
+    match (reply.op.as_ref(), reply.seq) {
+        ("ack", Some(seq)) => {
+            counters.acked.fetch_add(1, Relaxed);
+            counters.nats_acked.fetch_add(1, Relaxed);
+            if reply.duplicate == Some(true) {
+                counters.ack_duplicates.fetch_add(1, Relaxed);
+            }
+            let elapsed = outcome.written.elapsed();
+            shared.record_ack(elapsed);
+            shared.record_nats_ack(elapsed);
+            shared.record_acked(outcome.conv_idx, seq, outcome.step);
+        }
+        _ => {
+            // An error reply: the message was not stored, so no receiver expects it.
+            counters.send_errors.fetch_add(1, Relaxed);
+            shared.note_error(&format!("nats post: {}", reply.error_text()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `(publisher, conversation)` pairs.
+    type Pairs = Vec<(usize, usize)>;
+
+    /// Every (publisher, conversation) pair, from both directions.
+    fn pairs(publishers: usize, conversations: usize) -> (Pairs, Pairs) {
+        let mut by_publisher: Vec<_> = (0..publishers)
+            .flat_map(|k| conversations_of(k, publishers, conversations).map(move |c| (k, c)))
+            .collect();
+        let mut by_conv: Vec<_> = (0..conversations)
+            .flat_map(|c| publishers_of(c, publishers, conversations).map(move |k| (k, c)))
+            .collect();
+        by_publisher.sort_unstable();
+        by_conv.sort_unstable();
+        (by_publisher, by_conv)
+    }
+
+    #[test]
+    fn publishers_cover_every_conversation_and_memberships_match() {
+        for (p, c) in [
+            (5, 10),
+            (5, 12),
+            (10, 10),
+            (12, 5),
+            (1, 3),
+            (3, 1),
+            (7, 100),
+        ] {
+            let (by_publisher, by_conv) = pairs(p, c);
+            assert_eq!(by_publisher, by_conv, "{p} publishers, {c} conversations");
+            for k in 0..p {
+                assert!(
+                    conversations_of(k, p, c).next().is_some(),
+                    "publisher {k} of {p} over {c} posts somewhere"
+                );
+            }
+            for conv in 0..c {
+                let n = publishers_of(conv, p, c).count();
+                assert!(n >= 1 && n <= p.div_ceil(c), "conversation {conv}: {n}");
+            }
+        }
+        // Fewer publishers than conversations: each conversation has exactly one.
+        assert_eq!(pairs(5, 12).0.len(), 12);
+        assert_eq!(conversations_of(1, 5, 12).collect::<Vec<_>>(), [1, 6, 11]);
+        // More: each publisher has exactly one.
+        assert_eq!(pairs(12, 5).0.len(), 12);
+        assert_eq!(publishers_of(1, 12, 5).collect::<Vec<_>>(), [1, 6, 11]);
+        assert_eq!(pairs(0, 5).0.len(), 0);
+    }
+
+    #[test]
+    fn post_payload_is_what_the_ingest_service_reads() {
+        let body = stamped_body(7, 30);
+        let payload = post_payload("b3-1", &body);
+        let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(v, serde_json::json!({"client_id": "b3-1", "body": body}));
+        assert_eq!(publisher_id("lt1", 3), "lt1-bot3");
+        // The ingest service answers with the gateway's own ack and error frames.
+        use chatfabric_gateway::protocol::{self, ErrorCode, ServerFrame};
+        let ack = protocol::encode(&ServerFrame::Ack {
+            conv: chatfabric_nats::ConvId::new("g1").unwrap(),
+            client_id: "b3-1".into(),
+            seq: 45,
+            duplicate: false,
+        });
+        let r = Reply::parse(&ack).unwrap();
+        assert_eq!(
+            (r.op.as_ref(), r.seq, r.duplicate),
+            ("ack", Some(45), Some(false))
+        );
+        let err = protocol::encode(&ServerFrame::Error {
+            code: ErrorCode::Forbidden,
+            message: "not a member".into(),
+            reference: None,
+        });
+        assert_eq!(
+            Reply::parse(&err).unwrap().error_text(),
+            "forbidden: not a member"
+        );
+    }
+}
