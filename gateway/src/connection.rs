@@ -14,7 +14,6 @@ use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, SplitSink};
 use futures::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -22,7 +21,8 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 
 use crate::auth::Identity;
-use crate::fanout::{Kick, Outbound, Outlet};
+use crate::fanout::Outlet;
+use crate::outbox::{Outbound, Outbox};
 use crate::protocol::{self, close, ClientFrame, ErrorCode, ServerFrame};
 use crate::rate::{RateLimiter, Verdict};
 use crate::send;
@@ -49,11 +49,13 @@ async fn run(socket: Socket, identity: Option<Identity>, conn: u64, state: &Arc<
     let (mut sink, mut stream) = socket.split();
     let identity = match identity {
         Some(id) => id,
-        None => match authenticate(&mut stream, state).await {
+        // Boxed, like the other one-off steps below: a future's size is that of its largest
+        // await, and every idle connection would carry this one's space for its whole life.
+        None => match Box::pin(authenticate(&mut stream, state)).await {
             Ok(id) => id,
             Err(reason) => {
                 state.metrics.close("unauthorized");
-                close_with(&mut sink, close::UNAUTHORIZED, reason).await;
+                Box::pin(close_with(&mut sink, close::UNAUTHORIZED, reason)).await;
                 return;
             }
         },
@@ -74,15 +76,13 @@ async fn run(socket: Socket, identity: Option<Identity>, conn: u64, state: &Arc<
     // Counted as a connected device (for presence) until this task ends.
     let _device = state.devices.connect(&identity.user);
     let limits = &state.limits;
-    let (tx, mut outbound) = mpsc::channel(limits.queue);
-    let kick = Arc::new(Kick::default());
+    let outbox = Arc::new(Outbox::new(limits.queue));
     let mut session = Session {
         state: state.clone(),
         outlet: Outlet {
             conn,
             user: identity.user.clone(),
-            tx,
-            kick: kick.clone(),
+            outbox: outbox.clone(),
         },
         subscribed: Vec::new(),
         rate: RateLimiter::new(limits.rate, limits.burst),
@@ -98,23 +98,26 @@ async fn run(socket: Socket, identity: Option<Identity>, conn: u64, state: &Arc<
         );
     let expiry = tokio::time::sleep_until(expires);
     tokio::pin!(expiry);
+    // Created once, not per loop turn: each creation would register and unregister a waiter.
+    let shutdown = state.shutdown.cancelled();
+    tokio::pin!(shutdown);
 
     let close: Option<(u16, &'static str)> = loop {
         tokio::select! {
-            code = kick.requested() => break Some((code, close_reason(code))),
-            _ = state.shutdown.cancelled() => break Some((close::GOING_AWAY, "gateway shutting down; resume elsewhere")),
+            code = outbox.kicked() => break Some((code, close_reason(code))),
+            _ = &mut shutdown => break Some((close::GOING_AWAY, "gateway shutting down; resume elsewhere")),
             _ = &mut expiry => {
                 state.metrics.close("unauthorized");
                 break Some((close::UNAUTHORIZED, "token expired"));
             }
-            Some(out) = outbound.recv() => {
-                let write = write_outbound(&mut sink, &mut outbound, out);
+            out = outbox.recv() => {
+                let write = write_outbound(&mut sink, &outbox, out);
                 tokio::pin!(write);
                 tokio::select! {
                     written = &mut write => if written.is_err() { break None },
                     // Kicked while the socket is full (the usual slow-consumer case): give the
                     // client a moment to read on, so the close code reaches it after the data.
-                    code = kick.requested() => {
+                    code = outbox.kicked() => {
                         if let Ok(Ok(())) = tokio::time::timeout(limits.close_grace, write).await {
                             break Some((code, close_reason(code)));
                         }
@@ -160,11 +163,12 @@ async fn run(socket: Socket, identity: Option<Identity>, conn: u64, state: &Arc<
             }
         }
     };
+    outbox.close();
     for conv in &session.subscribed {
         state.hub.unsubscribe(conv, conn);
     }
     if let Some((code, reason)) = close {
-        close_with(&mut sink, code, reason).await;
+        Box::pin(close_with(&mut sink, code, reason)).await;
     }
 }
 
@@ -233,7 +237,7 @@ async fn write(
 /// Writes one queue item plus whatever else is already queued, then flushes once.
 async fn write_outbound(
     sink: &mut Sink,
-    queue: &mut mpsc::Receiver<Outbound>,
+    queue: &Outbox,
     first: Outbound,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
     let mut item = Some(first);
@@ -249,7 +253,7 @@ async fn write_outbound(
         }
         budget -= 1;
         if budget > 0 {
-            item = queue.try_recv().ok();
+            item = queue.try_recv();
         }
     }
     sink.flush().await
@@ -768,29 +772,5 @@ fn frame_name(frame: &ServerFrame) -> &'static str {
         ServerFrame::Unread { .. } => "unread",
         ServerFrame::Pong { .. } => "pong",
         ServerFrame::Error { .. } => "error",
-    }
-}
-
-#[cfg(test)]
-mod size_probe {
-    #[test]
-    fn print_sizes() {
-        fn size<F: std::future::Future>(_: &F) -> usize {
-            std::mem::size_of::<F>()
-        }
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let _g = rt.enter();
-        eprintln!(
-            "Outbound {}",
-            std::mem::size_of::<crate::fanout::Outbound>()
-        );
-        eprintln!("Session {}", std::mem::size_of::<super::Session>());
-        let _ = size::<std::future::Ready<()>>;
-        fn ret_size<A, B, C, Fut: std::future::Future>(_: fn(A, B, C) -> Fut) -> usize {
-            std::mem::size_of::<Fut>()
-        }
-        eprintln!("serve future {}", ret_size(super::serve));
     }
 }

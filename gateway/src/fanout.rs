@@ -31,7 +31,6 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,6 +45,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
+pub use crate::outbox::Outbound;
+use crate::outbox::{Outbox, Refused};
 use crate::protocol::{close, encode, encode_event, encode_msg, ErrorCode, ServerFrame};
 
 /// A connection's id, unique within a gateway process.
@@ -77,39 +78,6 @@ impl FanoutError {
     }
 }
 
-/// Asks a connection to close with a code; set by whoever first decides so (fan-out, rate limiter).
-#[derive(Debug, Default)]
-pub struct Kick {
-    code: AtomicU16,
-    token: CancellationToken,
-}
-
-impl Kick {
-    /// Requests the close. The first code wins.
-    pub fn kick(&self, code: u16) {
-        let _ = self
-            .code
-            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
-        self.token.cancel();
-    }
-
-    /// Resolves once a close was requested.
-    pub async fn requested(&self) -> u16 {
-        self.token.cancelled().await;
-        self.code.load(Ordering::Acquire)
-    }
-}
-
-/// What travels through a connection's outbound queue.
-#[derive(Debug)]
-pub enum Outbound {
-    /// One frame (a live message).
-    Frame(Utf8Bytes),
-    /// Frames that must be written in order without interleaving: a `subscribed` reply followed by
-    /// the replayed messages. One queue slot, so a long replay cannot overflow the queue.
-    Batch(Vec<Utf8Bytes>),
-}
-
 /// The fan-out's handle on one connection.
 #[derive(Clone)]
 pub struct Outlet {
@@ -117,10 +85,8 @@ pub struct Outlet {
     pub conn: ConnId,
     /// Its authenticated user.
     pub user: UserId,
-    /// Its bounded outbound queue.
-    pub tx: mpsc::Sender<Outbound>,
-    /// How to close it.
-    pub kick: Arc<Kick>,
+    /// Its bounded outbound queue, and how to close it.
+    pub outbox: Arc<Outbox>,
 }
 
 /// Tuning of the fan-out.
@@ -446,11 +412,11 @@ impl ConvActor {
                         return true;
                     }
                     if s.outlet
-                        .tx
-                        .try_send(Outbound::Frame(frame.clone()))
+                        .outbox
+                        .push(Outbound::Frame(frame.clone()))
                         .is_err()
                     {
-                        s.outlet.kick.kick(close::SLOW_CONSUMER);
+                        s.outlet.outbox.kick(close::SLOW_CONSUMER);
                     }
                     false
                 });
@@ -492,8 +458,8 @@ impl ConvActor {
             frames.extend(self.replay(after).await?);
         }
         let replayed = frames.len() as u64 - 1;
-        if outlet.tx.try_send(Outbound::Batch(frames)).is_err() {
-            outlet.kick.kick(close::SLOW_CONSUMER);
+        if outlet.outbox.push(Outbound::Batch(frames)).is_err() {
+            outlet.outbox.kick(close::SLOW_CONSUMER);
             self.hub.inner.metrics.close("slow_consumer");
             return Ok(after);
         }
@@ -660,17 +626,17 @@ impl ConvActor {
             if seq <= s.from {
                 return true;
             }
-            match s.outlet.tx.try_send(Outbound::Frame(frame.clone())) {
+            match s.outlet.outbox.push(Outbound::Frame(frame.clone())) {
                 Ok(()) => {
                     delivered += 1;
                     true
                 }
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    s.outlet.kick.kick(close::SLOW_CONSUMER);
+                Err(Refused::Full) => {
+                    s.outlet.outbox.kick(close::SLOW_CONSUMER);
                     metrics.close("slow_consumer");
                     false
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
+                Err(Refused::Closed) => false,
             }
         });
         metrics.deliveries.inc_by(delivered);
@@ -698,10 +664,10 @@ impl ConvActor {
         let frame = Utf8Bytes::from(encode_event(&event));
         let (mut delivered, mut dropped) = (0, 0);
         self.subs.retain(|s| {
-            match s.outlet.tx.try_send(Outbound::Frame(frame.clone())) {
+            match s.outlet.outbox.push(Outbound::Frame(frame.clone())) {
                 Ok(()) => delivered += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => dropped += 1,
-                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                Err(Refused::Full) => dropped += 1,
+                Err(Refused::Closed) => return false,
             }
             true
         });
@@ -711,7 +677,7 @@ impl ConvActor {
 
     fn kick_all(&mut self, code: u16) {
         for s in self.subs.drain(..) {
-            s.outlet.kick.kick(code);
+            s.outlet.outbox.kick(code);
         }
         self.ring.clear();
     }

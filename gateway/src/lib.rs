@@ -20,6 +20,7 @@
 //!   Presence, typing and read events reach members through [`fanout`]'s conversation actors.
 //! - [`history`]: history pages, from the persister's store below its watermark and from
 //!   JetStream above it (complete even while the persister lags), cached per page.
+//! - [`outbox`]: each connection's bounded outbound queue, the fan-out's only way to it.
 //! - [`metrics`]: Prometheus counters for all of the above.
 //!
 //! [`run`] ties them together; `chatfabric gateway` and `chatfabric dev` call it.
@@ -35,6 +36,7 @@ mod http;
 pub mod ingest;
 pub mod membership;
 pub mod metrics;
+pub mod outbox;
 pub mod presence;
 pub mod protocol;
 pub mod rate;

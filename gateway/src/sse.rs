@@ -22,8 +22,9 @@ use hyper::body::{Frame, Incoming};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::fanout::{Kick, Outbound, Outlet};
+use crate::fanout::Outlet;
 use crate::http::{bearer, json_error, Body};
+use crate::outbox::{Outbound, Outbox};
 use crate::protocol::{close, ErrorCode};
 use crate::State;
 
@@ -114,13 +115,11 @@ pub(crate) async fn events(
         .unwrap_or_default();
 
     let conn = state.next_conn();
-    let (tx, outbound) = mpsc::channel(state.limits.queue);
-    let kick = Arc::new(Kick::default());
+    let outbox = Arc::new(Outbox::new(state.limits.queue));
     let outlet = Outlet {
         conn,
         user: user.clone(),
-        tx,
-        kick: kick.clone(),
+        outbox: outbox.clone(),
     };
     for conv in &convs {
         let after = resume.get(conv).copied();
@@ -142,7 +141,8 @@ pub(crate) async fn events(
     let device = state.devices.connect(&user);
     state.tracker.spawn(async move {
         let _device = device;
-        pump(&task_state, outbound, kick, body_tx, resume).await;
+        pump(&task_state, &outbox, body_tx, resume).await;
+        outbox.close();
         for c in &convs {
             task_state.hub.unsubscribe(c, conn);
         }
@@ -175,8 +175,7 @@ struct Head<'a> {
 /// Turns queued frames into events until the client leaves, is kicked, or the gateway stops.
 async fn pump(
     state: &State,
-    mut outbound: mpsc::Receiver<Outbound>,
-    kick: Arc<Kick>,
+    outbox: &Outbox,
     body: mpsc::Sender<Bytes>,
     mut cursors: BTreeMap<ConvId, u64>,
 ) {
@@ -192,17 +191,16 @@ async fn pump(
     let grace = state.limits.close_grace;
     loop {
         let chunk = tokio::select! {
-            code = kick.requested() => {
+            code = outbox.kicked() => {
                 let _ = tokio::time::timeout(grace, body.send(error_event(code))).await;
                 return;
             }
             _ = state.shutdown.cancelled() => return,
             _ = body.closed() => return,
             _ = heartbeat.tick() => Bytes::from_static(b": heartbeat\n\n"),
-            out = outbound.recv() => match out {
-                None => return,
-                Some(Outbound::Frame(f)) => event(&mut cursors, &f),
-                Some(Outbound::Batch(frames)) => {
+            out = outbox.recv() => match out {
+                Outbound::Frame(f) => event(&mut cursors, &f),
+                Outbound::Batch(frames) => {
                     let mut all = Vec::new();
                     for f in frames {
                         all.extend_from_slice(&event(&mut cursors, &f));
@@ -217,7 +215,7 @@ async fn pump(
             sent = &mut send => if sent.is_err() { return },
             // Kicked while the reader is not reading (the slow-consumer case): as on WebSocket,
             // give it `close_grace` to read on, so the error event reaches it after the data.
-            code = kick.requested() => {
+            code = outbox.kicked() => {
                 let _ = tokio::time::timeout(grace, async {
                     if send.await.is_ok() {
                         let _ = body.send(error_event(code)).await;
