@@ -351,23 +351,29 @@ fn open_readers(config: &SqliteConfig) -> Result<Vec<Connection>, StoreError> {
 /// Brings the schema to the newest version, one transaction per migration.
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let sql = |op| move |source| StoreError::Sqlite { op, source };
-    let found: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(sql("reading user_version"))?;
     let supported = MIGRATIONS.len() as i64;
-    if found > supported {
-        return Err(StoreError::SchemaTooNew { found, supported });
-    }
-    for (version, migration) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
-        let tx = conn.transaction().map_err(sql("starting migration"))?;
+    loop {
+        // IMMEDIATE takes the write lock before reading the version, so two processes opening a
+        // fresh file at once (a gateway and a persister) migrate one after the other.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql("starting migration"))?;
+        let found: i64 = tx
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(sql("reading user_version"))?;
+        if found > supported {
+            return Err(StoreError::SchemaTooNew { found, supported });
+        }
+        let Some(migration) = MIGRATIONS.get(found.max(0) as usize) else {
+            return Ok(());
+        };
         tx.execute_batch(migration)
             .map_err(sql("migrating schema"))?;
-        tx.pragma_update(None, "user_version", version as i64 + 1)
+        tx.pragma_update(None, "user_version", found + 1)
             .map_err(sql("setting user_version"))?;
         tx.commit().map_err(sql("committing migration"))?;
-        tracing::info!(version = version + 1, "migrated history schema");
+        tracing::info!(version = found + 1, "migrated history schema");
     }
-    Ok(())
 }
 
 /// The writer thread: group-commits queued jobs until every sender is dropped.
@@ -560,6 +566,30 @@ impl HistoryStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concurrent_openers_of_a_fresh_file_both_succeed() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("h.db");
+            let openers: Vec<_> = (0..4)
+                .map(|_| {
+                    let path = path.clone();
+                    std::thread::spawn(move || {
+                        let mut conn = Connection::open(&path)?;
+                        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+                        migrate(&mut conn).map_err(|e| match e {
+                            StoreError::Sqlite { source, .. } => source,
+                            other => panic!("{other}"),
+                        })
+                    })
+                })
+                .collect();
+            for o in openers {
+                o.join().unwrap().unwrap();
+            }
+        }
+    }
 
     #[test]
     fn migrations_are_idempotent_and_refuse_newer_schemas() {
