@@ -9,7 +9,9 @@ use anyhow::Context;
 use chatfabric_gateway::{fanout::HubConfig, Authenticator, GatewayConfig, Limits};
 use chatfabric_nats::subject::Partitions;
 use chatfabric_nats::{ConnectOptions, Fabric, StreamSettings};
-use chatfabric_persister::{open_store, HistoryStore, PersisterArgs, StoreArgs};
+use chatfabric_persister::{
+    open_store, open_store_for_reads, HistoryStore, PersisterArgs, StoreArgs,
+};
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -269,7 +271,8 @@ pub(crate) async fn run_gateway(
 ) -> anyhow::Result<()> {
     let history = match history {
         Some(h) => h,
-        None => open_store(&args.store)
+        // The gateway only reads history: no writer thread, no checkpoints.
+        None => open_store_for_reads(&args.store)
             .await
             .context("opening the history store")?,
     };
