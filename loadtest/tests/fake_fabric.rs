@@ -1,6 +1,7 @@
 //! The whole load generator (coordinator, in-process worker, connections, ledger, reports) against
-//! a small in-test gateway that speaks the protocol's WebSocket subset: it must count a clean run
-//! as clean, and catch the one delivery a faulty fabric skips.
+//! a small in-test gateway that speaks the protocol's WebSocket subset (and, on a real nats-server,
+//! the ingest service's `chat.in` requests): it must count a clean run as clean, and catch the one
+//! delivery a faulty fabric skips.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,9 +25,11 @@ struct Subscriber {
     last: u64,
 }
 
-/// A conversation: its messages `(seq, frame without prev)` and its live subscribers.
+/// A conversation: its members, its messages `(seq, frame without prev)` and its live
+/// subscribers.
 #[derive(Default)]
 struct Conv {
+    members: Vec<String>,
     log: Vec<(u64, Value)>,
     subscribers: Vec<Subscriber>,
 }
@@ -38,6 +41,57 @@ struct Fabric {
     convs: HashMap<String, Conv>,
     /// Skip delivering this seq to the first subscriber of its conversation.
     skip: Option<u64>,
+}
+
+impl Fabric {
+    /// Stores a message and delivers it to the conversation's subscribers; returns its seq.
+    fn post(&mut self, conv: &str, client_id: &Value, body: &Value) -> u64 {
+        self.seq += 1;
+        let (seq, skip) = (self.seq, self.skip);
+        let c = self.convs.entry(conv.to_string()).or_default();
+        let frame = json!({"op": "msg", "conv": conv, "seq": seq, "id": seq.to_string(),
+                           "sender": "u", "client_id": client_id, "ts": 0, "body": body});
+        c.log.push((seq, frame.clone()));
+        c.subscribers.retain(|s| !s.tx.is_closed());
+        for (i, s) in c.subscribers.iter_mut().enumerate() {
+            let mut frame = frame.clone();
+            frame["prev"] = json!(s.last);
+            s.last = seq;
+            if !(i == 0 && skip == Some(seq)) {
+                let _ = s.tx.send(frame.to_string());
+            }
+        }
+        seq
+    }
+}
+
+/// The ingest service's post path: requests on `chat.in.<conv>.<sender>` from members only.
+async fn serve_ingest(fabric: Arc<Mutex<Fabric>>, nats_url: &str) {
+    let client = async_nats::connect(nats_url).await.unwrap();
+    let mut requests = client.subscribe("chat.in.*.*").await.unwrap();
+    tokio::spawn(async move {
+        while let Some(msg) = requests.next().await {
+            let mut tokens = msg.subject.split('.').skip(2);
+            let (conv, sender) = (tokens.next().unwrap(), tokens.next().unwrap());
+            let post: Value = serde_json::from_slice(&msg.payload).unwrap();
+            let reply = {
+                let mut f = fabric.lock().unwrap();
+                let member = f
+                    .convs
+                    .get(conv)
+                    .is_some_and(|c| c.members.iter().any(|m| m == sender));
+                if member {
+                    let seq = f.post(conv, &post["client_id"], &post["body"]);
+                    json!({"op": "ack", "conv": conv, "client_id": post["client_id"],
+                           "seq": seq, "duplicate": false})
+                } else {
+                    json!({"op": "error", "code": "forbidden", "message": "not a member"})
+                }
+            };
+            let to = msg.reply.unwrap();
+            client.publish(to, reply.to_string().into()).await.unwrap();
+        }
+    });
 }
 
 async fn serve(fabric: Arc<Mutex<Fabric>>) -> String {
@@ -71,7 +125,8 @@ async fn connection(tcp: tokio::net::TcpStream, fabric: Arc<Mutex<Fabric>>) {
         match req["op"].as_str().unwrap() {
             "create" => {
                 let conv = format!("g{}", req["ref"].as_str().unwrap());
-                f.convs.entry(conv.clone()).or_default();
+                f.convs.entry(conv.clone()).or_default().members =
+                    serde_json::from_value(req["members"].clone()).unwrap();
                 let reply = json!({"op": "conversation", "conversation": {"conv": conv, "kind": "group"},
                                    "members": [], "ref": req["ref"]});
                 let _ = tx.send(reply.to_string());
@@ -96,27 +151,13 @@ async fn connection(tcp: tokio::net::TcpStream, fabric: Arc<Mutex<Fabric>>) {
                 });
             }
             "send" => {
-                f.seq += 1;
-                let (seq, skip) = (f.seq, f.skip);
-                let conv = req["conv"].as_str().unwrap().to_string();
-                let c = f.convs.entry(conv.clone()).or_default();
-                let frame = json!({"op": "msg", "conv": conv, "seq": seq, "id": seq.to_string(),
-                                   "sender": "u", "client_id": req["client_id"], "ts": 0, "body": req["body"]});
-                c.log.push((seq, frame.clone()));
+                let conv = req["conv"].as_str().unwrap();
+                let seq = f.post(conv, &req["client_id"], &req["body"]);
                 let _ = tx.send(
                     json!({"op": "ack", "conv": conv, "client_id": req["client_id"],
                                        "seq": seq, "duplicate": false})
                     .to_string(),
                 );
-                c.subscribers.retain(|s| !s.tx.is_closed());
-                for (i, s) in c.subscribers.iter_mut().enumerate() {
-                    let mut frame = frame.clone();
-                    frame["prev"] = json!(s.last);
-                    s.last = seq;
-                    if !(i == 0 && skip == Some(seq)) {
-                        let _ = s.tx.send(frame.to_string());
-                    }
-                }
             }
             _ => {}
         }
@@ -190,5 +231,46 @@ async fn a_skipped_delivery_is_lost_and_breaks_the_chain_and_a_storm_resumes_cle
     assert_eq!(
         report["totals"]["reconnects"], 12,
         "every connection dropped and resumed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_publishers_are_members_and_their_posts_are_delivered_and_accounted() {
+    let nats = tokio::task::spawn_blocking(|| {
+        chatfabric_nats::server::NatsServer::start(Default::default())
+    })
+    .await
+    .unwrap()
+    .expect("nats-server must be on PATH for this test");
+    let fabric = Arc::new(Mutex::new(Fabric::default()));
+    serve_ingest(fabric.clone(), &nats.url()).await;
+    let nats_url = format!("--nats-url={}", nats.url());
+    // 12 WebSocket senders and 4 publishers share the 60 msg/s.
+    let report = run_against(fabric, &["--nats-publishers=4", &nats_url]).await;
+    let t = &report["totals"];
+    let (sent, acked) = (
+        t["nats_sent"].as_u64().unwrap(),
+        t["nats_acked"].as_u64().unwrap(),
+    );
+    // 4 of 16 senders: about 30 posts in 2 s at 60/s.
+    assert!(sent >= 20, "{t}");
+    assert_eq!(
+        acked, sent,
+        "every member publisher is acked: {:?}",
+        report["errors"]
+    );
+    assert_eq!(report["nats_ack"]["count"].as_u64(), Some(acked));
+    let a = &report["accounting"];
+    let all_acked = t["acked"].as_u64().unwrap();
+    assert!(all_acked > acked, "WebSocket senders still send");
+    assert_eq!(a["expected_deliveries"].as_u64().unwrap(), all_acked * 4);
+    assert_eq!(
+        (a["lost"].as_u64(), a["duplicates"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(
+        report["e2e"]["count"].as_u64(),
+        Some(all_acked * 4),
+        "posts carry the send time"
     );
 }
