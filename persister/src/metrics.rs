@@ -42,7 +42,8 @@ pub struct Metrics {
     pub dead_letters: Family<DeadLetterLabel, Counter>,
     /// Messages delivered more than once (a persister died, timed out, or nak'd them).
     pub redeliveries: Family<PartitionLabel, Counter>,
-    /// Acks the server did not confirm; those messages will be redelivered and rewritten.
+    /// Acks (or ack flushes) that could not be sent; those messages will be redelivered and
+    /// rewritten.
     pub ack_failures: Family<PartitionLabel, Counter>,
 }
 
@@ -108,7 +109,7 @@ impl Metrics {
         );
         r.register(
             "ack_failures",
-            "Acks the server did not confirm (the message is redelivered)",
+            "Acks that could not be sent (the message is redelivered)",
             self.ack_failures.clone(),
         );
     }

@@ -1,0 +1,104 @@
+//! End-to-end drain rate: a backlog in JetStream -> the drain -> the SQLite store.
+//!
+//! `cargo run --release -p chatfabric-persister --example drain_rate -- [MESSAGES] [CONVS]`
+//!
+//! Starts a nats-server, publishes `MESSAGES` messages over `CONVS` conversations to partition 0,
+//! then runs [`chatfabric_persister::run`] and times until the stored watermark covers the last
+//! one (everything stored *and* acked). Prints messages per second of wall time and of this
+//! process's CPU time (the nats-server's CPU is not included).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chatfabric_nats::server::NatsServer;
+use chatfabric_nats::wire::{StoredMessage, MSG_ID_HEADER};
+use chatfabric_nats::{ConvId, StreamSettings, UserId};
+use chatfabric_persister::{DrainConfig, HistoryStore, SqliteConfig, SqliteStore};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+/// User + system CPU seconds of this process, from /proc (Linux only; 0 elsewhere).
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args()
+        .skip(1)
+        .map(|a| a.parse::<u64>().expect("number"));
+    let total = args.next().unwrap_or(100_000);
+    let convs = args.next().unwrap_or(1000).max(1);
+    let server = NatsServer::start(Default::default()).expect("nats-server");
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let fabric = chatfabric_nats::provision(client, StreamSettings::default())
+        .await
+        .expect("provision");
+    let body =
+        "lorem ipsum dolor sit amet, consectetur adipiscing elit ".repeat(4)[..200].to_string();
+    let published = Instant::now();
+    let last = futures::stream::iter(0..total)
+        .map(|i| {
+            let msg = StoredMessage {
+                id: format!("0190a1b2-c3d4-7e5f-8a9b-{i:012}"),
+                conv: ConvId::new(format!("c{}", i % convs)).expect("valid conv"),
+                sender: UserId::new(format!("user-{}", i % 97)).expect("valid user"),
+                client_id: format!("k{i}"),
+                ts: 1_700_000_000_000 + i,
+                body: body.clone(),
+            };
+            let fabric = fabric.clone();
+            async move {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(MSG_ID_HEADER, msg.dedupe_id().as_str());
+                let subject = fabric.settings.partitions.msg_subject(&msg.conv);
+                let payload = serde_json::to_vec(&msg).expect("json");
+                let ack = fabric
+                    .js
+                    .publish_with_headers(subject, headers, payload.into());
+                ack.await.expect("publish").await.expect("puback").sequence
+            }
+        })
+        .buffer_unordered(512)
+        .fold(0, |a, b| async move { a.max(b) })
+        .await;
+    eprintln!("published {total} in {:.1?}", published.elapsed());
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn HistoryStore> = Arc::new(
+        SqliteStore::open(SqliteConfig::new(dir.path().join("drain.db")))
+            .await
+            .expect("open"),
+    );
+    let shutdown = CancellationToken::new();
+    let (cpu0, wall0) = (cpu_seconds(), Instant::now());
+    let drain = tokio::spawn(chatfabric_persister::run(
+        fabric.clone(),
+        Arc::clone(&store),
+        DrainConfig::default(),
+        shutdown.clone(),
+    ));
+    while store.watermark(0).await.expect("watermark") < last {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (wall, cpu) = (wall0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+    shutdown.cancel();
+    drain.await.expect("join").expect("drain");
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "drained {total} msgs ({convs} convs): {:.0} msg/s wall ({wall:.2} s), {:.0} msg/s per \
+         persister CPU-second ({cpu:.2} s); loadavg {}",
+        total as f64 / wall,
+        total as f64 / cpu.max(1e-9),
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+}
