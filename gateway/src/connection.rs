@@ -175,17 +175,25 @@ async fn run(socket: Socket, identity: Option<Identity>, conn: u64, state: &Arc<
 /// The `unread` frame sent after `ready`: unread messages per conversation of the user.
 fn unread_counts(state: Arc<State>, user: UserId) -> Reply {
     Box::pin(async move {
-        let convs = match state.membership.conv_ids_of(&user).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "unread counts unavailable");
-                return None;
-            }
-        };
-        let counts = crate::receipts::unread_counts(&state.fabric, &user, convs).await;
-        state.metrics.frame_out("unread");
-        Some(protocol::encode(&ServerFrame::Unread { counts }).into())
+        // Closed only at shutdown, when nobody waits for the answer.
+        let _permit = state.unread_permits.acquire().await.ok()?;
+        // Boxed after the permit: in a connect storm thousands of these wait for a permit, and
+        // each waits with only this small outer future allocated.
+        Box::pin(count_unread(&state, &user)).await
     })
+}
+
+async fn count_unread(state: &State, user: &UserId) -> Option<Utf8Bytes> {
+    let convs = match state.membership.conv_ids_of(user).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "unread counts unavailable");
+            return None;
+        }
+    };
+    let counts = crate::receipts::unread_counts(&state.fabric, user, convs).await;
+    state.metrics.frame_out("unread");
+    Some(protocol::encode(&ServerFrame::Unread { counts }).into())
 }
 
 fn close_reason(code: u16) -> &'static str {

@@ -148,6 +148,9 @@ pub(crate) struct State {
     devices: Arc<presence::Devices>,
     presence: presence::PresenceConfig,
     send_limits: api::SendLimits,
+    /// Bounds the unread-count computations running at once: each costs JetStream requests, and
+    /// a reconnect storm would otherwise turn into a storm of them that starves subscribes.
+    unread_permits: tokio::sync::Semaphore,
     metrics: metrics::Metrics,
     registry: Registry,
     next_conn: AtomicU64,
@@ -172,6 +175,9 @@ impl membership::MembershipEvents for fanout::Hub {
         self.evict(conv, user);
     }
 }
+
+/// Unread-count computations a gateway runs at once.
+const UNREAD_CONCURRENCY: usize = 16;
 
 /// Errors that stop a gateway.
 #[derive(Debug, thiserror::Error)]
@@ -248,6 +254,7 @@ pub async fn run(
         devices,
         presence: config.presence,
         send_limits: api::SendLimits::new(),
+        unread_permits: tokio::sync::Semaphore::new(UNREAD_CONCURRENCY),
         metrics,
         registry,
         next_conn: AtomicU64::new(0),

@@ -22,6 +22,8 @@ use crate::protocol::{ConversationView, ErrorCode};
 
 /// Most members a group may have.
 pub const MAX_GROUP_MEMBERS: usize = 1000;
+/// Most conversations one user may belong to (their index is one KV value).
+pub const MAX_CONVERSATIONS_PER_USER: usize = 5000;
 /// Longest group title, in bytes.
 pub const MAX_TITLE_LEN: usize = 200;
 
@@ -229,7 +231,8 @@ impl Membership {
             .await
             .map_err(store_err)?;
         self.members.invalidate(&(conv.clone(), user.clone())).await;
-        Ok(())
+        // Index last, for the same reason as in `put_member`.
+        self.update_index(user, conv, false).await
     }
 
     /// The members of `conv`, sorted.
@@ -244,32 +247,86 @@ impl Membership {
         Ok(users)
     }
 
-    /// The ids of the conversations `user` is a member of.
-    ///
-    /// Runs on every connect (for unread counts), so it avoids creating a consumer: one stream
-    /// info request lists the subjects of the user's membership keys (deleted ones included, as
-    /// their delete markers are messages too), and the cached `is_member` keeps the live ones.
+    /// The ids of the conversations `user` is a member of: one read of their index, checked
+    /// against the (cached) membership keys. Runs on every connect, for the unread counts.
     pub async fn conv_ids_of(&self, user: &UserId) -> Result<Vec<ConvId>, MembershipError> {
-        let filter = format!("{}{}", self.kv.prefix, subject::memberships_of_filter(user));
-        let mut subjects = self
-            .kv
-            .stream
-            .info_with_subjects(filter)
-            .await
-            .map_err(store_err)?;
-        let mut convs = Vec::new();
-        while let Some(entry) = subjects.next().await {
-            let (subject, _) = entry.map_err(store_err)?;
-            let Some(key) = subject.strip_prefix(self.kv.prefix.as_str()) else {
-                continue;
-            };
-            if let Some((conv, _)) = parse_member_key(key) {
-                if self.is_member(&conv, user).await? {
-                    convs.push(conv);
-                }
+        let (index, _) = self.index(user).await?;
+        let mut convs = Vec::with_capacity(index.len());
+        for conv in index {
+            if self.is_member(&conv, user).await? {
+                convs.push(conv);
             }
         }
         Ok(convs)
+    }
+
+    /// `user`'s conversation index and its revision (`None`: never written).
+    async fn index(&self, user: &UserId) -> Result<(Vec<ConvId>, Option<u64>), MembershipError> {
+        let entry = self
+            .kv
+            .entry(subject::user_convs_key(user))
+            .await
+            .map_err(store_err)?;
+        Ok(match entry {
+            Some(e) if e.operation == Operation::Put => (
+                serde_json::from_slice(&e.value).map_err(store_err)?,
+                Some(e.revision),
+            ),
+            Some(e) => (Vec::new(), Some(e.revision)),
+            None => (Vec::new(), None),
+        })
+    }
+
+    /// Adds `conv` to (or removes it from) `user`'s index, with compare-and-set against
+    /// concurrent changes from other gateways.
+    async fn update_index(
+        &self,
+        user: &UserId,
+        conv: &ConvId,
+        add: bool,
+    ) -> Result<(), MembershipError> {
+        let key = subject::user_convs_key(user);
+        let mut last_error = String::new();
+        for _ in 0..16 {
+            let (mut index, revision) = self.index(user).await?;
+            let present = index.contains(conv);
+            if present == add {
+                return Ok(());
+            }
+            if add {
+                if index.len() >= MAX_CONVERSATIONS_PER_USER {
+                    return Err(MembershipError::Invalid(format!(
+                        "a user belongs to at most {MAX_CONVERSATIONS_PER_USER} conversations"
+                    )));
+                }
+                index.push(conv.clone());
+            } else {
+                index.retain(|c| c != conv);
+            }
+            let value = Bytes::from(serde_json::to_vec(&index).map_err(store_err)?);
+            let written = match revision {
+                Some(rev) => self
+                    .kv
+                    .update(&key, value, rev)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+                None => self
+                    .kv
+                    .create(&key, value)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+            };
+            match written {
+                Ok(()) => return Ok(()),
+                // Another gateway changed the index since we read it: read again.
+                Err(e) => last_error = e,
+            }
+        }
+        Err(MembershipError::Store(format!(
+            "conversation index of {user} kept changing: {last_error}"
+        )))
     }
 
     /// Whether `a` and `b` are members of a common conversation (a user shares one with
@@ -295,11 +352,9 @@ impl Membership {
         &self,
         user: &UserId,
     ) -> Result<Vec<ConversationView>, MembershipError> {
-        let keys = self
-            .keys_matching(&subject::memberships_of_filter(user))
-            .await?;
-        let mut out = Vec::with_capacity(keys.len());
-        for (conv, _) in keys.iter().filter_map(|k| parse_member_key(k)) {
+        let convs = self.conv_ids_of(user).await?;
+        let mut out = Vec::with_capacity(convs.len());
+        for conv in convs {
             match self.info(&conv).await {
                 Ok(info) => out.push(ConversationView {
                     conv: info.conv,
@@ -337,6 +392,8 @@ impl Membership {
             added_at: now_ms(),
         };
         let value = Bytes::from(serde_json::to_vec(&record).map_err(store_err)?);
+        // Index first: a crash in between leaves the index a superset, which readers filter.
+        self.update_index(user, conv, true).await?;
         self.kv
             .put(subject::member_key(conv, user), value)
             .await

@@ -128,7 +128,8 @@ pub fn bucket_config(bucket: &str, description: &str, replicas: usize) -> stream
         description: Some(description.into()),
         subjects: vec![format!("$KV.{bucket}.>")],
         max_messages_per_subject: 1,
-        max_message_size: 4096,
+        // Room for a user's conversation index (`u.<user>`, a few thousand conversation ids).
+        max_message_size: 512 * 1024,
         storage: stream::StorageType::File,
         num_replicas: replicas,
         allow_rollup: true,

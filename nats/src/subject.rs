@@ -232,9 +232,13 @@ pub fn members_of_filter(conv: &ConvId) -> String {
     format!("m.{conv}.*")
 }
 
-/// KV key filter matching every conversation `user` is a member of.
-pub fn memberships_of_filter(user: &UserId) -> String {
-    format!("m.*.{user}")
+/// KV key of `user`'s conversation index: the JSON list of the conversations they belong to.
+///
+/// The `m.<conv>.<user>` keys are the truth; the index is a superset kept in step with them
+/// (added to before a membership is written, removed from after it is deleted), so listing a
+/// user's conversations is one read instead of a scan over every membership key.
+pub fn user_convs_key(user: &UserId) -> String {
+    format!("u.{user}")
 }
 
 /// Splits a membership key `m.<conv>.<user>`.

@@ -12,8 +12,8 @@ use crate::support::{sse::SseClient, Client, Nats, TestGateway};
 
 const BOT_URL_CREDS: &str = "echo-bot:echo-bot-dev-password@";
 
-/// Creates conversation `conv` with `members` by writing the membership bucket directly (the
-/// shipped auth config names the fixed conversation `lobby`).
+/// Creates conversation `conv` with `members` by writing the membership bucket directly, as the
+/// gateway does (the shipped auth config names the fixed conversation `lobby`).
 async fn seed(nats: &Nats, conv: &str, members: &[&str]) {
     let fabric = nats.fabric("seed").await;
     let c = ConvId::new(conv).unwrap();
