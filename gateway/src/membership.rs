@@ -69,6 +69,10 @@ pub trait MembershipEvents: Send + Sync + 'static {
 /// Membership reads (cached) and writes.
 pub struct Membership {
     kv: kv::Store,
+    /// Serialise this process's updates of one user's index (sharded by user), so concurrent
+    /// creates by one user do not fight over its compare-and-set; other gateways may still race,
+    /// and then the loser reads again.
+    index_locks: Box<[tokio::sync::Mutex<()>]>,
     /// For inboxes of the ordered consumers that list keys.
     client: async_nats::Client,
     members: moka::future::Cache<(ConvId, UserId), bool>,
@@ -79,6 +83,7 @@ impl Membership {
     pub fn new(kv: kv::Store, client: async_nats::Client, capacity: u64, ttl: Duration) -> Self {
         Self {
             kv,
+            index_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
             client,
             members: moka::future::Cache::builder()
                 .max_capacity(capacity)
@@ -286,8 +291,20 @@ impl Membership {
         add: bool,
     ) -> Result<(), MembershipError> {
         let key = subject::user_convs_key(user);
+        let shard = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            user.hash(&mut h);
+            (h.finish() as usize) % self.index_locks.len()
+        };
+        let _serial = self.index_locks[shard].lock().await;
         let mut last_error = String::new();
-        for _ in 0..16 {
+        for attempt in 0..16u32 {
+            if attempt > 0 {
+                // Another gateway won the race: back off a little, with jitter, and read again.
+                let jitter = u64::from(uuid::Uuid::now_v7().as_bytes()[15]) % 10;
+                tokio::time::sleep(Duration::from_millis(u64::from(attempt) * 5 + jitter)).await;
+            }
             let (mut index, revision) = self.index(user).await?;
             let present = index.contains(conv);
             if present == add {

@@ -113,3 +113,39 @@ async fn conversations_and_direct_ids() {
     want.sort();
     assert_eq!(ids, want);
 }
+
+#[tokio::test]
+async fn concurrent_creates_by_one_user_all_show_in_the_list() {
+    let nats = Nats::start().await;
+    let (g1, g2) = (
+        TestGateway::start(&nats).await,
+        TestGateway::start(&nats).await,
+    );
+    let mut a1 = Client::connect(&g1.ws_url(), "alice").await;
+    let mut a2 = Client::connect(&g2.ws_url(), "alice").await;
+    // Pipelined on two gateways at once: both update alice's conversation index.
+    for i in 0..20 {
+        let frame = json!({"op":"create","kind":"group","members":["bob"],"ref":format!("{i}")});
+        a1.send(frame.clone()).await;
+        a2.send(frame).await;
+    }
+    let mut created = Vec::new();
+    for c in [&mut a1, &mut a2] {
+        for _ in 0..20 {
+            let r = c.reply().await;
+            assert_eq!(r["op"], "conversation", "{r}");
+            created.push(r["conversation"]["conv"].as_str().unwrap().to_string());
+        }
+    }
+    created.sort();
+    a1.send(json!({"op":"conversations"})).await;
+    let list = a1.reply().await;
+    let mut listed: Vec<String> = list["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["conv"].as_str().unwrap().to_string())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, created);
+}
