@@ -155,6 +155,11 @@ pub struct PersisterArgs {
         default_value = "persister"
     )]
     pub durable: String,
+
+    /// Seconds JetStream waits for a persister's ack before redelivering: after a persister dies,
+    /// what it had fetched is stored by another (or its restart) this much later.
+    #[arg(long, env = "CHATFABRIC_PERSISTER_ACK_WAIT_SECS", default_value_t = 30)]
+    pub ack_wait_secs: u64,
 }
 
 impl PersisterArgs {
@@ -164,6 +169,7 @@ impl PersisterArgs {
             durable: self.durable.clone(),
             max_batch: self.batch_size.max(1),
             max_wait: Duration::from_millis(self.batch_wait_ms.max(1)),
+            ack_wait: Duration::from_secs(self.ack_wait_secs.max(1)),
             ..DrainConfig::default()
         }
     }

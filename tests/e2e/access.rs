@@ -50,10 +50,7 @@ async fn a_non_member_is_refused_subscribe_send_and_reads() {
 #[tokio::test]
 async fn a_removed_member_stops_receiving_at_once() {
     let nats = Nats::start().await;
-    let (g1, g2) = (
-        TestGateway::start(&nats).await,
-        TestGateway::start(&nats).await,
-    );
+    let (g1, g2) = TestGateway::pair(&nats).await;
     let mut alice = Client::connect(&g1.ws_url(), "alice").await;
     let conv = alice.create_group(&["bob"]).await;
     let mut bob = Client::connect(&g2.ws_url(), "bob").await;
@@ -117,10 +114,7 @@ async fn conversations_and_direct_ids() {
 #[tokio::test]
 async fn concurrent_creates_by_one_user_all_show_in_the_list() {
     let nats = Nats::start().await;
-    let (g1, g2) = (
-        TestGateway::start(&nats).await,
-        TestGateway::start(&nats).await,
-    );
+    let (g1, g2) = TestGateway::pair(&nats).await;
     let mut a1 = Client::connect(&g1.ws_url(), "alice").await;
     let mut a2 = Client::connect(&g2.ws_url(), "alice").await;
     // Pipelined on two gateways at once: both update alice's conversation index.

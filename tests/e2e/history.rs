@@ -1,7 +1,7 @@
 //! History: complete while the persister lags or is down, pages that never skip or repeat, and a
 //! persister killed with SIGKILL loses nothing and duplicates nothing.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,7 +87,7 @@ async fn walk_forward(client: &mut Client, conv: &str, limit: usize) -> Vec<u64>
 }
 
 async fn wait_for_watermark(store: &dyn HistoryStore, seq: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while store.watermark(0).await.expect("watermark") < seq {
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -193,21 +193,19 @@ async fn pages_over_10k_messages_never_skip_or_repeat() {
 }
 
 fn spawn_persister(nats: &Nats, db: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_chatfabric"))
-        .args([
-            "persister",
-            "--nats-url",
-            &nats.url(),
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--sqlite-path",
-        ])
-        .arg(db)
-        .env("CHATFABRIC_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn the chatfabric binary")
+    let url = nats.url();
+    crate::support::spawn_chatfabric([
+        "persister".as_ref(),
+        "--nats-url".as_ref(),
+        url.as_ref(),
+        "--metrics-listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        // What the killed persister had fetched comes back after this.
+        "--ack-wait-secs".as_ref(),
+        "3".as_ref(),
+        "--sqlite-path".as_ref(),
+        db.as_os_str(),
+    ])
 }
 
 #[tokio::test]

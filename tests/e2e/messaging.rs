@@ -6,10 +6,7 @@ use std::time::Duration;
 #[tokio::test]
 async fn two_users_on_two_gateways_exchange_messages_in_order() {
     let nats = Nats::start().await;
-    let (g1, g2) = (
-        TestGateway::start(&nats).await,
-        TestGateway::start(&nats).await,
-    );
+    let (g1, g2) = TestGateway::pair(&nats).await;
     let mut alice = Client::connect(&g1.ws_url(), "alice").await;
     let mut bob = Client::connect(&g2.ws_url(), "bob").await;
     let conv = alice.create_group(&["bob"]).await;
@@ -62,10 +59,7 @@ async fn a_retried_send_is_stored_once() {
 #[tokio::test]
 async fn resume_on_another_gateway_is_gap_and_duplicate_free() {
     let nats = Nats::start().await;
-    let (g1, g2) = (
-        TestGateway::start(&nats).await,
-        TestGateway::start(&nats).await,
-    );
+    let (g1, g2) = TestGateway::pair(&nats).await;
     let mut alice = Client::connect(&g1.ws_url(), "alice").await;
     let conv = alice.create_group(&["bob"]).await;
     let mut bob = Client::connect(&g1.ws_url(), "bob").await;
@@ -128,10 +122,7 @@ async fn resume_far_behind_replays_from_jetstream() {
 #[tokio::test]
 async fn a_gateway_shutdown_closes_with_1001_and_clients_resume_elsewhere() {
     let nats = Nats::start().await;
-    let (g1, g2) = (
-        TestGateway::start(&nats).await,
-        TestGateway::start(&nats).await,
-    );
+    let (g1, g2) = TestGateway::pair(&nats).await;
     let mut alice = Client::connect(&g2.ws_url(), "alice").await;
     let conv = alice.create_group(&["bob"]).await;
     let mut bob = Client::connect(&g1.ws_url(), "bob").await;

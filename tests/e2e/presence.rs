@@ -1,7 +1,7 @@
 //! Presence, typing and read receipts across two gateways, a presence service, and a gateway
 //! process killed with SIGKILL.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use crate::support::{Client, Nats, TestGateway};
@@ -69,10 +69,7 @@ async fn query(client: &mut Client, user: &str) -> Value {
 async fn online_while_any_device_is_connected_on_any_gateway() {
     let nats = Nats::start().await;
     let _presence = Presence::quick(&nats).await;
-    let (g1, g2) = (
-        TestGateway::start(&nats).await,
-        TestGateway::start(&nats).await,
-    );
+    let (g1, g2) = TestGateway::pair(&nats).await;
     let mut bob = Client::connect(&g2.ws_url(), "bob").await;
     let conv = bob.create_group(&["alice"]).await;
     bob.subscribe(&conv, None).await;
@@ -109,10 +106,7 @@ async fn online_while_any_device_is_connected_on_any_gateway() {
 async fn a_quick_reconnect_does_not_flap() {
     let nats = Nats::start().await;
     let _presence = Presence::start(&nats, Duration::from_secs(3), Duration::from_secs(2)).await;
-    let (g1, g2) = (
-        TestGateway::start(&nats).await,
-        TestGateway::start(&nats).await,
-    );
+    let (g1, g2) = TestGateway::pair(&nats).await;
     let mut bob = Client::connect(&g1.ws_url(), "bob").await;
     let conv = bob.create_group(&["alice"]).await;
     bob.subscribe(&conv, None).await;
@@ -284,23 +278,19 @@ async fn read_receipts_are_shared_by_devices_and_survive_a_restart() {
 }
 
 fn spawn_gateway(nats: &Nats, port: u16, db: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_chatfabric"))
-        .args([
-            "gateway",
-            "--nats-url",
-            &nats.url(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--jwt-secret",
-            "test-secret",
-            "--sqlite-path",
-        ])
-        .arg(db)
-        .env("CHATFABRIC_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn the chatfabric binary")
+    let listen = format!("127.0.0.1:{port}");
+    let url = nats.url();
+    crate::support::spawn_chatfabric([
+        "gateway".as_ref(),
+        "--nats-url".as_ref(),
+        url.as_ref(),
+        "--listen".as_ref(),
+        listen.as_ref(),
+        "--jwt-secret".as_ref(),
+        "test-secret".as_ref(),
+        "--sqlite-path".as_ref(),
+        db.as_os_str(),
+    ])
 }
 
 fn free_port() -> u16 {

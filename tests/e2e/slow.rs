@@ -11,6 +11,9 @@ async fn a_slow_client_is_closed_while_a_fast_one_keeps_receiving() {
     let nats = Nats::start().await;
     let mut config = nats.config();
     config.limits.queue = 8;
+    // The test reads on only after the gateway gave up on the client; on a loaded machine that
+    // can take a while, and the close code must still reach it.
+    config.limits.close_grace = std::time::Duration::from_secs(60);
     let g = TestGateway::start_with(&nats, config, 8192).await;
     let mut alice = Client::connect(&g.ws_url(), "alice").await;
     let conv = alice.create_group(&["bob", "carol"]).await;

@@ -189,6 +189,11 @@ pub struct TestGateway {
 }
 
 impl TestGateway {
+    /// Two gateways on the same server, each on its own NATS connection.
+    pub async fn pair(nats: &Nats) -> (Self, Self) {
+        (Self::start(nats).await, Self::start(nats).await)
+    }
+
     /// Starts a gateway with [`test_config`] on its own NATS connection.
     pub async fn start(nats: &Nats) -> Self {
         Self::start_with(nats, nats.config(), 8192).await

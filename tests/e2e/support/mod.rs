@@ -18,3 +18,19 @@ pub fn init_tracing() {
         .with_test_writer()
         .try_init();
 }
+
+/// Starts the `chatfabric` binary with `args` (a role in its own process, for kill -9 tests),
+/// logging only warnings and with its output discarded.
+pub fn spawn_chatfabric<I, S>(args: I) -> std::process::Child
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    std::process::Command::new(env!("CARGO_BIN_EXE_chatfabric"))
+        .args(args)
+        .env("CHATFABRIC_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the chatfabric binary")
+}
