@@ -1,6 +1,6 @@
 //! Bots and devices on NATS, against a nats-server running the shipped auth configuration.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -220,20 +220,16 @@ async fn the_rust_echo_bot_answers() {
     let g = TestGateway::start(&nats).await;
     let mut alice = Client::connect(&g.ws_url(), "alice").await;
     alice.subscribe("lobby", None).await;
-    let mut bot = Command::new(env!("CARGO_BIN_EXE_chatfabric"))
-        .args([
-            "bot",
-            "--nats-url",
-            &nats.url_as(BOT_URL_CREDS),
-            "--bot",
-            "echo-bot",
-            "--conv",
-            "lobby",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let url = nats.url_as(BOT_URL_CREDS);
+    let mut bot = crate::support::spawn_chatfabric([
+        "bot",
+        "--nats-url",
+        &url,
+        "--bot",
+        "echo-bot",
+        "--conv",
+        "lobby",
+    ]);
     // The bot may not be subscribed yet: post until its echo arrives.
     let mut echoed = None;
     for i in 0..50 {
@@ -245,8 +241,7 @@ async fn the_rust_echo_bot_answers() {
             break;
         }
     }
-    bot.kill().unwrap();
-    bot.wait().unwrap();
+    bot.kill();
     let echo = echoed.expect("the bot echoed");
     assert_eq!(
         (echo["sender"].as_str(), echo["body"].as_str()),

@@ -1,7 +1,7 @@
 //! History: complete while the persister lags or is down, pages that never skip or repeat, and a
 //! persister killed with SIGKILL loses nothing and duplicates nothing.
 
-use std::process::Child;
+use crate::support::Spawned;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -192,7 +192,7 @@ async fn pages_over_10k_messages_never_skip_or_repeat() {
     assert_eq!(walk_back(&g2, &conv, 333).await, descending);
 }
 
-fn spawn_persister(nats: &Nats, db: &std::path::Path) -> Child {
+fn spawn_persister(nats: &Nats, db: &std::path::Path) -> Spawned {
     let url = nats.url();
     crate::support::spawn_chatfabric([
         "persister".as_ref(),
@@ -234,8 +234,7 @@ async fn a_persister_killed_mid_drain_loses_and_duplicates_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    persister.kill().unwrap(); // SIGKILL
-    persister.wait().unwrap();
+    persister.kill(); // SIGKILL
     let seqs = load.await.unwrap();
     let at_kill = store.watermark(0).await.unwrap();
     assert!(
@@ -245,8 +244,7 @@ async fn a_persister_killed_mid_drain_loses_and_duplicates_nothing() {
 
     let mut persister = spawn_persister(&nats, &db);
     wait_for_watermark(store.as_ref(), *seqs.last().unwrap()).await;
-    persister.kill().unwrap();
-    persister.wait().unwrap();
+    persister.kill();
 
     let conv = ConvId::new("room").unwrap();
     let mut stored = Vec::new();

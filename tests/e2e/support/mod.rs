@@ -19,18 +19,37 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// A `chatfabric` child process, killed when dropped (also when a test fails half-way).
+pub struct Spawned(std::process::Child);
+
+impl Spawned {
+    /// Kills it with SIGKILL, as a crash would, and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill(); // already exited is fine
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Starts the `chatfabric` binary with `args` (a role in its own process, for kill -9 tests),
 /// logging only warnings and with its output discarded.
-pub fn spawn_chatfabric<I, S>(args: I) -> std::process::Child
+pub fn spawn_chatfabric<I, S>(args: I) -> Spawned
 where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
-    std::process::Command::new(env!("CARGO_BIN_EXE_chatfabric"))
-        .args(args)
-        .env("CHATFABRIC_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn the chatfabric binary")
+    Spawned(
+        std::process::Command::new(env!("CARGO_BIN_EXE_chatfabric"))
+            .args(args)
+            .env("CHATFABRIC_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn the chatfabric binary"),
+    )
 }
