@@ -233,6 +233,12 @@ pub async fn run(
                     changed = missed.changed() => {
                         if changed.is_err() { return; }
                         hub.resync_all();
+                        // The client reports a reconnect before its subscriptions are back on the
+                        // server; what is stored in between shows up in a second look.
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => hub.resync_all(),
+                        }
                     }
                 }
             }
