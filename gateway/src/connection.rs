@@ -396,24 +396,37 @@ impl Session {
         }
     }
 
+    /// A request that needs membership of `conv`: `work` runs once it is confirmed; a refusal, or
+    /// a failure `work` reports, becomes an `error` frame echoing `reference`.
+    fn as_member<F, Fut>(&self, conv: ConvId, reference: Option<String>, work: F) -> Step
+    where
+        F: FnOnce(Arc<State>, ConvId, UserId) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<Option<Utf8Bytes>, (ErrorCode, String)>>
+            + Send
+            + 'static,
+    {
+        let state = self.state.clone();
+        let user = self.user().clone();
+        Step::Later(Box::pin(async move {
+            let result = match state.membership.require_member(&conv, &user).await {
+                Ok(()) => work(state.clone(), conv, user).await,
+                Err(e) => Err((e.code(), e.to_string())),
+            };
+            result.unwrap_or_else(|(code, message)| {
+                Some(error_frame(&state, code, message, reference.as_deref()))
+            })
+        }))
+    }
+
     fn send(&mut self, conv: ConvId, client_id: String, body: String) -> Step {
         if let Err(e) = send::validate(&client_id, &body, self.state.limits.max_body) {
             return self.error(e.code(), e.to_string(), Some(&client_id));
         }
-        let state = self.state.clone();
-        let user = self.user().clone();
-        Step::Later(Box::pin(async move {
-            if let Err(e) = state.membership.require_member(&conv, &user).await {
-                return Some(error_frame(
-                    &state,
-                    e.code(),
-                    e.to_string(),
-                    Some(&client_id),
-                ));
-            }
+        let reference = Some(client_id.clone());
+        self.as_member(conv, reference, move |state, conv, user| async move {
             let timeout = state.limits.publish_timeout;
             let reply_id = client_id.clone();
-            let frame = match send::publish(
+            let published = send::publish(
                 &state.fabric,
                 &state.metrics,
                 conv.clone(),
@@ -422,57 +435,40 @@ impl Session {
                 body,
                 timeout,
             )
-            .await
-            {
+            .await;
+            match published {
                 Ok(stored) => {
                     state.metrics.frame_out("ack");
-                    protocol::encode(&ServerFrame::Ack {
+                    let ack = ServerFrame::Ack {
                         conv,
                         client_id: reply_id,
                         seq: stored.seq,
                         duplicate: stored.duplicate,
-                    })
-                    .into()
+                    };
+                    Ok(Some(protocol::encode(&ack).into()))
                 }
                 Err(e) => {
                     tracing::warn!(conv = %conv, error = %e, "send failed");
-                    error_frame(&state, e.code(), e.to_string(), Some(&reply_id))
+                    Err((e.code(), e.to_string()))
                 }
-            };
-            Some(frame)
-        }))
+            }
+        })
     }
 
     fn subscribe(&mut self, conv: ConvId, after: Option<u64>, reference: Option<String>) -> Step {
         if !self.subscribed.contains(&conv) {
             self.subscribed.push(conv.clone());
         }
-        let state = self.state.clone();
         let outlet = self.outlet.clone();
-        Step::Later(Box::pin(async move {
-            if let Err(e) = state.membership.require_member(&conv, &outlet.user).await {
-                return Some(error_frame(
-                    &state,
-                    e.code(),
-                    e.to_string(),
-                    reference.as_deref(),
-                ));
-            }
+        self.as_member(conv, reference.clone(), move |state, conv, _| async move {
             // On success the fan-out queues the `subscribed` frame itself, ahead of the replay.
-            match state
+            state
                 .hub
-                .subscribe(&conv, outlet, after, reference.clone())
+                .subscribe(&conv, outlet, after, reference)
                 .await
-            {
-                Ok(_) => None,
-                Err(e) => Some(error_frame(
-                    &state,
-                    e.code(),
-                    e.to_string(),
-                    reference.as_deref(),
-                )),
-            }
-        }))
+                .map(|_| None)
+                .map_err(|e| (e.code(), e.to_string()))
+        })
     }
 
     fn history(
@@ -483,26 +479,18 @@ impl Session {
         limit: Option<usize>,
         reference: Option<String>,
     ) -> Step {
-        let state = self.state.clone();
-        let user = self.user().clone();
-        Step::Later(Box::pin(async move {
+        self.as_member(conv, reference.clone(), move |state, conv, _| async move {
             let limit = limit.unwrap_or(protocol::DEFAULT_HISTORY_LIMIT);
-            let result = match state.membership.require_member(&conv, &user).await {
-                Ok(()) => state
-                    .history
-                    .page(&conv, before, after, limit)
-                    .await
-                    .map_err(|e| (e.code(), e.to_string())),
-                Err(e) => Err((e.code(), e.to_string())),
-            };
-            Some(match result {
-                Ok(page) => {
-                    state.metrics.frame_out("history");
-                    protocol::encode_history(&conv, &page, reference.as_deref()).into()
-                }
-                Err((code, message)) => error_frame(&state, code, message, reference.as_deref()),
-            })
-        }))
+            let page = state
+                .history
+                .page(&conv, before, after, limit)
+                .await
+                .map_err(|e| (e.code(), e.to_string()))?;
+            state.metrics.frame_out("history");
+            Ok(Some(
+                protocol::encode_history(&conv, &page, reference.as_deref()).into(),
+            ))
+        })
     }
 
     fn typing(
@@ -519,17 +507,7 @@ impl Session {
                 reference.as_deref(),
             );
         }
-        let state = self.state.clone();
-        let user = self.user().clone();
-        Step::Later(Box::pin(async move {
-            if let Err(e) = state.membership.require_member(&conv, &user).await {
-                return Some(error_frame(
-                    &state,
-                    e.code(),
-                    e.to_string(),
-                    reference.as_deref(),
-                ));
-            }
+        self.as_member(conv, reference, move |state, conv, user| async move {
             let event = chatfabric_nats::wire::EphemeralEvent::Typing {
                 conv: conv.clone(),
                 user,
@@ -541,42 +519,34 @@ impl Session {
                 chatfabric_nats::subject::Ephemeral::Typing,
             );
             let payload = protocol::encode_event(&event);
-            match state.fabric.client.publish(subject, payload.into()).await {
-                Ok(()) => None,
-                Err(e) => Some(error_frame(
-                    &state,
-                    ErrorCode::Unavailable,
-                    e.to_string(),
-                    reference.as_deref(),
-                )),
-            }
-        }))
+            state
+                .fabric
+                .client
+                .publish(subject, payload.into())
+                .await
+                .map(|()| None)
+                .map_err(|e| (ErrorCode::Unavailable, e.to_string()))
+        })
     }
 
     fn read(&mut self, conv: ConvId, seq: u64, reference: Option<String>) -> Step {
-        let state = self.state.clone();
-        let user = self.user().clone();
-        Step::Later(Box::pin(async move {
-            let result = match state.membership.require_member(&conv, &user).await {
-                Ok(()) => crate::receipts::mark_read(&state.fabric, &conv, &user, seq)
+        self.as_member(
+            conv,
+            reference.clone(),
+            move |state, conv, user| async move {
+                let seq = crate::receipts::mark_read(&state.fabric, &conv, &user, seq)
                     .await
-                    .map_err(|e| (e.code(), e.to_string())),
-                Err(e) => Err((e.code(), e.to_string())),
-            };
-            Some(match result {
-                Ok(seq) => {
-                    state.metrics.frame_out("read");
-                    protocol::encode(&ServerFrame::Read {
-                        conv,
-                        user,
-                        seq,
-                        reference,
-                    })
-                    .into()
-                }
-                Err((code, message)) => error_frame(&state, code, message, reference.as_deref()),
-            })
-        }))
+                    .map_err(|e| (e.code(), e.to_string()))?;
+                state.metrics.frame_out("read");
+                let frame = ServerFrame::Read {
+                    conv,
+                    user,
+                    seq,
+                    reference,
+                };
+                Ok(Some(protocol::encode(&frame).into()))
+            },
+        )
     }
 
     fn presence(&mut self, user: UserId, reference: Option<String>) -> Step {
