@@ -141,21 +141,11 @@ impl Membership {
                 "a direct conversation needs another user".into(),
             ));
         }
-        let conv = ConvId::direct(me, other);
-        let info = ConversationInfo {
-            conv: conv.clone(),
-            kind: ConvKind::Direct,
-            created_by: me.clone(),
-            created_at: now_ms(),
-            title: None,
-        };
-        let info = self.create_info(info).await?;
         let mut members = vec![me.clone(), other.clone()];
         members.sort();
-        for user in &members {
-            self.put_member(&conv, user, me).await?;
-        }
-        Ok((info, members))
+        let conv = ConvId::direct(me, other);
+        self.establish(conv, ConvKind::Direct, None, me, members)
+            .await
     }
 
     /// Creates a group of `me` and `others`.
@@ -181,16 +171,29 @@ impl Membership {
         }
         let conv = ConvId::new(format!("g-{}", uuid::Uuid::now_v7().simple()))
             .map_err(|e| MembershipError::Invalid(e.to_string()))?;
+        self.establish(conv, ConvKind::Group, title, me, members)
+            .await
+    }
+
+    /// Writes a conversation's description (or finds the existing one) and its memberships.
+    async fn establish(
+        &self,
+        conv: ConvId,
+        kind: ConvKind,
+        title: Option<String>,
+        creator: &UserId,
+        members: Vec<UserId>,
+    ) -> Result<(ConversationInfo, Vec<UserId>), MembershipError> {
         let info = ConversationInfo {
             conv: conv.clone(),
-            kind: ConvKind::Group,
-            created_by: me.clone(),
+            kind,
+            created_by: creator.clone(),
             created_at: now_ms(),
             title,
         };
         let info = self.create_info(info).await?;
         for user in &members {
-            self.put_member(&conv, user, me).await?;
+            self.put_member(&conv, user, creator).await?;
         }
         Ok((info, members))
     }

@@ -123,15 +123,7 @@ async fn history_is_complete_with_the_persister_down() {
     let g = TestGateway::start(&nats).await;
     let mut alice = Client::connect(&g.ws_url(), "alice").await;
     let conv = alice.create_group(&["bob"]).await;
-    let mut seqs = Vec::new();
-    for i in 0..30 {
-        seqs.push(
-            alice
-                .post(&conv, &format!("k{i}"), &format!("m{i}"))
-                .await
-                .0,
-        );
-    }
+    let seqs = alice.post_numbered(&conv, 0..30).await;
     alice
         .send(json!({"op":"history","conv":conv,"limit":10,"ref":"h"}))
         .await;

@@ -64,32 +64,24 @@ async fn resume_on_another_gateway_is_gap_and_duplicate_free() {
     let conv = alice.create_group(&["bob"]).await;
     let mut bob = Client::connect(&g1.ws_url(), "bob").await;
     bob.subscribe(&conv, None).await;
-    for i in 0..10 {
-        alice.post(&conv, &format!("k{i}"), &format!("m{i}")).await;
-    }
+    alice.post_numbered(&conv, 0..10).await;
     let seen = bob.msgs(5).await;
     let cursor = seen.last().expect("five messages").0;
     drop(bob); // disconnect having read only half
 
     // While bob is away, more messages arrive.
-    for i in 10..20 {
-        alice.post(&conv, &format!("k{i}"), &format!("m{i}")).await;
-    }
+    alice.post_numbered(&conv, 10..20).await;
     let mut bob = Client::connect(&g2.ws_url(), "bob").await;
     assert_eq!(bob.subscribe(&conv, Some(cursor)).await, cursor);
-    for i in 20..25 {
-        alice.post(&conv, &format!("k{i}"), &format!("m{i}")).await;
-    }
+    alice.post_numbered(&conv, 20..25).await;
     let rest = bob.msgs(20).await;
-    let first = bob_first_prev(&rest, cursor);
-    assert!(first, "the replay starts right after the cursor");
+    assert!(
+        rest.first().is_some_and(|(seq, _)| *seq > cursor),
+        "the replay starts right after the cursor"
+    );
     let bodies: Vec<String> = rest.into_iter().map(|(_, b)| b).collect();
     assert_eq!(bodies, (5..25).map(|i| format!("m{i}")).collect::<Vec<_>>());
     bob.no_msg_within(Duration::from_millis(200)).await;
-}
-
-fn bob_first_prev(msgs: &[(u64, String)], cursor: u64) -> bool {
-    msgs.first().is_some_and(|(seq, _)| *seq > cursor)
 }
 
 #[tokio::test]
@@ -100,15 +92,7 @@ async fn resume_far_behind_replays_from_jetstream() {
     let conv = alice.create_group(&["bob"]).await;
     // Keep the conversation live on this gateway so the ring is in play, and overflow it.
     alice.subscribe(&conv, None).await;
-    let mut seqs = Vec::new();
-    for i in 0..100 {
-        seqs.push(
-            alice
-                .post(&conv, &format!("k{i}"), &format!("m{i}"))
-                .await
-                .0,
-        );
-    }
+    let seqs = alice.post_numbered(&conv, 0..100).await;
     let mut bob = Client::connect(&g.ws_url(), "bob").await;
     bob.subscribe(&conv, Some(seqs[9])).await;
     let got = bob.msgs(90).await;

@@ -214,15 +214,7 @@ async fn read_receipts_are_shared_by_devices_and_survive_a_restart() {
     let mut alice = Client::connect(&g.ws_url(), "alice").await;
     let conv = alice.create_group(&["bob"]).await;
     alice.subscribe(&conv, None).await;
-    let mut seqs = Vec::new();
-    for i in 0..3 {
-        seqs.push(
-            alice
-                .post(&conv, &format!("k{i}"), &format!("m{i}"))
-                .await
-                .0,
-        );
-    }
+    let seqs = alice.post_numbered(&conv, 0..3).await;
 
     let mut phone = Client::connect(&g.ws_url(), "bob").await;
     let unread = phone.event_where(|v| v["op"] == "unread").await;

@@ -9,19 +9,12 @@ use tokio_tungstenite::tungstenite::Message;
 #[tokio::test]
 async fn a_slow_client_is_closed_while_a_fast_one_keeps_receiving() {
     let nats = Nats::start().await;
-    let mut config = nats.config();
-    config.limits.queue = 8;
-    // The test reads on only after the gateway gave up on the client; on a loaded machine that
-    // can take a while, and the close code must still reach it.
-    config.limits.close_grace = std::time::Duration::from_secs(60);
-    let g = TestGateway::start_with(&nats, config, 8192).await;
+    let g = TestGateway::start_for_slow_readers(&nats).await;
     let mut alice = Client::connect(&g.ws_url(), "alice").await;
     let conv = alice.create_group(&["bob", "carol"]).await;
 
     // Carol's socket has a tiny receive buffer and she never reads.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(g.addr).await.unwrap();
+    let stream = g.tiny_buffer_socket().await;
     let mut req = g.ws_url().into_client_request().unwrap();
     req.headers_mut().insert(
         "authorization",
@@ -55,15 +48,11 @@ async fn a_slow_client_is_closed_while_a_fast_one_keeps_receiving() {
     );
 
     // The gateway gave up on carol while her socket was full.
-    let slow = "chatfabric_gateway_closes_total{kind=\"slow_consumer\"}";
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while g.metric(slow).await < 1.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "carol was never closed as slow"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    g.await_metric(
+        "chatfabric_gateway_closes_total{kind=\"slow_consumer\"}",
+        1.0,
+    )
+    .await;
     // Carol now reads what the kernel buffered, and finds the close code at the end.
     let code = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(frame) = carol.next().await {

@@ -159,19 +159,12 @@ async fn http_send_retries_are_stored_once() {
 #[tokio::test]
 async fn a_slow_sse_reader_is_closed_like_a_slow_websocket() {
     let nats = Nats::start().await;
-    let mut config = nats.config();
-    config.limits.queue = 8;
-    // The test reads on only after the gateway gave up on the client; on a loaded machine that
-    // can take a while, and the close code must still reach it.
-    config.limits.close_grace = std::time::Duration::from_secs(60);
-    let g = TestGateway::start_with(&nats, config, 8192).await;
+    let g = TestGateway::start_for_slow_readers(&nats).await;
     let mut alice = Client::connect(&g.ws_url(), "alice").await;
     let room = alice.create_group(&["bob"]).await;
 
     // Bob opens the stream through a socket with a tiny receive buffer and stops reading.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut s = socket.connect(g.addr).await.unwrap();
+    let mut s = g.tiny_buffer_socket().await;
     let req = format!(
         "GET /v1/events?conv={room} HTTP/1.0\r\nAuthorization: Bearer {}\r\n\r\n",
         crate::support::fabric::token("bob")
@@ -182,15 +175,11 @@ async fn a_slow_sse_reader_is_closed_like_a_slow_websocket() {
     for i in 0..2500 {
         alice.post(&room, &format!("k{i}"), &body).await;
     }
-    let slow = "chatfabric_gateway_closes_total{kind=\"slow_consumer\"}";
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while g.metric(slow).await < 1.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the SSE reader was never closed as slow"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    g.await_metric(
+        "chatfabric_gateway_closes_total{kind=\"slow_consumer\"}",
+        1.0,
+    )
+    .await;
     // Reading on, bob finds the error event at the end of what was buffered.
     let mut rest = Vec::new();
     tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut rest))

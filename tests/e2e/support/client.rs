@@ -266,6 +266,16 @@ impl Client {
         }
     }
 
+    /// Posts `m{i}` with client id `k{i}` for each `i` in `range`, one after the other; returns
+    /// the acknowledged seqs.
+    pub async fn post_numbered(&mut self, conv: &str, range: std::ops::Range<usize>) -> Vec<u64> {
+        let mut seqs = Vec::with_capacity(range.len());
+        for i in range {
+            seqs.push(self.post(conv, &format!("k{i}"), &format!("m{i}")).await.0);
+        }
+        seqs
+    }
+
     /// Reads until the server closes the connection and returns the close code.
     pub async fn closed(&mut self) -> u16 {
         loop {

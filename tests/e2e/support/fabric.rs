@@ -199,6 +199,35 @@ impl TestGateway {
         Self::start_with(nats, nats.config(), 8192).await
     }
 
+    /// A gateway that closes slow clients early (outbound queue of 8) and waits long for them to
+    /// read on, so the close reaches them however loaded the machine is.
+    pub async fn start_for_slow_readers(nats: &Nats) -> Self {
+        let mut config = nats.config();
+        config.limits.queue = 8;
+        config.limits.close_grace = std::time::Duration::from_secs(60);
+        Self::start_with(nats, config, 8192).await
+    }
+
+    /// Waits (at most 10 s) until the first sample of metric `name` reaches `at_least`.
+    pub async fn await_metric(&self, name: &str, at_least: f64) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.metric(name).await < at_least {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} never reached {at_least}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A TCP connection to the gateway whose receive buffer is tiny, for clients that stop
+    /// reading: the kernel then holds little of what the gateway sends.
+    pub async fn tiny_buffer_socket(&self) -> tokio::net::TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("recv buffer");
+        socket.connect(self.addr).await.expect("connect")
+    }
+
     /// Starts a gateway on an existing (cluster) connection.
     pub async fn start_on(parts: &ClusterGatewayParts) -> Self {
         let config = test_config(parts.history.clone());
