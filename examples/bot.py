@@ -4,7 +4,7 @@
     python3 examples/bot.py nats://echo-bot:echo-bot-dev-password@127.0.0.1:4222 echo-bot lobby "hello"
 
 The bot's nats-server user may only publish chat.in.<conv>.<bot> and chat.read.<conv>.<bot>,
-subscribe chat.live.*.<conv> and its own inbox _INBOX_<bot>.> (see nats/config/auth.conf).
+subscribe chat.live.*.<conv> and its own inbox _INBOX.<bot>.> (see nats/config/auth.conf).
 """
 import asyncio
 import json
@@ -15,7 +15,7 @@ import nats
 
 
 async def main(url: str, bot: str, conv: str, text: str) -> None:
-    nc = await nats.connect(url, inbox_prefix=f"_INBOX_{bot}".encode())
+    nc = await nats.connect(url, inbox_prefix=f"_INBOX.{bot}".encode())
 
     # Post: a request; the answer comes once the message is stored. Retrying with the same
     # client_id stores it once.

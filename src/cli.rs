@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chatfabric_gateway::{fanout::HubConfig, Authenticator, GatewayConfig, Limits};
+use chatfabric_nats::permissions::Role;
 use chatfabric_nats::subject::Partitions;
 use chatfabric_nats::{ConnectOptions, Fabric, StreamSettings};
 use chatfabric_persister::{
@@ -45,6 +46,9 @@ pub(crate) enum Command {
     Bot(crate::bot::BotArgs),
     /// Print a nats-server user block granting a bot exactly the given conversations.
     BotUser(BotUserArgs),
+    /// Print the nats-server `authorization` block of the fabric's roles (gateway, persister,
+    /// presence), each with least privilege and a fresh random password.
+    NatsUsers(NatsUsersArgs),
     /// Drive a running fabric with a load scenario.
     Loadtest(chatfabric_loadtest::LoadtestArgs),
 }
@@ -97,15 +101,16 @@ impl NatsArgs {
         }
     }
 
-    /// Connects (retrying while the server starts) and provisions streams and buckets.
+    /// Connects as `role` (retrying while the server starts) and provisions streams and buckets.
     pub(crate) async fn connect(
         &self,
-        name: &str,
+        role: Role,
     ) -> anyhow::Result<(Fabric, tokio::sync::watch::Receiver<u64>)> {
         let opts = ConnectOptions {
             url: self.nats_url.clone(),
-            name: name.into(),
+            name: format!("chatfabric-{}", role.user()),
             subscription_capacity: self.nats_subscription_capacity,
+            role,
         };
         let mut attempt = 0;
         let (client, missed) = loop {
@@ -277,7 +282,7 @@ pub(crate) async fn run_gateway(
             .context("opening the history store")?,
     };
     let config = args.config(history)?;
-    let (fabric, missed) = nats.connect("chatfabric-gateway").await?;
+    let (fabric, missed) = nats.connect(Role::Gateway).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -301,7 +306,7 @@ pub(crate) async fn run_persister(
             .await
             .context("opening the history store")?,
     };
-    let (fabric, _missed) = nats.connect("chatfabric-persister").await?;
+    let (fabric, _missed) = nats.connect(Role::Persister).await?;
     let config = args.drain_config();
     let mut registry = prometheus_client::registry::Registry::default();
     config.metrics.register(&mut registry);
@@ -319,7 +324,7 @@ pub(crate) async fn run_presence(
     metrics_listen: Option<SocketAddr>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let (fabric, _missed) = nats.connect("chatfabric-presence").await?;
+    let (fabric, _missed) = nats.connect(Role::Presence).await?;
     let config = args.config();
     let mut registry = prometheus_client::registry::Registry::default();
     config.metrics.register(&mut registry);
@@ -341,6 +346,18 @@ pub(crate) struct TokenArgs {
     /// Validity in seconds.
     #[arg(long, default_value_t = 24 * 3600)]
     pub(crate) ttl_secs: u64,
+}
+
+/// `chatfabric bot-user`.
+#[derive(Args)]
+pub(crate) struct NatsUsersArgs {
+    /// Message streams of the deployment (the same as every role's --partitions).
+    #[arg(long, env = "CHATFABRIC_PARTITIONS", default_value_t = 1)]
+    pub(crate) partitions: u16,
+    /// Use the published development passwords (`<role>-dev-password`) instead of random ones,
+    /// as `nats/config/auth.conf` does. Never on a server others can reach.
+    #[arg(long)]
+    pub(crate) dev_passwords: bool,
 }
 
 /// `chatfabric bot-user`.
@@ -372,4 +389,8 @@ pub(crate) struct DevArgs {
     /// HS256 secret for development tokens.
     #[arg(long, env = "CHATFABRIC_JWT_SECRET", default_value = DEV_SECRET, hide_env_values = true)]
     pub(crate) jwt_secret: String,
+    /// A file of extra nats-server user entries (e.g. `chatfabric bot-user` output, one after the
+    /// other) admitted next to the fabric's own role users.
+    #[arg(long, env = "CHATFABRIC_NATS_USERS")]
+    pub(crate) nats_users: Option<PathBuf>,
 }

@@ -68,6 +68,38 @@ fn main() -> anyhow::Result<()> {
                 );
                 Ok(())
             }
+            Command::NatsUsers(args) => {
+                let mut passwords = Vec::new();
+                for role in chatfabric_nats::permissions::Role::ALL {
+                    let password = if args.dev_passwords {
+                        format!("{}-dev-password", role.user())
+                    } else {
+                        dev::random_password()?
+                    };
+                    passwords.push((role, password));
+                }
+                let password = |role| {
+                    passwords
+                        .iter()
+                        .find(|(r, _)| *r == role)
+                        .map(|(_, p)| p.clone())
+                        .unwrap_or_default()
+                };
+                let partitions = chatfabric_nats::subject::Partitions::new(args.partitions);
+                print!(
+                    "{}",
+                    chatfabric_nats::permissions::authorization(partitions, password, &[])
+                );
+                for role in chatfabric_nats::permissions::Role::ALL {
+                    println!(
+                        "# chatfabric {} --nats-url nats://{}:{}@<host>:4222",
+                        role.user(),
+                        role.user(),
+                        password(role)
+                    );
+                }
+                Ok(())
+            }
             Command::Token(args) => {
                 let user = chatfabric_nats::UserId::new(args.user).context("user id")?;
                 let token = chatfabric_gateway::auth::mint_hs256(

@@ -36,7 +36,8 @@ impl SendLimits {
         }
     }
 
-    fn allow(&self, user: &UserId, rate: f64, burst: f64) -> bool {
+    /// Takes one of `user`'s tokens; `false` when the user is over the rate.
+    pub(crate) fn allow(&self, user: &UserId, rate: f64, burst: f64) -> bool {
         let limiter = self.users.get_with(user.clone(), || {
             Arc::new(std::sync::Mutex::new(RateLimiter::new(rate, burst)))
         });

@@ -12,8 +12,10 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use chatfabric_nats::permissions;
 use chatfabric_nats::subject::{self, parse_direct};
 use chatfabric_nats::wire::MSG_ID_HEADER;
+use chatfabric_nats::{ConvId, UserId};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use serde::Deserialize;
@@ -78,23 +80,44 @@ pub(crate) async fn run(state: Arc<State>) {
     while in_flight.next().await.is_some() {}
 }
 
+/// Why a request gets no answer at all.
+const REPLY_REFUSED: &str = "reply_subject";
+
 async fn handle(state: &State, msg: async_nats::Message) {
-    let reply = msg.reply.clone();
-    let answer = if msg.subject.starts_with(subject::IN_PREFIX) {
-        post(state, &msg).await
+    let is_post = msg.subject.starts_with(subject::IN_PREFIX);
+    // The requester is the subject's last token, which nats-server binds to the bot's user.
+    let Some((conv, requester)) = parse_direct(&msg.subject) else {
+        return reject(state, "invalid");
+    };
+    // nats-server checks the subject a bot publishes to, not the reply subject it names: answer
+    // only under the requester's own inbox, so no request can make the gateway publish where the
+    // bot itself could not receive (a KV key, the JetStream API, a stream, another inbox).
+    let reply = match msg.reply.as_deref() {
+        Some(reply) if permissions::is_reply_inbox_of(reply, &requester) => Some(reply.to_owned()),
+        Some(reply) => {
+            tracing::warn!(%requester, %conv, reply, "NATS-direct request with a foreign reply subject dropped");
+            return reject(state, REPLY_REFUSED);
+        }
+        None => None,
+    };
+    let limits = &state.limits;
+    let answer = if !state
+        .send_limits
+        .allow(&requester, limits.rate, limits.burst)
+    {
+        Err((
+            ErrorCode::RateLimited,
+            "too many requests; slow down".to_string(),
+        ))
+    } else if is_post {
+        post(state, conv, requester, &msg).await
     } else {
-        read(state, &msg).await
+        read(state, conv, requester, &msg).await
     };
     let body = match answer {
         Ok(body) => body,
         Err((code, message)) => {
-            state
-                .metrics
-                .ingest_rejected
-                .get_or_create(&crate::metrics::Kind {
-                    kind: code.as_str(),
-                })
-                .inc();
+            reject(state, code.as_str());
             protocol::encode(&ServerFrame::Error {
                 code,
                 message,
@@ -109,13 +132,17 @@ async fn handle(state: &State, msg: async_nats::Message) {
     }
 }
 
+fn reject(state: &State, kind: &'static str) {
+    state
+        .metrics
+        .ingest_rejected
+        .get_or_create(&crate::metrics::Kind { kind })
+        .inc();
+}
+
 type Answer = Result<String, (ErrorCode, String)>;
 
-async fn post(state: &State, msg: &async_nats::Message) -> Answer {
-    let (conv, sender) = parse_direct(&msg.subject).ok_or((
-        ErrorCode::Invalid,
-        "subject must be chat.in.<conv>.<sender>".to_string(),
-    ))?;
+async fn post(state: &State, conv: ConvId, sender: UserId, msg: &async_nats::Message) -> Answer {
     let limits = &state.limits;
     if msg.payload.len() > limits.max_body * 2 + 1024 {
         return Err((ErrorCode::TooLarge, "payload too large".into()));
@@ -163,11 +190,7 @@ async fn post(state: &State, msg: &async_nats::Message) -> Answer {
     }))
 }
 
-async fn read(state: &State, msg: &async_nats::Message) -> Answer {
-    let (conv, reader) = parse_direct(&msg.subject).ok_or((
-        ErrorCode::Invalid,
-        "subject must be chat.read.<conv>.<reader>".to_string(),
-    ))?;
+async fn read(state: &State, conv: ConvId, reader: UserId, msg: &async_nats::Message) -> Answer {
     let query: Read = if msg.payload.is_empty() {
         Read::default()
     } else {

@@ -88,21 +88,25 @@ pub(crate) struct Publisher {
 }
 
 /// Connects a publisher to NATS: its own connection, named after it, with its replies under
-/// `_INBOX_<bot>` as a bot confined by `chatfabric bot-user` permissions would have them.
+/// `_INBOX.<bot>` as a bot confined by `chatfabric bot-user` permissions would have them.
 pub(crate) async fn connect(
     url: &str,
     publisher: &Publisher,
 ) -> anyhow::Result<async_nats::Client> {
-    async_nats::ConnectOptions::new()
+    let servers = chatfabric_nats::connect::servers(url).context("--nats-url")?;
+    let options = async_nats::ConnectOptions::new()
         .name(&publisher.user)
-        .custom_inbox_prefix(format!("_INBOX_{}", publisher.user))
+        .custom_inbox_prefix(format!("_INBOX.{}", publisher.user))
         .request_timeout(Some(REQUEST_TIMEOUT))
-        .connection_timeout(Duration::from_secs(10))
-        .connect(url)
+        .connection_timeout(Duration::from_secs(10));
+    // `user:password@` in the URL: a user allowed to post as the run's bots (see the README).
+    chatfabric_nats::connect::with_url_credentials(options, &servers)
+        .connect(servers)
         .await
         .with_context(|| {
             format!(
-                "connecting NATS publisher {} to {url} (is --nats-url the fabric's NATS server?)",
+                "connecting NATS publisher {} to {url} (is --nats-url the fabric's NATS server, \
+                 with a user allowed chat.in.*.*?)",
                 publisher.user
             )
         })

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::permissions::Role;
+
 /// Connection options a role may tune.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
@@ -13,6 +15,9 @@ pub struct ConnectOptions {
     pub name: String,
     /// Messages buffered per subscription before the client drops them (slow consumer).
     pub subscription_capacity: usize,
+    /// The role connecting: its requests' replies come back under the role's own inbox prefix,
+    /// which its NATS user may subscribe to and no bot may (see [`crate::permissions`]).
+    pub role: Role,
 }
 
 /// Parses a comma-separated list of server URLs.
@@ -52,6 +57,7 @@ pub async fn connect(
     let servers = servers(&opts.url)?;
     let client = with_url_credentials(async_nats::ConnectOptions::new(), &servers)
         .name(&opts.name)
+        .custom_inbox_prefix(opts.role.inbox_prefix())
         .subscription_capacity(opts.subscription_capacity)
         .connection_timeout(Duration::from_secs(5))
         .event_callback(move |event| {

@@ -91,6 +91,14 @@ impl NatsServer {
     /// Starts an `n`-node cluster on loopback and waits until every node is healthy and JetStream
     /// has a meta leader.
     pub fn start_cluster(n: usize) -> Result<Vec<Self>, ServerError> {
+        Self::start_cluster_with(n, None)
+    }
+
+    /// [`start_cluster`](Self::start_cluster) with a config file (users, permissions) on every node.
+    pub fn start_cluster_with(
+        n: usize,
+        config_file: Option<PathBuf>,
+    ) -> Result<Vec<Self>, ServerError> {
         let cluster_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let routes = cluster_ports
             .iter()
@@ -101,6 +109,7 @@ impl NatsServer {
         for (i, cport) in cluster_ports.iter().enumerate() {
             let opts = ServerOptions {
                 name: format!("n{i}"),
+                config_file: config_file.clone(),
                 ..Default::default()
             };
             let cluster = vec![
@@ -225,6 +234,28 @@ impl NatsServer {
     /// The client port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The server's log file.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Requests of the fabric's own connections (named `chatfabric-<role>...`, logged in as a
+    /// role) that the server refused for want of a permission, from its log. A test may try what
+    /// a role must not do on a connection of its own name; those are not counted.
+    pub fn role_violations(&self) -> Vec<String> {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        // nats-server logs `"<version>:<lang>:<name>" - Publish Violation - User "<user>", ...`.
+        let users: Vec<String> = crate::permissions::Role::ALL
+            .iter()
+            .map(|r| format!("User \"{}\"", r.user()))
+            .collect();
+        log.lines()
+            .filter(|l| l.contains("Violation") && l.contains(":chatfabric-"))
+            .filter(|l| users.iter().any(|u| l.contains(u.as_str())))
+            .map(str::to_owned)
+            .collect()
     }
 
     /// The JetStream store directory.

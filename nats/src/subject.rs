@@ -50,6 +50,12 @@ pub const EPH_PREFIX: &str = "chat.eph";
 pub const PRESENCE_BUCKET: &str = "CHAT_PRESENCE";
 /// The KV bucket holding read cursors.
 pub const RECEIPTS_BUCKET: &str = "CHAT_RECEIPTS";
+/// The KV bucket holding each partition's stored watermark under `p<part>` (the persister's).
+pub const WATERMARKS_BUCKET: &str = "CHAT_WATERMARKS";
+/// The stream that keeps the persister's dead letters, for operators to inspect and replay.
+pub const DEAD_STREAM: &str = "CHAT_DEAD";
+/// Prefix of dead-letter subjects; the partition follows (`chat.dead.<part>`).
+pub const DEAD_PREFIX: &str = "chat.dead";
 
 /// The kinds of ephemeral events, the last token of `chat.eph.<conv>.<kind>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,7 +14,7 @@ const BOT_URL_CREDS: &str = "echo-bot:echo-bot-dev-password@";
 
 /// Creates conversation `conv` with `members` by writing the membership bucket directly, as the
 /// gateway does (the shipped auth config names the fixed conversation `lobby`).
-async fn seed(nats: &Nats, conv: &str, members: &[&str]) {
+pub(crate) async fn seed(nats: &Nats, conv: &str, members: &[&str]) {
     let fabric = nats.fabric("seed").await;
     let c = ConvId::new(conv).unwrap();
     let creator = UserId::new(members[0]).unwrap();
@@ -47,12 +47,12 @@ async fn seed(nats: &Nats, conv: &str, members: &[&str]) {
     }
 }
 
-async fn bot_client(nats: &Nats) -> async_nats::Client {
+pub(crate) async fn bot_client(nats: &Nats) -> async_nats::Client {
     async_nats::ConnectOptions::with_user_and_password(
         "echo-bot".into(),
         "echo-bot-dev-password".into(),
     )
-    .custom_inbox_prefix("_INBOX_echo-bot")
+    .custom_inbox_prefix("_INBOX.echo-bot")
     .connect(nats.url_as(""))
     .await
     .expect("the bot connects")
@@ -75,7 +75,7 @@ async fn bot_post(
 
 #[tokio::test]
 async fn bot_posts_reach_websocket_and_sse_clients_in_order() {
-    let nats = Nats::start_with_auth().await;
+    let nats = Nats::start().await;
     seed(&nats, "lobby", &["alice", "bob", "echo-bot"]).await;
     let g = TestGateway::start(&nats).await;
     let mut alice = Client::connect(&g.ws_url(), "alice").await;
@@ -129,7 +129,7 @@ async fn bot_posts_reach_websocket_and_sse_clients_in_order() {
 
 #[tokio::test]
 async fn impersonation_and_ungranted_posts_are_refused_by_the_server() {
-    let nats = Nats::start_with_auth().await;
+    let nats = Nats::start().await;
     seed(&nats, "lobby", &["alice", "echo-bot"]).await;
     seed(&nats, "secret", &["alice", "echo-bot"]).await; // a member, but not granted on NATS
     let g = TestGateway::start(&nats).await;
@@ -166,7 +166,7 @@ async fn impersonation_and_ungranted_posts_are_refused_by_the_server() {
 
 #[tokio::test]
 async fn malformed_and_oversized_bot_payloads_are_rejected_and_counted() {
-    let nats = Nats::start_with_auth().await;
+    let nats = Nats::start().await;
     seed(&nats, "lobby", &["alice", "echo-bot"]).await;
     let g = TestGateway::start(&nats).await;
     let mut alice = Client::connect(&g.ws_url(), "alice").await;
@@ -215,7 +215,7 @@ async fn malformed_and_oversized_bot_payloads_are_rejected_and_counted() {
 
 #[tokio::test]
 async fn the_rust_echo_bot_answers() {
-    let nats = Nats::start_with_auth().await;
+    let nats = Nats::start().await;
     seed(&nats, "lobby", &["alice", "echo-bot"]).await;
     let g = TestGateway::start(&nats).await;
     let mut alice = Client::connect(&g.ws_url(), "alice").await;
@@ -261,7 +261,7 @@ async fn the_python_snippet_posts_and_reads() {
         );
         return;
     }
-    let nats = Nats::start_with_auth().await;
+    let nats = Nats::start().await;
     seed(&nats, "lobby", &["alice", "echo-bot"]).await;
     let g = TestGateway::start(&nats).await;
     let mut alice = Client::connect(&g.ws_url(), "alice").await;
@@ -292,4 +292,37 @@ async fn the_python_snippet_posts_and_reads() {
         (Some("echo-bot"), Some("from python"))
     );
     assert_eq!(m["seq"], ack["seq"]);
+}
+
+#[tokio::test]
+async fn a_flooding_bot_is_rate_limited_like_a_user() {
+    let nats = Nats::start().await;
+    seed(&nats, "lobby", &["alice", "echo-bot"]).await;
+    let mut config = nats.config();
+    config.limits.rate = 1.0;
+    config.limits.burst = 5.0;
+    let g = TestGateway::start_with(&nats, config, 8192).await;
+    let bot = bot_client(&nats).await;
+    let posts = (0..20).map(|i| {
+        let bot = bot.clone();
+        async move {
+            let post = json!({"client_id":format!("flood-{i}"),"body":"x"});
+            bot_post(&bot, "chat.in.lobby.echo-bot", post).await
+        }
+    });
+    let answers = futures::future::join_all(posts).await;
+    let codes: Vec<String> = answers
+        .iter()
+        .map(|a| match a {
+            Ok(v) if v["op"] == "ack" => "ack".to_string(),
+            Ok(v) => v["code"].as_str().unwrap_or("?").to_string(),
+            Err(e) => e.clone(),
+        })
+        .collect();
+    let acked = codes.iter().filter(|c| *c == "ack").count();
+    let limited = codes.iter().filter(|c| *c == "rate_limited").count();
+    // The burst (and at most a token or two refilled meanwhile) is stored; the rest is refused.
+    assert!((5..=7).contains(&acked), "{codes:?}");
+    assert_eq!(acked + limited, 20, "{codes:?}");
+    drop(g);
 }

@@ -10,10 +10,12 @@ use serde_json::json;
 #[tokio::test]
 async fn killing_a_nats_node_loses_no_acknowledged_message() {
     crate::support::init_tracing();
-    let mut nodes = tokio::task::spawn_blocking(|| NatsServer::start_cluster(3))
-        .await
-        .unwrap()
-        .expect("cluster starts");
+    let mut nodes = tokio::task::spawn_blocking(|| {
+        NatsServer::start_cluster_with(3, Some(crate::support::fabric::shipped_auth_conf()))
+    })
+    .await
+    .unwrap()
+    .expect("cluster starts");
     let urls: Vec<String> = nodes.iter().map(|n| n.url()).collect();
     // Gateways connect to different nodes first; each knows all three.
     let parts1 = cluster_fabric(&urls, 0).await;

@@ -2,6 +2,7 @@
 //! persister killed with SIGKILL loses nothing and duplicates nothing.
 
 use crate::support::Spawned;
+use chatfabric_nats::permissions::Role;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -156,7 +157,10 @@ async fn pages_over_10k_messages_never_skip_or_repeat() {
     let fabric = nats.fabric("history-test").await;
 
     // The first half is persisted; the second half exists only in JetStream (persister stopped).
-    let (stop, task) = drain(nats.fabric("persister").await, nats.history.clone());
+    let (stop, task) = drain(
+        nats.fabric_as(Role::Persister, "drain", 8192).await.0,
+        nats.history.clone(),
+    );
     let mut seqs = publish(&fabric, &conv, 0, 5000).await;
     wait_for_watermark(nats.history.as_ref(), *seqs.last().unwrap()).await;
     stop.cancel();
@@ -176,7 +180,10 @@ async fn pages_over_10k_messages_never_skip_or_repeat() {
     );
 
     // Everything persisted: the store alone answers, with the same pages.
-    let (stop, task) = drain(nats.fabric("persister").await, nats.history.clone());
+    let (stop, task) = drain(
+        nats.fabric_as(Role::Persister, "drain", 8192).await.0,
+        nats.history.clone(),
+    );
     wait_for_watermark(nats.history.as_ref(), *seqs.last().unwrap()).await;
     stop.cancel();
     task.await.unwrap();
@@ -185,7 +192,7 @@ async fn pages_over_10k_messages_never_skip_or_repeat() {
 }
 
 fn spawn_persister(nats: &Nats, db: &std::path::Path) -> Spawned {
-    let url = nats.url();
+    let url = nats.url_for(Role::Persister);
     crate::support::spawn_chatfabric([
         "persister".as_ref(),
         "--nats-url".as_ref(),

@@ -7,6 +7,7 @@ mod access;
 mod bad_input;
 mod bots;
 mod cluster;
+mod deputy;
 mod gaps;
 mod history;
 mod messaging;

@@ -2,6 +2,7 @@
 //! process killed with SIGKILL.
 
 use crate::support::Spawned;
+use chatfabric_nats::permissions::Role;
 use std::time::{Duration, Instant};
 
 use crate::support::{Client, Nats, TestGateway};
@@ -21,7 +22,7 @@ impl Presence {
             tick: Duration::from_millis(100),
             ..PresenceConfig::default()
         };
-        let fabric = nats.fabric("presence").await;
+        let fabric = nats.fabric_as(Role::Presence, "test", 8192).await.0;
         tokio::spawn(chatfabric_presence::run(fabric, config, stop.clone()));
         Self(stop)
     }
@@ -271,7 +272,7 @@ async fn read_receipts_are_shared_by_devices_and_survive_a_restart() {
 
 fn spawn_gateway(nats: &Nats, port: u16, db: &std::path::Path) -> Spawned {
     let listen = format!("127.0.0.1:{port}");
-    let url = nats.url();
+    let url = nats.url_for(Role::Gateway);
     crate::support::spawn_chatfabric([
         "gateway".as_ref(),
         "--nats-url".as_ref(),

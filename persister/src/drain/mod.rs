@@ -39,8 +39,7 @@ use crate::store::HistoryStore;
 
 pub use poison::PoisonReason;
 
-/// The KV bucket holding each partition's stored watermark under `p<part>`.
-pub const WATERMARKS_BUCKET: &str = "CHAT_WATERMARKS";
+pub use chatfabric_nats::subject::WATERMARKS_BUCKET;
 
 /// The [`WATERMARKS_BUCKET`] key of partition `part`.
 pub fn watermark_key(part: u16) -> String {

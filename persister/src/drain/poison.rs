@@ -12,10 +12,7 @@ use async_nats::HeaderMap;
 use chatfabric_nats::subject::conv_of_subject;
 use chatfabric_nats::wire::{StoredMessage, MSG_ID_HEADER};
 
-/// The stream that keeps dead letters, for operators to inspect and replay.
-pub const DEAD_STREAM: &str = "CHAT_DEAD";
-/// Prefix of dead-letter subjects; the partition follows (`chat.dead.<part>`).
-pub const DEAD_PREFIX: &str = "chat.dead";
+pub use chatfabric_nats::subject::{DEAD_PREFIX, DEAD_STREAM};
 /// Header: why the message was dead-lettered ([`PoisonReason::as_str`]).
 pub const DEAD_REASON_HEADER: &str = "Chatfabric-Dead-Reason";
 /// Header: the parser's description of the problem (one line, at most 200 bytes).

@@ -71,8 +71,8 @@ async fn drains_every_message_exactly_once() {
 async fn poison_is_dead_lettered_and_the_drain_goes_on() {
     let nats = NatsFixture::start().await;
     let db = SqliteFixture::open().await;
-    let mut dead = nats.fabric.client.subscribe("chat.dead.>").await.unwrap();
-    nats.fabric.client.flush().await.unwrap();
+    let mut dead = nats.admin.client.subscribe("chat.dead.>").await.unwrap();
+    nats.admin.client.flush().await.unwrap();
 
     let good = nats.publish("general", 1).await;
     let not_json = nats

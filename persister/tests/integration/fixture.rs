@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use chatfabric_nats::server::NatsServer;
+use chatfabric_nats::permissions::Role;
+use chatfabric_nats::server::{NatsServer, ServerOptions};
 use chatfabric_nats::wire::StoredMessage;
 use chatfabric_nats::{provision, ConvId, Fabric, StreamSettings, UserId};
 use chatfabric_persister::drain::watermark_key;
@@ -57,24 +58,70 @@ pub(crate) async fn scylla_store(test: &str) -> Option<Arc<dyn HistoryStore>> {
     Some(Arc::new(ScyllaStore::connect(config).await.unwrap()))
 }
 
-/// A real nats-server with the message streams provisioned.
+/// A connection as `user` of the shipped config (password `<user>-dev-password`) with provisioned
+/// handles, under `role`'s inbox when it is one.
+async fn connect_as(server: &NatsServer, user: &str, role: Option<Role>) -> Fabric {
+    let mut options = async_nats::ConnectOptions::with_user_and_password(
+        user.into(),
+        format!("{user}-dev-password"),
+    )
+    .name(format!("chatfabric-{user}-test"));
+    if let Some(role) = role {
+        options = options.custom_inbox_prefix(role.inbox_prefix());
+    }
+    let client = options.connect(server.url()).await.unwrap();
+    provision(client, StreamSettings::default()).await.unwrap()
+}
+
+impl Drop for NatsFixture {
+    fn drop(&mut self) {
+        let refused = self.server.role_violations();
+        if !std::thread::panicking() {
+            assert!(
+                refused.is_empty(),
+                "nats-server refused a role:\n{}",
+                refused.join("\n")
+            );
+        }
+    }
+}
+
+/// A real nats-server with the shipped users and permissions and the message streams
+/// provisioned. Drains run as the persister role; messages are published as a gateway would.
 pub(crate) struct NatsFixture {
+    /// The persister's connection.
     pub(crate) fabric: Fabric,
+    /// A gateway's connection, for publishing.
+    gateway: Fabric,
+    /// The operators' user, for looking at what the persister did (dead letters, watermarks).
+    pub(crate) admin: Fabric,
     // Kills the server (and removes its store) on drop; declared last so clients close first.
     pub(crate) server: NatsServer,
 }
 
 impl NatsFixture {
     pub(crate) async fn start() -> Self {
-        let server = NatsServer::start(Default::default()).expect("nats-server starts");
+        let conf =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../nats/config/auth.conf");
+        let opts = ServerOptions {
+            config_file: Some(conf),
+            ..ServerOptions::default()
+        };
+        let server = NatsServer::start(opts).expect("nats-server starts");
+        let gateway = connect_as(&server, Role::Gateway.user(), Some(Role::Gateway)).await;
         let fabric = Self::connect(&server).await;
-        Self { fabric, server }
+        let admin = connect_as(&server, "admin", None).await;
+        Self {
+            fabric,
+            gateway,
+            admin,
+            server,
+        }
     }
 
     /// Another connection to the same server, as a second persister process would have.
     pub(crate) async fn connect(server: &NatsServer) -> Fabric {
-        let client = async_nats::connect(server.url()).await.unwrap();
-        provision(client, StreamSettings::default()).await.unwrap()
+        connect_as(server, Role::Persister.user(), Some(Role::Persister)).await
     }
 
     /// Publishes a well-formed message; returns its stream sequence.
@@ -89,7 +136,7 @@ impl NatsFixture {
     pub(crate) async fn publish_raw(&self, subject: &str, payload: Vec<u8>) -> u64 {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", format!("{subject}:{}", nonce()).as_str());
-        self.fabric
+        self.gateway
             .js
             .publish_with_headers(subject.to_string(), headers, payload.into())
             .await
@@ -101,7 +148,7 @@ impl NatsFixture {
 
     /// Waits until partition `part`'s published watermark reaches `seq`, or panics after 30 s.
     pub(crate) async fn await_watermark(&self, part: u16, seq: u64) {
-        let kv = chatfabric_persister::prepare(&self.fabric).await.unwrap();
+        let kv = chatfabric_persister::prepare(&self.admin).await.unwrap();
         let mut watch = kv.watch_with_history(watermark_key(part)).await.unwrap();
         let reached = async {
             while let Some(entry) = watch.next().await {

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use chatfabric_gateway::{fanout::HubConfig, Authenticator, GatewayConfig, Limits};
+use chatfabric_nats::permissions::Role;
 use chatfabric_nats::server::{NatsServer, ServerOptions};
 use chatfabric_nats::{ConnectOptions, Fabric, StreamSettings, UserId};
 use chatfabric_persister::{HistoryStore, SqliteConfig, SqliteStore};
@@ -13,13 +14,23 @@ use tokio_util::sync::CancellationToken;
 /// The HS256 secret test gateways accept.
 pub const SECRET: &[u8] = b"test-secret";
 
-/// A JetStream-enabled nats-server on a free port with a throw-away store, and the history store
-/// (SQLite in a temporary directory) its gateways and persisters share.
+/// The shipped users and permissions (`nats/config/auth.conf`): every test server runs with them,
+/// so every role in the tests works under exactly the privileges it ships with.
+pub fn shipped_auth_conf() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("nats/config/auth.conf")
+}
+
+/// `user:password@` of `role` in the shipped config.
+pub fn role_credentials(role: Role) -> String {
+    format!("{0}:{0}-dev-password@", role.user())
+}
+
+/// A JetStream-enabled nats-server on a free port with a throw-away store and the shipped users
+/// and permissions, and the history store (SQLite in a temporary directory) its gateways and
+/// persisters share.
 pub struct Nats {
     /// The server process (killed on drop).
     pub server: NatsServer,
-    /// `user:password@` of the service user when the server requires authentication.
-    credentials: String,
     /// The history store.
     pub history: Arc<dyn HistoryStore>,
     _dir: tempfile::TempDir,
@@ -28,22 +39,11 @@ pub struct Nats {
 impl Nats {
     /// Starts a server and provisions streams and buckets.
     pub async fn start() -> Self {
-        Self::start_with(ServerOptions::default(), String::new()).await
-    }
-
-    /// Starts a server with the shipped `nats/config/auth.conf` (users and permissions); the
-    /// fabric connects as its service user.
-    pub async fn start_with_auth() -> Self {
-        let conf = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("nats/config/auth.conf");
+        super::init_tracing();
         let opts = ServerOptions {
-            config_file: Some(conf),
+            config_file: Some(shipped_auth_conf()),
             ..ServerOptions::default()
         };
-        Self::start_with(opts, "chatfabric:chatfabric-dev-password@".into()).await
-    }
-
-    async fn start_with(opts: ServerOptions, credentials: String) -> Self {
-        super::init_tracing();
         let server = tokio::task::spawn_blocking(move || NatsServer::start(opts))
             .await
             .expect("spawn_blocking")
@@ -57,7 +57,6 @@ impl Nats {
         );
         let nats = Self {
             server,
-            credentials,
             history,
             _dir: dir,
         };
@@ -65,9 +64,9 @@ impl Nats {
         nats
     }
 
-    /// The client URL (with the service user's credentials when the server requires them).
-    pub fn url(&self) -> String {
-        self.url_as(&self.credentials)
+    /// The client URL of `role`, with its credentials.
+    pub fn url_for(&self, role: Role) -> String {
+        self.url_as(&role_credentials(role))
     }
 
     /// The client URL with `credentials` (`user:password@`, or empty).
@@ -75,21 +74,24 @@ impl Nats {
         format!("nats://{credentials}127.0.0.1:{}", self.server.port())
     }
 
-    /// A fresh connection with provisioned handles.
+    /// A fresh gateway connection with provisioned handles.
     pub async fn fabric(&self, name: &str) -> Fabric {
-        self.fabric_with(name, 8192).await.0
+        self.fabric_as(Role::Gateway, name, 8192).await.0
     }
 
-    /// A fresh connection whose subscriptions buffer `capacity` messages, plus its missed signal.
-    pub async fn fabric_with(
+    /// A fresh connection of `role` whose subscriptions buffer `capacity` messages, plus its
+    /// missed signal. `name` is appended to the role's connection name.
+    pub async fn fabric_as(
         &self,
+        role: Role,
         name: &str,
         capacity: usize,
     ) -> (Fabric, tokio::sync::watch::Receiver<u64>) {
         let (client, missed) = chatfabric_nats::connect(&ConnectOptions {
-            url: self.url(),
-            name: name.into(),
+            url: self.url_for(role),
+            name: format!("chatfabric-{}-{name}", role.user()),
             subscription_capacity: capacity,
+            role,
         })
         .await
         .expect("connect to nats");
@@ -102,6 +104,20 @@ impl Nats {
     /// Gateway test defaults: generous rate limits, this fixture's history store.
     pub fn config(&self) -> GatewayConfig {
         test_config(self.history.clone())
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        // A role that needs a permission it is not granted is a bug in the shipped config.
+        let refused = self.server.role_violations();
+        if !std::thread::panicking() {
+            assert!(
+                refused.is_empty(),
+                "nats-server refused a role:\n{}",
+                refused.join("\n")
+            );
+        }
     }
 }
 
@@ -129,10 +145,16 @@ pub async fn cluster_fabric(urls: &[String], first: usize) -> ClusterGatewayPart
     super::init_tracing();
     let mut ordered = urls.to_vec();
     ordered.rotate_left(first);
+    let url = chatfabric_nats::permissions::url_with_credentials(
+        &ordered.join(","),
+        Role::Gateway.user(),
+        &format!("{}-dev-password", Role::Gateway.user()),
+    );
     let (client, missed) = chatfabric_nats::connect(&ConnectOptions {
-        url: ordered.join(","),
-        name: "cluster-gateway".into(),
+        url,
+        name: "chatfabric-gateway-cluster".into(),
         subscription_capacity: 8192,
+        role: Role::Gateway,
     })
     .await
     .expect("connect to the cluster");
@@ -236,7 +258,7 @@ impl TestGateway {
 
     /// Starts a gateway with `config` and a NATS subscription capacity of `capacity` messages.
     pub async fn start_with(nats: &Nats, config: GatewayConfig, capacity: usize) -> Self {
-        let (fabric, missed) = nats.fabric_with("test-gateway", capacity).await;
+        let (fabric, missed) = nats.fabric_as(Role::Gateway, "test", capacity).await;
         Self::spawn(fabric, missed, config).await
     }
 
