@@ -150,4 +150,47 @@ mod tests {
             "ok"
         );
     }
+
+    mod properties {
+        use super::*;
+        use crate::permissions::is_reply_inbox_of;
+        use crate::subject::{ingress_subject, member_key, parse_direct, parse_member_key};
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Whatever a client sends as an id, an accepted one is exactly one subject token
+            /// that no wildcard or separator can widen.
+            #[test]
+            fn an_accepted_id_never_widens_a_subject(s in "\\PC{0,80}|[A-Za-z0-9_.*> -]{0,80}") {
+                if let Ok(id) = UserId::new(s.as_str()) {
+                    prop_assert!(!id.as_str().is_empty() && id.as_str().len() <= MAX_ID_LEN);
+                    prop_assert!(!id.as_str().contains(['.', '*', '>', ' ', '\t', '\r', '\n']));
+                    prop_assert!(id.as_str().is_ascii());
+                }
+                prop_assert_eq!(UserId::new(s.as_str()).is_ok(), ConvId::new(s.as_str()).is_ok());
+            }
+
+            /// Subjects and keys built from ids parse back to the same ids, and nothing else.
+            #[test]
+            fn subjects_round_trip(c in "[A-Za-z0-9_-]{1,64}", u in "[A-Za-z0-9_-]{1,64}") {
+                let (conv, user) = (ConvId::new(c).unwrap(), UserId::new(u).unwrap());
+                prop_assert_eq!(
+                    parse_direct(&ingress_subject(&conv, &user)),
+                    Some((conv.clone(), user.clone()))
+                );
+                prop_assert_eq!(parse_member_key(&member_key(&conv, &user)), Some((conv, user)));
+            }
+
+            /// A reply subject is accepted for a bot only under that bot's own inbox.
+            #[test]
+            fn replies_stay_in_the_requesters_inbox(bot in "[A-Za-z0-9_-]{1,64}", reply in "\\PC{0,80}") {
+                let bot = UserId::new(bot).unwrap();
+                if is_reply_inbox_of(&reply, &bot) {
+                    let own = format!("_INBOX.{bot}.");
+                    prop_assert!(reply.starts_with(&own));
+                    prop_assert!(!reply.split('.').any(|t| t == "*" || t == ">" || t.is_empty()));
+                }
+            }
+        }
+    }
 }
