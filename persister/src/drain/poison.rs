@@ -79,9 +79,11 @@ impl PoisonReason {
 
 /// A message the persister refuses, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Poison {
-    pub(crate) reason: PoisonReason,
-    pub(crate) detail: String,
+pub struct Poison {
+    /// Why the message cannot be stored.
+    pub reason: PoisonReason,
+    /// What the parser said, for the dead letter's headers.
+    pub detail: String,
 }
 
 impl Poison {
@@ -94,7 +96,7 @@ impl Poison {
 }
 
 /// Parses a stored message, checking everything the store relies on.
-pub(crate) fn parse(
+pub fn parse(
     subject: &str,
     payload: &[u8],
     max_bytes: usize,
