@@ -13,3 +13,4 @@ mod messaging;
 mod presence;
 mod slow;
 mod sse;
+mod topology;
