@@ -25,6 +25,8 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
+# nats-server and haproxy live in /usr/sbin, which a normal user's PATH may lack.
+PATH="$PATH:/usr/sbin:/sbin"
 cmd=${1:-}
 
 die() { echo "run.sh: $*" >&2; exit 1; }
