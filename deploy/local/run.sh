@@ -8,6 +8,7 @@
 #   deploy/local/run.sh stop DIR       # stops everything it started, waits, removes nothing
 #   deploy/local/run.sh kill NAME DIR  # SIGKILL one process (a crash): n1..n3, gateway-1, ...
 #   deploy/local/run.sh term NAME DIR  # SIGTERM one process (a clean stop, e.g. gateway drain)
+#   deploy/local/run.sh restart NAME DIR  # start a stopped or killed process again
 #
 # Needs nats-server, haproxy, prometheus and curl (apt-get install nats-server haproxy prometheus
 # curl) and a built chatfabric (cargo build --release).
@@ -58,12 +59,47 @@ wait_http() {
   die "$url not ready within ${secs}s (logs: $dir/logs)"
 }
 
-# Starts NAME as a background process logging to logs/NAME.log; its pid goes to pids/NAME.
+# Waits (60 s) for role NAME to answer URL with a body matching PATTERN. A role whose start-up
+# failed (provisioning can time out while a loaded cluster elects leaders) is started again, at
+# most twice, as compose's `restart: unless-stopped` would.
+wait_role() {
+  local name=$1 url=$2 pattern=$3 attempt i
+  for attempt in 1 2 3; do
+    for ((i = 0; i < 600; i++)); do
+      if body=$(curl -fsS --max-time 1 "$url" 2>/dev/null) && [[ "$body" =~ $pattern ]]; then
+        return 0
+      fi
+      running "$(cat "$dir/pids/$name")" || break
+      sleep 0.1
+    done
+    running "$(cat "$dir/pids/$name")" && break
+    echo "run.sh: $name exited during start-up (attempt $attempt; logs/$name.log); starting it again" >&2
+    relaunch "$name"
+  done
+  die "$name not ready at $url (logs: $dir/logs/$name.log)"
+}
+
+# Starts NAME as a background process logging to logs/NAME.log; its pid goes to pids/NAME. The
+# command and its settings are kept in cmd/NAME.sh, for `restart`.
 launch() {
-  local name=$1
+  local name=$1 var
   shift
-  "$@" >"$dir/logs/$name.log" 2>&1 </dev/null &
-  echo $! >"$dir/pids/$name"
+  mkdir -p "$dir/cmd"
+  {
+    for var in $(compgen -e); do
+      case "$var" in CHATFABRIC_* | LB_* | GATEWAY_*) printf 'export %s=%q\n' "$var" "${!var}" ;; esac
+    done
+    printf 'exec'
+    printf ' %q' "$@"
+    printf '\n'
+  } >"$dir/cmd/$name.sh"
+  relaunch "$name"
+}
+
+# Runs cmd/NAME.sh in the background, appending to its log.
+relaunch() {
+  bash "$dir/cmd/$1.sh" >>"$dir/logs/$1.log" 2>&1 </dev/null &
+  echo $! >"$dir/pids/$1"
 }
 
 # The URL list of the cluster with USER/PASSWORD from the named variables (none: no credentials).
@@ -141,14 +177,14 @@ EOF
   for i in 0 1; do
     CHATFABRIC_NATS_URL=$gw_urls CHATFABRIC_JWT_SECRET=$secret \
       launch "gateway-$((i + 1))" "$bin" gateway --listen "127.0.0.1:${gw[$i]}"
-    wait_http "http://127.0.0.1:${gw[$i]}/readyz" 60
+    wait_role "gateway-$((i + 1))" "http://127.0.0.1:${gw[$i]}/readyz" ready
   done
   # One persister at a time: two creating the dead-letter stream at once on a cluster can time
   # out, and a persister whose start-up fails exits. Draining once its per-stream lag shows.
   for i in 0 1; do
     CHATFABRIC_NATS_URL=$persister_urls \
       launch "persister-$((i + 1))" "$bin" persister --metrics-listen "127.0.0.1:${persister_metrics[$i]}"
-    wait_http "http://127.0.0.1:${persister_metrics[$i]}/metrics" 60 unstored_messages
+    wait_role "persister-$((i + 1))" "http://127.0.0.1:${persister_metrics[$i]}/metrics" unstored_messages
     CHATFABRIC_NATS_URL=$presence_urls \
       launch "presence-$((i + 1))" "$bin" presence --metrics-listen "127.0.0.1:${presence_metrics[$i]}"
   done
@@ -182,7 +218,7 @@ EOF
   wait_http "http://127.0.0.1:$lb/readyz" 30
   wait_http "http://127.0.0.1:$prom/-/ready" 30
   for i in 0 1; do
-    wait_http "http://127.0.0.1:${presence_metrics[$i]}/metrics" 30 chatfabric_presence
+    wait_role "presence-$((i + 1))" "http://127.0.0.1:${presence_metrics[$i]}/metrics" chatfabric_presence
   done
 
   if [ -n "${CHATFABRIC_STACK_TTL:-}" ]; then
@@ -277,5 +313,14 @@ case "$cmd" in
     dir=${3:?usage: run.sh $cmd NAME DIR}
     signal_one "$([ "$cmd" = kill ] && echo KILL || echo TERM)" "$name"
     ;;
-  *) die "usage: run.sh start | stop DIR | kill NAME DIR | term NAME DIR" ;;
+  restart)
+    name=${2:?usage: run.sh restart NAME DIR}
+    dir=${3:?usage: run.sh restart NAME DIR}
+    [ -f "$dir/cmd/$name.sh" ] || die "no process $name in $dir"
+    if [ -f "$dir/pids/$name" ] && running "$(cat "$dir/pids/$name")"; then
+      die "$name is running"
+    fi
+    relaunch "$name"
+    ;;
+  *) die "usage: run.sh start | stop DIR | kill NAME DIR | term NAME DIR | restart NAME DIR" ;;
 esac

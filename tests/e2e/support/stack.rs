@@ -48,12 +48,29 @@ impl Stack {
                 .collect(),
             dir,
         };
-        assert!(
-            out.status.success(),
-            "deploy/local/run.sh start failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if !out.status.success() {
+            let logs: String = ["n1", "n2", "n3", "gateway-1", "gateway-2", "persister-1"]
+                .iter()
+                .chain(&[
+                    "persister-2",
+                    "presence-1",
+                    "presence-2",
+                    "haproxy",
+                    "prometheus",
+                ])
+                .map(|name| {
+                    let log = stack.log(name);
+                    let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    format!("--- {name}\n{}\n", tail.join("\n"))
+                })
+                .collect();
+            panic!(
+                "deploy/local/run.sh start failed:\n{}{}\n{logs}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         stack
     }
 
@@ -76,13 +93,27 @@ impl Stack {
 
     /// Kills process `name` (`n1`, `gateway-1`, ...) with SIGKILL, as a crash would.
     pub fn kill(&self, name: &str) {
+        self.run("kill", name);
+    }
+
+    /// Stops process `name` with SIGTERM (a clean stop).
+    pub fn term(&self, name: &str) {
+        self.run("term", name);
+    }
+
+    /// Starts the stopped process `name` again, with its settings.
+    pub fn restart(&self, name: &str) {
+        self.run("restart", name);
+    }
+
+    fn run(&self, command: &str, name: &str) {
         let status = Command::new("bash")
             .arg(script())
-            .args(["kill", name])
+            .args([command, name])
             .arg(self.dir.path())
             .status()
-            .expect("run deploy/local/run.sh kill");
-        assert!(status.success(), "run.sh kill {name} failed");
+            .expect("run deploy/local/run.sh");
+        assert!(status.success(), "run.sh {command} {name} failed");
     }
 
     /// The log of process `name`, for failure messages.
