@@ -29,7 +29,7 @@ struct Sample {
 
 /// Parses `/proc/self/stat` (CPU times, fields 14 and 15) and `/proc/self/status` (`VmRSS`).
 fn parse(stat: &str, status: &str) -> Option<Sample> {
-    // The command name (field 2) may contain spaces and parentheses: count fields after the last ')'.
+    // The command name (field 2) may hold spaces and parentheses: count from after the last ')'.
     let after_comm = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
     // after_comm starts at field 3 (state); utime is field 14, stime field 15.

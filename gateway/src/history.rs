@@ -19,7 +19,6 @@ use prometheus_client::metrics::histogram::Histogram;
 use serde::Serialize;
 
 use crate::metrics::ObserveOnDrop;
-
 use crate::protocol::ErrorCode;
 
 /// Why a page could not be read.

@@ -41,7 +41,7 @@ impl Gateway {
             .spawn()
             .expect("spawn chatfabric gateway");
         let until = Instant::now() + Duration::from_secs(30);
-        while !http_get_ok(addr).await {
+        while !ready(addr).await {
             assert!(Instant::now() < until, "gateway not ready within 30 s");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -70,7 +70,7 @@ impl Drop for Gateway {
     }
 }
 
-async fn http_get_ok(addr: std::net::SocketAddr) -> bool {
+async fn ready(addr: std::net::SocketAddr) -> bool {
     tokio::net::TcpStream::connect(addr).await.is_ok()
         && http_get(addr, "/readyz").await == "ready\n"
 }
@@ -87,7 +87,7 @@ async fn json_logs_are_one_object_per_line_with_the_connection_span() {
     let nats = Nats::start().await;
     let gw = Gateway::start(&nats, &["--log-format", "json"]).await;
     connect_and_vanish(gw.addr).await;
-    // The gateway logs the failed read once it notices; poll its metrics until it counted the close.
+    // The gateway logs the failed read once it notices: poll until it counted the close.
     let until = Instant::now() + Duration::from_secs(10);
     while http_get(gw.addr, "/metrics")
         .await
