@@ -250,7 +250,7 @@ chatfabric stack is running (stop: $0 stop $dir)
   SSE          http://127.0.0.1:$lb/v1/events
   HAProxy      http://127.0.0.1:$lb_stats/stats   (metrics: /metrics)
   Prometheus   http://127.0.0.1:$prom
-  NATS         $(nats_urls NATS_GATEWAY_USER NATS_GATEWAY_PASSWORD)
+  NATS         $(nats_urls NO_USER NO_PASSWORD)
   gateways     http://127.0.0.1:${gw[0]}/metrics  http://127.0.0.1:${gw[1]}/metrics
   persisters   http://127.0.0.1:${persister_metrics[0]}/metrics  http://127.0.0.1:${persister_metrics[1]}/metrics
   presence     http://127.0.0.1:${presence_metrics[0]}/metrics  http://127.0.0.1:${presence_metrics[1]}/metrics
