@@ -32,16 +32,35 @@ cmd=${1:-}
 
 die() { echo "run.sh: $*" >&2; exit 1; }
 
-# A port nothing listens on (bash's /dev/tcp: a refused connect means free).
-used_ports=" "
-free_port() {
+# Ports come from a block of 50 below the kernel's ephemeral range (20000-31999), claimed with an
+# atomic mkdir so that stacks started at the same time never pick the same ports; `stop` frees it.
+# A block whose owner's directory is gone (a stack never stopped) is reclaimed.
+port_locks=${TMPDIR:-/tmp}
+claim_ports() {
+  local slot lock owner
+  for _ in $(seq 1 1000); do
+    slot=$((RANDOM % 240))
+    lock="$port_locks/chatfabric-ports.$slot"
+    if mkdir "$lock" 2>/dev/null; then
+      echo "$dir" >"$lock/owner"
+      echo "$lock" >"$dir/ports.lock"
+      next_port=$((20000 + slot * 50))
+      return
+    fi
+    owner=$(cat "$lock/owner" 2>/dev/null || true)
+    [ -n "$owner" ] && [ ! -d "$owner" ] && rm -rf "$lock"
+  done
+  die "no free block of ports"
+}
+
+# Sets variable $1 to the block's next port nothing listens on (/dev/tcp: refused means free).
+alloc() {
   local p
   while :; do
-    p=$(( (RANDOM << 15 | RANDOM) % 30000 + 20000 ))
-    case "$used_ports" in *" $p "*) continue ;; esac
+    p=$next_port
+    next_port=$((next_port + 1))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-      used_ports="$used_ports$p "
-      echo "$p"
+      printf -v "$1" %s "$p"
       return
     fi
   done
@@ -127,15 +146,15 @@ start() {
   partitions=${CHATFABRIC_PARTITIONS:-4}
   secret=${CHATFABRIC_JWT_SECRET:-chatfabric-dev-secret}
 
-  nats1=$(free_port) nats2=$(free_port) nats3=$(free_port)
-  local i names=(n1 n2 n3) clients routes monitors
+  claim_ports
+  local i names=(n1 n2 n3) clients routes monitors r1 r2 r3 m1 m2 m3 g1 g2 pm1 pm2 qm1 qm2
+  for v in nats1 nats2 nats3 r1 r2 r3 m1 m2 m3 g1 g2 pm1 pm2 qm1 qm2 lb lb_stats prom; do alloc "$v"; done
   clients=("$nats1" "$nats2" "$nats3")
-  routes=("$(free_port)" "$(free_port)" "$(free_port)")
-  monitors=("$(free_port)" "$(free_port)" "$(free_port)")
-  gw=("$(free_port)" "$(free_port)")
-  persister_metrics=("$(free_port)" "$(free_port)")
-  presence_metrics=("$(free_port)" "$(free_port)")
-  lb=$(free_port) lb_stats=$(free_port) prom=$(free_port)
+  routes=("$r1" "$r2" "$r3")
+  monitors=("$m1" "$m2" "$m3")
+  gw=("$g1" "$g2")
+  persister_metrics=("$pm1" "$pm2")
+  presence_metrics=("$qm1" "$qm2")
 
   # NATS: the cluster configs of nats/config/cluster-*.conf, on loopback ports.
   local auth=""
@@ -191,7 +210,10 @@ EOF
 
   # HAProxy: the same haproxy.cfg as docker-compose, addresses from the environment.
   # Two fds per client connection (client side, gateway side), within this shell's limit.
-  LB_MAXCONN=$(( $(ulimit -n) / 2 - 100 )) LB_BIND="127.0.0.1:$lb" LB_STATS_BIND="127.0.0.1:$lb_stats" \
+  local fds
+  fds=$(ulimit -n)
+  [ "$fds" = unlimited ] && fds=1048576
+  LB_MAXCONN=$((fds / 2 - 100)) LB_BIND="127.0.0.1:$lb" LB_STATS_BIND="127.0.0.1:$lb_stats" \
     GATEWAY_1="127.0.0.1:${gw[0]}" GATEWAY_2="127.0.0.1:${gw[1]}" \
     launch haproxy haproxy -db -f "$root/deploy/haproxy/haproxy.cfg"
 
@@ -299,6 +321,10 @@ stop() {
       rm -f "$f"
     done
   done
+  if [ -f "$dir/ports.lock" ]; then
+    rm -rf "$(cat "$dir/ports.lock")"
+    rm -f "$dir/ports.lock"
+  fi
   echo "chatfabric stack in $dir stopped"
 }
 
