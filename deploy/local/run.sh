@@ -5,7 +5,7 @@
 # scraping every role and the load balancer.
 #
 #   deploy/local/run.sh start          # prints the URLs and the stack's directory
-#   deploy/local/run.sh stop DIR       # stops everything it started, waits, removes nothing
+#   deploy/local/run.sh stop DIR       # stops everything it started and waits (DIR stays)
 #   deploy/local/run.sh kill NAME DIR  # SIGKILL one process (a crash): n1..n3, gateway-1, ...
 #   deploy/local/run.sh term NAME DIR  # SIGTERM one process (a clean stop, e.g. gateway drain)
 #   deploy/local/run.sh restart NAME DIR  # start a stopped or killed process again
