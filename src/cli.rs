@@ -26,8 +26,21 @@ pub(crate) struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `chatfabric_gateway=debug`.
     #[arg(long, env = "CHATFABRIC_LOG", default_value = "info", global = true)]
     pub(crate) log: String,
+    /// Log format: `pretty` for people, `json` for log pipelines (one object per line, with the
+    /// fields of the enclosing spans: connection, user, conversation).
+    #[arg(long, env = "CHATFABRIC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
+    pub(crate) log_format: LogFormat,
     #[command(subcommand)]
     pub(crate) command: Command,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -286,7 +299,8 @@ pub(crate) async fn run_gateway(
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    let registry = prometheus_client::registry::Registry::default();
+    let mut registry = prometheus_client::registry::Registry::default();
+    crate::process::register(&mut registry);
     chatfabric_gateway::run(listener, fabric, config, missed, registry, shutdown).await?;
     Ok(())
 }
@@ -309,6 +323,7 @@ pub(crate) async fn run_persister(
     let (fabric, _missed) = nats.connect(Role::Persister).await?;
     let config = args.drain_config();
     let mut registry = prometheus_client::registry::Registry::default();
+    crate::process::register(&mut registry);
     config.metrics.register(&mut registry);
     if let Some(addr) = metrics_listen {
         crate::metrics::serve(addr, registry, shutdown.clone()).await?;
@@ -327,6 +342,7 @@ pub(crate) async fn run_presence(
     let (fabric, _missed) = nats.connect(Role::Presence).await?;
     let config = args.config();
     let mut registry = prometheus_client::registry::Registry::default();
+    crate::process::register(&mut registry);
     config.metrics.register(&mut registry);
     if let Some(addr) = metrics_listen {
         crate::metrics::serve(addr, registry, shutdown.clone()).await?;

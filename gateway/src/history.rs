@@ -15,8 +15,10 @@ use async_nats::jetstream::stream::DirectGetErrorKind;
 use chatfabric_nats::wire::StoredMessage;
 use chatfabric_nats::{ConvId, Fabric};
 use chatfabric_persister::{HistoryStore, PageQuery, StoredRecord, MAX_PAGE_LIMIT};
+use prometheus_client::metrics::histogram::Histogram;
 use serde::Serialize;
 
+use crate::metrics::ObserveOnDrop;
 use crate::protocol::ErrorCode;
 
 /// Why a page could not be read.
@@ -88,6 +90,7 @@ pub struct History {
     store: Arc<dyn HistoryStore>,
     fabric: Fabric,
     cache: moka::future::Cache<PageKey, Page>,
+    latency: Option<Histogram>,
 }
 
 impl History {
@@ -99,7 +102,14 @@ impl History {
             cache: moka::future::Cache::builder()
                 .max_capacity(cache_pages)
                 .build(),
+            latency: None,
         }
+    }
+
+    /// Records how long each page takes in `latency`.
+    pub fn with_latency(mut self, latency: Histogram) -> Self {
+        self.latency = Some(latency);
+        self
     }
 
     /// Messages of `conv` with `after < seq < before`, newest first, at most `limit`. With only
@@ -113,6 +123,7 @@ impl History {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Page, HistoryError> {
+        let _timer = self.latency.as_ref().map(ObserveOnDrop::start);
         if limit == 0 {
             return Err(HistoryError::Invalid("limit must be at least 1"));
         }

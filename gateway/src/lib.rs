@@ -244,7 +244,8 @@ pub async fn run(
             }
         });
     }
-    let history = history::History::new(config.history, fabric.clone(), config.history_cache);
+    let history = history::History::new(config.history, fabric.clone(), config.history_cache)
+        .with_latency(metrics.history_latency.clone());
     // Not tracked: the heartbeat outlives the connections' drain and is awaited last, so its
     // clean-stop delete comes after the accept loop stopped.
     let (devices, heartbeat) =

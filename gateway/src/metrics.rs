@@ -52,6 +52,8 @@ pub struct Metrics {
     pub ingest_rejected: Family<Kind, Counter>,
     /// Time from publish to PubAck, seconds.
     pub publish_latency: Histogram,
+    /// Time to answer one history page (cache, store and JetStream), seconds.
+    pub history_latency: Histogram,
     /// Ephemeral frames (presence, typing, read) handed to connections.
     pub ephemeral_deliveries: Counter,
     /// Ephemeral frames dropped because a connection's queue was full (the connection stays).
@@ -86,6 +88,7 @@ impl Metrics {
             ingest_accepted: Counter::default(),
             ingest_rejected: Family::default(),
             publish_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            history_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             ephemeral_deliveries: Counter::default(),
             ephemeral_dropped: Counter::default(),
             ephemeral_invalid: Counter::default(),
@@ -163,6 +166,11 @@ impl Metrics {
             m.publish_latency.clone(),
         );
         r.register(
+            "history_page_seconds",
+            "Time to answer one history page",
+            m.history_latency.clone(),
+        );
+        r.register(
             "ephemeral_deliveries",
             "Presence, typing and read frames handed to connections",
             m.ephemeral_deliveries.clone(),
@@ -192,8 +200,16 @@ impl Metrics {
             "Times this gateway was declared dead while alive and re-asserted its users",
             m.presence_reasserts.clone(),
         );
+        // Reasons a dashboard charts exist from the start, so a rate over them reads 0, not
+        // "no data", until the first close.
+        for reason in Self::CHARTED_CLOSES {
+            let _ = m.closes.get_or_create(&Kind { kind: reason });
+        }
         m
     }
+
+    /// Close reasons exported (as 0) before they first happen.
+    pub const CHARTED_CLOSES: [&'static str; 3] = ["slow_consumer", "flood", "capacity"];
 
     /// Counts an outbound frame of `kind`.
     pub fn frame_out(&self, kind: &'static str) {
@@ -208,5 +224,28 @@ impl Metrics {
     /// Counts a close for `reason`.
     pub fn close(&self, reason: &'static str) {
         self.closes.get_or_create(&Kind { kind: reason }).inc();
+    }
+}
+
+/// Observes the time from [`ObserveOnDrop::start`] to its drop in a histogram, in seconds, on
+/// every return path.
+pub struct ObserveOnDrop<'a> {
+    histogram: &'a Histogram,
+    started: std::time::Instant,
+}
+
+impl<'a> ObserveOnDrop<'a> {
+    /// Starts timing into `histogram`.
+    pub fn start(histogram: &'a Histogram) -> Self {
+        Self {
+            histogram,
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Drop for ObserveOnDrop<'_> {
+    fn drop(&mut self) {
+        self.histogram.observe(self.started.elapsed().as_secs_f64());
     }
 }

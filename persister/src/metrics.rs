@@ -7,6 +7,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::drain::poison::PoisonReason;
+
 /// Labels of per-partition series.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PartitionLabel {
@@ -28,6 +30,9 @@ pub struct DeadLetterLabel {
 pub struct Metrics {
     /// Messages in the stream not yet delivered to any persister (the consumer's `num_pending`).
     pub lag: Family<PartitionLabel, Gauge>,
+    /// Messages in the stream not yet stored in history: undelivered plus delivered but not yet
+    /// acked (`num_pending + num_ack_pending`; the persister acks after the store committed).
+    pub unstored: Family<PartitionLabel, Gauge>,
     /// The watermark last stored per partition.
     pub watermark: Family<PartitionLabel, Gauge>,
     /// Messages per fetched batch.
@@ -51,6 +56,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Self {
             lag: Family::default(),
+            unstored: Family::default(),
             watermark: Family::default(),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             write_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
@@ -71,6 +77,11 @@ impl Metrics {
             "lag_messages",
             "Messages not yet delivered to a persister (consumer num_pending)",
             self.lag.clone(),
+        );
+        r.register(
+            "unstored_messages",
+            "Messages in the stream not yet stored in history (num_pending + num_ack_pending)",
+            self.unstored.clone(),
         );
         r.register(
             "watermark_sequence",
@@ -112,5 +123,28 @@ impl Metrics {
             "Acks that could not be sent (the message is redelivered)",
             self.ack_failures.clone(),
         );
+    }
+
+    /// Creates `partition`'s series at 0, so dashboards read 0 rather than "no data" before the
+    /// first message, write error or dead letter.
+    pub fn init_partition(&self, partition: u16) {
+        let label = PartitionLabel { partition };
+        for family in [&self.lag, &self.unstored, &self.watermark] {
+            let _ = family.get_or_create(&label);
+        }
+        for family in [
+            &self.stored,
+            &self.write_errors,
+            &self.redeliveries,
+            &self.ack_failures,
+        ] {
+            let _ = family.get_or_create(&label);
+        }
+        for reason in PoisonReason::ALL {
+            let _ = self.dead_letters.get_or_create(&DeadLetterLabel {
+                partition,
+                reason: reason.as_str(),
+            });
+        }
     }
 }

@@ -108,6 +108,10 @@ pub struct PresenceMetrics {
 impl PresenceMetrics {
     /// Registers the metrics under the `chatfabric_presence` prefix.
     pub fn register(&self, registry: &mut Registry) {
+        // Both kinds exist from the start, so a dashboard's rate reads 0 rather than "no data".
+        for kind in ["online", "offline"] {
+            let _ = self.transitions.get_or_create(&Transition { kind });
+        }
         let r = registry.sub_registry_with_prefix("chatfabric_presence");
         r.register(
             "transitions",

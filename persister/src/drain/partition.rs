@@ -71,6 +71,7 @@ impl PartitionDrain {
 
     /// Runs until shutdown; never returns early on store or NATS errors, it retries them.
     pub(super) async fn run(mut self) {
+        self.config.metrics.init_partition(self.part);
         match self.store.watermark(self.part).await {
             Ok(seq) => {
                 self.mark.stored = seq;
@@ -283,11 +284,16 @@ impl PartitionDrain {
         let label = self.label();
         match self.consumer.info().await {
             Ok(info) => {
-                self.config
-                    .metrics
+                let metrics = &self.config.metrics;
+                metrics
                     .lag
                     .get_or_create(&label)
                     .set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
+                let unstored = info.num_pending.saturating_add(info.num_ack_pending as u64);
+                metrics
+                    .unstored
+                    .get_or_create(&label)
+                    .set(i64::try_from(unstored).unwrap_or(i64::MAX));
                 let floor = info.ack_floor.stream_sequence;
                 if floor > self.mark.stored {
                     self.mark.pending = Some(self.mark.pending.unwrap_or(0).max(floor));

@@ -65,6 +65,15 @@ pub enum PoisonReason {
 }
 
 impl PoisonReason {
+    /// Every reason.
+    pub const ALL: [Self; 5] = [
+        Self::Oversized,
+        Self::InvalidJson,
+        Self::InvalidSchema,
+        Self::ConvMismatch,
+        Self::BadSubject,
+    ];
+
     /// The value of the [`DEAD_REASON_HEADER`] header and of the metric label.
     pub fn as_str(self) -> &'static str {
         match self {

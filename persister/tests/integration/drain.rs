@@ -250,3 +250,42 @@ async fn failed_writes_are_retried_and_nothing_is_lost() {
     assert!(drain.metrics.redeliveries.get_or_create(&label).get() > 0);
     drain.stop().await;
 }
+
+/// Polls `unstored_messages{partition="0"}` as `/metrics` shows it until it equals `want`.
+async fn await_unstored(metrics: &chatfabric_persister::metrics::Metrics, want: i64) {
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let series = format!("chatfabric_persister_unstored_messages{{partition=\"0\"}} {want}\n");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        if text.contains(&series) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no `{}` within 10 s in:\n{text}",
+            series.trim()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn unstored_counts_what_the_store_has_not_committed() {
+    let nats = NatsFixture::start().await;
+    let db = SqliteFixture::open().await;
+    // Every write fails until the store is let through: delivered but unacked messages count.
+    let flaky = Arc::new(FlakyStore {
+        inner: db.store.clone(),
+        failures: AtomicUsize::new(usize::MAX),
+    });
+    let last = publish_many(&nats, 0, 100).await;
+    let drain = RunningDrain::spawn(nats.fabric.clone(), flaky.clone(), config(64));
+    await_unstored(&drain.metrics, 100).await;
+    flaky.failures.store(0, Ordering::SeqCst);
+    nats.await_watermark(0, last).await;
+    await_unstored(&drain.metrics, 0).await;
+    drain.stop().await;
+}

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod fabric;
 pub mod sse;
+pub mod stack;
 
 pub use client::Client;
 pub use fabric::{Nats, TestGateway};
