@@ -439,7 +439,7 @@ var SendQueue = class {
       };
     });
     this.pending.set(clientId, send);
-    return { send, acked };
+    return { send, acked: Object.assign(acked, { clientId }) };
   }
   /** The send with this client id, if still unacknowledged. */
   get(clientId) {
@@ -617,7 +617,8 @@ var Client = class extends Emitter {
   }
   /**
    * Sends a message. Resolves with the ack once it is durably stored. The SDK picks the
-   * `client_id` and retries with it across reconnects and `unavailable`, so it is stored once.
+   * `client_id` (`.clientId` of the returned promise; your own message arrives with it) and
+   * retries with it across reconnects and `unavailable`, so it is stored once.
    */
   send(conv, body) {
     if (this.closed) return Promise.reject(new ClosedError());
@@ -880,9 +881,11 @@ var EventsClient = class extends Emitter {
           `${this.baseUrl}/v1/conversations/${encodeURIComponent(conv)}/messages?${query}`,
           { headers: { authorization: `Bearer ${await this.token()}` } }
         );
-        const body = await res.json();
-        if (!res.ok) throw errorFromFrame({ code: body.code ?? "unavailable", message: body.message });
-        return body.messages ?? [];
+        const body = await res.json().catch(() => void 0);
+        if (!res.ok || !Array.isArray(body?.messages)) {
+          throw errorFromFrame({ code: body?.code ?? "unavailable", message: body?.message ?? `HTTP ${res.status}` });
+        }
+        return body.messages;
       },
       options
     );

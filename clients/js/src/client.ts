@@ -14,7 +14,7 @@ import {
 } from "./errors.js";
 import { walkHistory, type HistoryOptions } from "./history.js";
 import type { ConversationInfo, Message, MsgFrame, ServerFrame } from "./protocol.js";
-import { SendQueue, type Ack } from "./sends.js";
+import { SendQueue, type SendPromise } from "./sends.js";
 import { TypingThrottle, Typers } from "./typing.js";
 
 /** Options of {@link connect}. */
@@ -154,9 +154,10 @@ export class Client extends Emitter<ClientEvents> {
 
   /**
    * Sends a message. Resolves with the ack once it is durably stored. The SDK picks the
-   * `client_id` and retries with it across reconnects and `unavailable`, so it is stored once.
+   * `client_id` (`.clientId` of the returned promise; your own message arrives with it) and
+   * retries with it across reconnects and `unavailable`, so it is stored once.
    */
-  send(conv: string, body: string): Promise<Ack> {
+  send(conv: string, body: string): SendPromise {
     if (this.closed) return Promise.reject(new ClosedError());
     const { send, acked } = this.sends.add(conv, body);
     if (send) {

@@ -90,9 +90,13 @@ export class EventsClient extends Emitter<EventsClientEvents> {
           `${this.baseUrl}/v1/conversations/${encodeURIComponent(conv)}/messages?${query}`,
           { headers: { authorization: `Bearer ${await this.token()}` } },
         );
-        const body = (await res.json()) as { messages?: Omit<Message, "conv">[]; code?: string; message?: string };
-        if (!res.ok) throw errorFromFrame({ code: body.code ?? "unavailable", message: body.message });
-        return body.messages ?? [];
+        const body = (await res.json().catch(() => undefined)) as
+          | { messages?: Omit<Message, "conv">[]; code?: string; message?: string }
+          | undefined;
+        if (!res.ok || !Array.isArray(body?.messages)) {
+          throw errorFromFrame({ code: body?.code ?? "unavailable", message: body?.message ?? `HTTP ${res.status}` });
+        }
+        return body.messages;
       },
       options,
     );

@@ -16,7 +16,7 @@ import { EventsClient, type EventsOptions } from "./events.js";
 
 export * from "./errors.js";
 export * from "./protocol.js";
-export type { Ack } from "./sends.js";
+export type { Ack, SendPromise } from "./sends.js";
 export type { BackoffOptions } from "./backoff.js";
 export type { HistoryOptions } from "./history.js";
 export type {

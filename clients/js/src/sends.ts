@@ -16,6 +16,12 @@ export interface Ack {
   duplicate: boolean;
 }
 
+/** What `send` returns: the promise of the ack, carrying the `client_id` the SDK chose. */
+export type SendPromise = Promise<Ack> & {
+  /** The idempotency key of this send (absent when it was refused at once). */
+  readonly clientId?: string;
+};
+
 /** A send waiting for its ack. */
 export interface PendingSend {
   conv: string;
@@ -48,7 +54,7 @@ export class SendQueue {
    * Registers a new send; the promise settles once, with the ack or an error
    * ({@link SendQueueFullError} at once when `limit` sends are waiting).
    */
-  add(conv: string, body: string): { send?: PendingSend; acked: Promise<Ack> } {
+  add(conv: string, body: string): { send?: PendingSend; acked: SendPromise } {
     if (this.pending.size >= this.limit) {
       return { acked: Promise.reject(new SendQueueFullError(this.limit)) };
     }
@@ -66,7 +72,7 @@ export class SendQueue {
       };
     });
     this.pending.set(clientId, send);
-    return { send, acked };
+    return { send, acked: Object.assign(acked, { clientId }) };
   }
 
   /** The send with this client id, if still unacknowledged. */
