@@ -42,8 +42,11 @@ export interface Presence {
 
 /** A read receipt: `user` has read `conv` up to and including `seq`. */
 export interface ReadReceipt {
+  /** The conversation. */
   conv: string;
+  /** Who read. */
   user: string;
+  /** Their read cursor: everything up to and including this `seq` is read. */
   seq: number;
 }
 

@@ -52,7 +52,9 @@ export interface ConnectionOptions extends TokenSource {
 
 /** The connection's state, as the application sees it. */
 export type ConnectionState =
+  /** Opening a socket; `attempt` counts since the last success. */
   | { state: "connecting"; attempt: number }
+  /** Authenticated as `user` on the gateway's connection `conn`. */
   | { state: "connected"; user: string; conn: number }
   | {
       state: "disconnected";
