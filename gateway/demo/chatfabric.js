@@ -458,9 +458,9 @@ var SendQueue = class {
   fail(clientId, error) {
     this.take(clientId)?.reject(error);
   }
-  /** Fails every send (the client closed). */
-  close() {
-    for (const id of [...this.pending.keys()]) this.fail(id, new ClosedError());
+  /** Fails every send (the client closed, or can never connect again). */
+  failAll(error = new ClosedError()) {
+    for (const id of [...this.pending.keys()]) this.fail(id, error);
   }
   take(clientId) {
     const send = this.pending.get(clientId);
@@ -591,7 +591,12 @@ var Client = class extends Emitter {
     this.connection = new Connection(url, options, {
       ready: (user) => this.onReady(user),
       frame: (frame) => this.onFrame(frame),
-      state: (state) => this.emit("state", state),
+      state: (state) => {
+        if (state.state === "disconnected" && !state.willRetry && !this.closed) {
+          this.sends.failAll(new UnauthenticatedError("unauthenticated", state.reason));
+        }
+        this.emit("state", state);
+      },
       lost: () => {
         for (const sub of this.subs.values()) sub.starting = false;
       }
@@ -714,7 +719,7 @@ var Client = class extends Emitter {
     if (this.closed) return;
     this.closed = true;
     this.connection.close();
-    this.sends.close();
+    this.sends.failAll();
     this.typers.clear();
   }
   onReady(user) {

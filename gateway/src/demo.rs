@@ -56,7 +56,10 @@ fn asset(path: &str) -> Option<Asset> {
             "text/javascript; charset=utf-8",
             include_bytes!("../demo/chatfabric.js"),
         ),
-        "/style.css" => ("text/css; charset=utf-8", include_bytes!("../demo/style.css")),
+        "/style.css" => (
+            "text/css; charset=utf-8",
+            include_bytes!("../demo/style.css"),
+        ),
         _ => return None,
     };
     Some(Asset {
@@ -110,7 +113,10 @@ struct TokenRequest {
 
 /// `POST /dev/token`: `{"user":"alice"}` -> `{"token":"...","user":"alice","expires_in":43200}`.
 async fn mint(secret: &[u8], req: Request<Incoming>) -> Result<Response<Body>, http::Error> {
-    let raw = match Limited::new(req.into_body(), MAX_TOKEN_REQUEST).collect().await {
+    let raw = match Limited::new(req.into_body(), MAX_TOKEN_REQUEST)
+        .collect()
+        .await
+    {
         Ok(b) => b.to_bytes(),
         Err(_) => return json_error(ErrorCode::TooLarge, "request body too large"),
     };

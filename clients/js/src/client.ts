@@ -10,6 +10,7 @@ import {
   ClosedError,
   CursorExpiredError,
   DisconnectedError,
+  UnauthenticatedError,
   errorFromFrame,
 } from "./errors.js";
 import { walkHistory, type HistoryOptions } from "./history.js";
@@ -128,7 +129,13 @@ export class Client extends Emitter<ClientEvents> {
     this.connection = new Connection(url, options, {
       ready: (user) => this.onReady(user),
       frame: (frame) => this.onFrame(frame),
-      state: (state) => this.emit("state", state),
+      state: (state) => {
+        // A refused fixed token: nothing will ever be sent again.
+        if (state.state === "disconnected" && !state.willRetry && !this.closed) {
+          this.sends.failAll(new UnauthenticatedError("unauthenticated", state.reason));
+        }
+        this.emit("state", state);
+      },
       lost: () => {
         for (const sub of this.subs.values()) sub.starting = false;
       },
@@ -269,7 +276,7 @@ export class Client extends Emitter<ClientEvents> {
     if (this.closed) return;
     this.closed = true;
     this.connection.close();
-    this.sends.close();
+    this.sends.failAll();
     this.typers.clear();
   }
 

@@ -96,9 +96,9 @@ export class SendQueue {
     this.take(clientId)?.reject(error);
   }
 
-  /** Fails every send (the client closed). */
-  close(): void {
-    for (const id of [...this.pending.keys()]) this.fail(id, new ClosedError());
+  /** Fails every send (the client closed, or can never connect again). */
+  failAll(error: ChatfabricError = new ClosedError()): void {
+    for (const id of [...this.pending.keys()]) this.fail(id, error);
   }
 
   private take(clientId: string): PendingSend | undefined {
