@@ -107,6 +107,8 @@ function onState(s) {
 
 // ---- conversations ------------------------------------------------------------------------------
 
+// The protocol has no "you were added to a conversation" event: the list is polled while
+// connected (every 3 s) and refreshed on every (re)connect.
 async function refreshConvs() {
   let list;
   try {
@@ -294,7 +296,9 @@ async function loadOlder(entry) {
       entry.messages.set(value.seq, value);
     }
   } catch {
-    entry.older = client.history(entry.info.conv, { before: Math.min(...entry.messages.keys()), pageSize: PAGE });
+    // The walk failed (e.g. timed out while offline): start a new one below what we have.
+    const before = entry.messages.size ? Math.min(...entry.messages.keys()) : undefined;
+    entry.older = client.history(entry.info.conv, { before, pageSize: PAGE });
   } finally {
     entry.loading = false;
   }

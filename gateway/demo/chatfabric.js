@@ -506,21 +506,18 @@ var Typers = class {
   }
   changed;
   byConv = /* @__PURE__ */ new Map();
-  /** A typing event arrived. */
+  /** A typing event arrived. A repeated `start` only renews the expiry. */
   event(conv, user, state, expiresIn) {
-    let users = this.byConv.get(conv);
-    const timer = users?.get(user);
-    if (timer !== void 0) clearTimeout(timer);
+    const users = this.byConv.get(conv) ?? /* @__PURE__ */ new Map();
+    const was = users.has(user);
+    clearTimeout(users.get(user));
     if (state === "start") {
-      if (!users) this.byConv.set(conv, users = /* @__PURE__ */ new Map());
-      users.set(
-        user,
-        setTimeout(() => this.event(conv, user, "stop"), expiresIn ?? DEFAULT_EXPIRY_MS)
-      );
-    } else if (users) {
-      if (!users.delete(user) && timer === void 0) return;
+      users.set(user, setTimeout(() => this.event(conv, user, "stop"), expiresIn ?? DEFAULT_EXPIRY_MS));
+      this.byConv.set(conv, users);
+      if (was) return;
     } else {
-      return;
+      if (!was) return;
+      users.delete(user);
     }
     this.changed(conv, this.users(conv));
   }

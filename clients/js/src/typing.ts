@@ -44,21 +44,18 @@ export class Typers {
   private byConv = new Map<string, Map<string, ReturnType<typeof setTimeout>>>();
   constructor(private readonly changed: (conv: string, users: string[]) => void) {}
 
-  /** A typing event arrived. */
+  /** A typing event arrived. A repeated `start` only renews the expiry. */
   event(conv: string, user: string, state: "start" | "stop", expiresIn?: number): void {
-    let users = this.byConv.get(conv);
-    const timer = users?.get(user);
-    if (timer !== undefined) clearTimeout(timer);
+    const users = this.byConv.get(conv) ?? new Map<string, ReturnType<typeof setTimeout>>();
+    const was = users.has(user);
+    clearTimeout(users.get(user));
     if (state === "start") {
-      if (!users) this.byConv.set(conv, (users = new Map()));
-      users.set(
-        user,
-        setTimeout(() => this.event(conv, user, "stop"), expiresIn ?? DEFAULT_EXPIRY_MS),
-      );
-    } else if (users) {
-      if (!users.delete(user) && timer === undefined) return;
+      users.set(user, setTimeout(() => this.event(conv, user, "stop"), expiresIn ?? DEFAULT_EXPIRY_MS));
+      this.byConv.set(conv, users);
+      if (was) return;
     } else {
-      return;
+      if (!was) return;
+      users.delete(user);
     }
     this.changed(conv, this.users(conv));
   }
