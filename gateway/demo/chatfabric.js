@@ -652,11 +652,15 @@ var Client = class extends Emitter {
   }
   /** Creates (or finds) the direct conversation with `user`. */
   createDirect(user) {
-    return this.connection.request({ op: "create", kind: "direct", with: user }, true);
+    return this.create({ kind: "direct", with: user }, true);
   }
   /** Creates a group with you and `members`. Not repeated after a disconnect (it would create two). */
   createGroup(members, title) {
-    return this.connection.request({ op: "create", kind: "group", members, title }, false);
+    return this.create({ kind: "group", members, title }, false);
+  }
+  async create(fields, repeatable) {
+    const r = await this.connection.request({ op: "create", ...fields }, repeatable);
+    return { conversation: r.conversation, members: r.members };
   }
   /** A conversation's members. */
   async members(conv) {

@@ -200,12 +200,20 @@ export class Client extends Emitter<ClientEvents> {
 
   /** Creates (or finds) the direct conversation with `user`. */
   createDirect(user: string): Promise<{ conversation: ConversationInfo; members: string[] }> {
-    return this.connection.request({ op: "create", kind: "direct", with: user }, true) as Promise<never>;
+    return this.create({ kind: "direct", with: user }, true);
   }
 
   /** Creates a group with you and `members`. Not repeated after a disconnect (it would create two). */
   createGroup(members: string[], title?: string): Promise<{ conversation: ConversationInfo; members: string[] }> {
-    return this.connection.request({ op: "create", kind: "group", members, title }, false) as Promise<never>;
+    return this.create({ kind: "group", members, title }, false);
+  }
+
+  private async create(
+    fields: Record<string, unknown>,
+    repeatable: boolean,
+  ): Promise<{ conversation: ConversationInfo; members: string[] }> {
+    const r = await this.connection.request<Extract<ServerFrame, { op: "conversation" }>>({ op: "create", ...fields }, repeatable);
+    return { conversation: r.conversation, members: r.members };
   }
 
   /** A conversation's members. */
