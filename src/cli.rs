@@ -231,6 +231,13 @@ pub(crate) struct GatewayArgs {
     /// presence service's --gateway-timeout-ms).
     #[arg(long, env = "CHATFABRIC_PRESENCE_HEARTBEAT_MS", default_value_t = 2000)]
     pub(crate) presence_heartbeat_ms: u64,
+    /// Serve the demo chat page at `/` (it asks for a token; `chatfabric dev` also mints them).
+    #[arg(long, env = "CHATFABRIC_DEMO_PAGE")]
+    pub(crate) demo_page: bool,
+    /// The secret `POST /dev/token` signs with: set by `chatfabric dev` only, never by a flag,
+    /// so a gateway with real authentication has no such endpoint.
+    #[arg(skip)]
+    pub(crate) dev_tokens: Option<String>,
     /// The history store the persister writes (the gateway reads pages from it).
     #[command(flatten)]
     pub(crate) store: StoreArgs,
@@ -274,6 +281,10 @@ impl GatewayArgs {
             presence: chatfabric_gateway::presence::PresenceConfig {
                 heartbeat: Duration::from_millis(self.presence_heartbeat_ms),
                 ..Default::default()
+            },
+            demo: chatfabric_gateway::demo::DemoConfig {
+                page: self.demo_page,
+                dev_tokens: self.dev_tokens.as_ref().map(|s| s.as_bytes().to_vec()),
             },
         })
     }
@@ -409,4 +420,7 @@ pub(crate) struct DevArgs {
     /// other) admitted next to the fabric's own role users.
     #[arg(long, env = "CHATFABRIC_NATS_USERS")]
     pub(crate) nats_users: Option<PathBuf>,
+    /// Do not serve the demo chat page at `/` nor its token endpoint `POST /dev/token`.
+    #[arg(long, env = "CHATFABRIC_NO_DEMO")]
+    pub(crate) no_demo: bool,
 }

@@ -68,6 +68,10 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut gateway = GatewayArgs::parse_from(["dev"]);
     gateway.listen = args.listen;
     gateway.jwt_secret = Some(args.jwt_secret.clone());
+    if !args.no_demo {
+        gateway.demo_page = true;
+        gateway.dev_tokens = Some(args.jwt_secret.clone());
+    }
     let history = args.data.join("history.db");
     let mut persister = PersisterDefaults::parse_from(["dev"]).args;
     persister.store.sqlite_path = history.clone();
@@ -81,6 +85,9 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         server.store_dir().display(),
         args.data.join("nats-auth.conf").display()
     );
+    if !args.no_demo {
+        println!("  demo page   http://{listen}/  (open it in two windows, one name each)");
+    }
     println!("  WebSocket   ws://{listen}/ws");
     println!("  metrics     http://{listen}/metrics");
     println!("  history     {} (SQLite)", history.display());

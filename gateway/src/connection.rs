@@ -329,7 +329,8 @@ impl Session {
                     .frames_in
                     .get_or_create(&crate::metrics::Kind { kind: "invalid" })
                     .inc();
-                return self.error(e.code(), e.to_string(), None);
+                let reference = protocol::raw_reference(text);
+                return self.error(e.code(), e.to_string(), reference.as_deref());
             }
         };
         let reference = protocol::reference_of(&frame).map(str::to_owned);

@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::protocol::ErrorCode;
-use crate::{api, connection, sse, State};
+use crate::{api, connection, demo, sse, State};
 
 /// Every response body: a full buffer, or a stream (server-sent events).
 pub(crate) type Body = BoxBody<Bytes, Infallible>;
@@ -104,6 +104,7 @@ async fn route(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bod
         (&Method::POST, path) if path.starts_with("/v1/conversations/") => {
             api::send(req, &state).await
         }
+        _ if demo::handles(&state.demo, &req) => demo::serve(&state.demo, req).await,
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
     // Building a response from static parts cannot fail; answer 500 rather than panic if it did.

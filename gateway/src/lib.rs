@@ -22,6 +22,7 @@
 //!   JetStream above it (complete even while the persister lags), cached per page.
 //! - [`outbox`]: each connection's bounded outbound queue, the fan-out's only way to it.
 //! - [`metrics`]: Prometheus counters for all of the above.
+//! - [`demo`]: the demo chat page at `/` and, under `chatfabric dev`, its token endpoint.
 //!
 //! [`run`] ties them together; `chatfabric gateway` and `chatfabric dev` call it.
 #![forbid(unsafe_code)]
@@ -30,6 +31,7 @@
 mod api;
 pub mod auth;
 mod connection;
+pub mod demo;
 pub mod fanout;
 pub mod history;
 mod http;
@@ -134,6 +136,8 @@ pub struct GatewayConfig {
     pub history_cache: u64,
     /// Presence heartbeat and typing limits.
     pub presence: presence::PresenceConfig,
+    /// The demo page and development token endpoint (off by default).
+    pub demo: demo::DemoConfig,
 }
 
 /// State shared by all connections of a gateway.
@@ -148,6 +152,8 @@ pub(crate) struct State {
     devices: Arc<presence::Devices>,
     presence: presence::PresenceConfig,
     send_limits: api::SendLimits,
+    /// What of the demo page this gateway serves.
+    demo: demo::DemoConfig,
     /// Bounds the unread-count computations running at once: each costs JetStream requests, and
     /// a reconnect storm would otherwise turn into a storm of them that starves subscribes.
     unread_permits: tokio::sync::Semaphore,
@@ -261,6 +267,7 @@ pub async fn run(
         devices,
         presence: config.presence,
         send_limits: api::SendLimits::new(),
+        demo: config.demo,
         unread_permits: tokio::sync::Semaphore::new(UNREAD_CONCURRENCY),
         metrics,
         registry,

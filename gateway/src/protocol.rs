@@ -487,6 +487,30 @@ const KNOWN_OPS: &[&str] = &[
     "ping",
 ];
 
+/// The `ref` of a frame that did not decode (for a `send`, its `client_id`), so that the error
+/// still reaches the request it answers: a string of at most 64 bytes, else none.
+pub fn raw_reference(text: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Refs {
+        #[serde(default)]
+        op: Option<String>,
+        #[serde(default, rename = "ref")]
+        reference: Option<serde_json::Value>,
+        #[serde(default)]
+        client_id: Option<serde_json::Value>,
+    }
+    let refs: Refs = serde_json::from_str(text).ok()?;
+    let value = if refs.op.as_deref() == Some("send") {
+        refs.client_id
+    } else {
+        refs.reference
+    };
+    match value {
+        Some(serde_json::Value::String(r)) if r.len() <= 64 => Some(r),
+        _ => None,
+    }
+}
+
 /// Decodes a client's text frame, telling malformed JSON, unknown ops and invalid fields apart.
 pub fn decode(text: &str) -> Result<ClientFrame, DecodeError> {
     match serde_json::from_str::<ClientFrame>(text) {
@@ -531,6 +555,19 @@ pub fn reference_of(frame: &ClientFrame) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_of_frames_that_do_not_decode_keep_their_ref() {
+        let create = r#"{"op":"create","kind":"direct","with":"not valid!","ref":"c1"}"#;
+        assert!(decode(create).is_err());
+        assert_eq!(raw_reference(create).as_deref(), Some("c1"));
+        let send = r#"{"op":"send","conv":"a.b","client_id":"k-1","body":"x","ref":"no"}"#;
+        assert_eq!(raw_reference(send).as_deref(), Some("k-1"));
+        let long = format!(r#"{{"op":"members","conv":1,"ref":"{}"}}"#, "r".repeat(65));
+        assert_eq!(raw_reference(&long), None);
+        assert_eq!(raw_reference(r#"{"op":"members","ref":7}"#), None);
+        assert_eq!(raw_reference("{nope"), None);
+    }
 
     #[test]
     fn decode_tells_errors_apart() {

@@ -57,6 +57,34 @@ async fn malformed_unknown_and_invalid_frames_get_errors() {
 }
 
 #[tokio::test]
+async fn errors_of_invalid_frames_echo_their_ref() {
+    let nats = Nats::start().await;
+    let g = TestGateway::start(&nats).await;
+    let mut alice = Client::connect(&g.ws_url(), "alice").await;
+    let cases = [
+        (
+            json!({"op":"create","kind":"direct","with":"not valid!","ref":"c1"}),
+            "c1",
+        ),
+        (json!({"op":"members","conv":"a.b","ref":"m1"}), "m1"),
+        // A send's error carries its client_id, how clients match it to the send.
+        (
+            json!({"op":"send","conv":"a b","client_id":"k-9","body":"x"}),
+            "k-9",
+        ),
+    ];
+    for (frame, reference) in cases {
+        alice.send(frame.clone()).await;
+        let r = alice.reply().await;
+        assert_eq!(
+            (r["code"].as_str(), r["ref"].as_str()),
+            (Some("invalid"), Some(reference)),
+            "{frame}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn oversized_and_binary_frames_close_the_connection() {
     let nats = Nats::start().await;
     let g = TestGateway::start(&nats).await;

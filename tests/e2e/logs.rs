@@ -31,7 +31,7 @@ impl Gateway {
                 "--listen",
                 &addr.to_string(),
                 "--nats-url",
-                &nats.url(),
+                &nats.url_for(chatfabric_nats::permissions::Role::Gateway),
             ])
             .args(["--jwt-secret", "test-secret", "--sqlite-path"])
             .arg(dir.path().join("history.db"))

@@ -136,6 +136,7 @@ pub fn test_config(history: Arc<dyn HistoryStore>) -> GatewayConfig {
         history,
         history_cache: 1000,
         presence: chatfabric_gateway::presence::PresenceConfig::default(),
+        demo: Default::default(),
     }
 }
 
