@@ -3,6 +3,8 @@
 //! Development uses an HS256 shared secret (`chatfabric token` mints such tokens); production uses an
 //! asymmetric key (RS256/ES256/EdDSA public key in PEM) so gateways cannot mint tokens themselves.
 
+use std::time::Duration;
+
 use chatfabric_nats::UserId;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -34,6 +36,20 @@ pub struct Identity {
     pub user: UserId,
     /// Expiry, seconds since the Unix epoch.
     pub expires_at: u64,
+}
+
+/// The farthest a connection's expiry timer is set: a token valid for longer is treated as
+/// expiring then (a far `exp`, up to 2^64 - 1, must not overflow the clock).
+const LONGEST_WAIT: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+impl Identity {
+    /// When the token expires, on tokio's clock (a connection or event stream closes then).
+    pub fn deadline(&self) -> tokio::time::Instant {
+        let left = self
+            .expires_at
+            .saturating_sub(chatfabric_nats::wire::now_ms() / 1000);
+        tokio::time::Instant::now() + Duration::from_secs(left).min(LONGEST_WAIT)
+    }
 }
 
 /// Verifies tokens. Cheap to share behind an `Arc`.

@@ -6,6 +6,7 @@ mod support;
 mod access;
 mod bad_input;
 mod bots;
+mod closes;
 mod cluster;
 mod gaps;
 mod history;

@@ -1,0 +1,178 @@
+//! Every way the gateway closes a connection ends it within the close grace, and the close code
+//! reaches clients that keep sending.
+
+use crate::support::hostile::{
+    await_metric_at_most, close_code_while_sending, connect_tiny_with_token, token_expiring_in,
+};
+use crate::support::{fabric::token, Client, Nats, TestGateway};
+use futures::{SinkExt, StreamExt};
+use serde_json::json;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::MaybeTlsStream;
+
+const CONNECTIONS: &str = "chatfabric_gateway_connections ";
+
+#[tokio::test]
+async fn a_slow_consumer_kicked_while_a_reply_is_written_is_dropped_within_the_grace() {
+    let nats = Nats::start().await;
+    let mut config = nats.config();
+    config.limits.queue = 8;
+    config.limits.close_grace = Duration::from_secs(1);
+    let g = TestGateway::start_with(&nats, config, 8192).await;
+    let mut alice = Client::connect(&g.ws_url(), "alice").await;
+    let conv = alice.create_group(&["carol"]).await;
+    // A history page of ~200 KB: far more than the kernel buffers for a reader that stops.
+    let body = "x".repeat(2000);
+    for i in 0..100 {
+        alice.post(&conv, &format!("h{i}"), &body).await;
+    }
+
+    let stream = g.tiny_buffer_socket().await;
+    let mut req = g.ws_url().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {}", token("carol")).parse().unwrap());
+    let (carol, _) = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream))
+        .await
+        .unwrap();
+    let mut carol = Client::from_socket(carol, "carol");
+    assert_eq!(carol.reply().await["op"], "ready");
+    carol.subscribe(&conv, None).await;
+    // Carol asks for the big page, many times over (several MB), and stops reading: her
+    // connection blocks writing a reply once the kernel buffers are full.
+    const PAGES: f64 = 40.0;
+    for _ in 0..PAGES as usize {
+        carol
+            .send(json!({"op":"history","conv":conv,"limit":100}))
+            .await;
+    }
+    let written = "chatfabric_gateway_frames_out_total{kind=\"history\"}";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut last = 0.0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = g.metric(written).await;
+        assert!(now < PAGES, "the kernel took all {PAGES} pages; make them more");
+        if now >= 1.0 && now == last {
+            break; // no reply written for 200 ms: the connection is stuck in a reply
+        }
+        assert!(tokio::time::Instant::now() < deadline, "replies never stalled");
+        last = now;
+    }
+    // Live messages fill her queue meanwhile: the fan-out kicks her as a slow consumer.
+    for i in 0..20 {
+        alice.post(&conv, &format!("l{i}"), "live").await;
+    }
+    g.await_metric(
+        "chatfabric_gateway_closes_total{kind=\"slow_consumer\"}",
+        1.0,
+    )
+    .await;
+    // Within the grace (1 s) her connection is gone; only alice's is left.
+    await_metric_at_most(&g, CONNECTIONS, 1.0).await;
+    drop(carol);
+}
+
+#[tokio::test]
+async fn a_flooding_client_that_keeps_sending_gets_4029() {
+    let nats = Nats::start().await;
+    let mut config = nats.config();
+    // Many refusals before the close: the gateway writes them in a burst, then closes.
+    config.limits.rate = 1.0;
+    config.limits.burst = 200.0;
+    let g = TestGateway::start_with(&nats, config, 8192).await;
+    let ws = connect_tiny_with_token(&g, &token("alice")).await;
+    let ping = Message::Text(r#"{"op":"ping"}"#.into());
+    assert_eq!(close_code_while_sending(ws, vec![], ping, Duration::ZERO).await, 4029);
+}
+
+#[tokio::test]
+async fn websocket_pings_count_against_the_rate_limit() {
+    let nats = Nats::start().await;
+    let mut config = nats.config();
+    config.limits.rate = 1.0;
+    config.limits.burst = 5.0;
+    let g = TestGateway::start_with(&nats, config, 8192).await;
+    let ws = connect_tiny_with_token(&g, &token("alice")).await;
+    let ping = Message::Ping(Vec::new().into());
+    assert_eq!(close_code_while_sending(ws, vec![], ping, Duration::ZERO).await, 4029);
+    // A client within the limit is served.
+    let mut ok = Client::connect(&g.ws_url(), "alice").await;
+    ok.send_raw(Message::Ping(Vec::new().into())).await;
+    ok.send(json!({"op":"ping","ref":"p"})).await;
+    assert_eq!(ok.reply().await["op"], "pong");
+}
+
+/// A gateway whose rate limit a busy client never reaches.
+async fn unlimited(nats: &Nats) -> TestGateway {
+    let mut config = nats.config();
+    config.limits.rate = 1e9;
+    config.limits.burst = 1e9;
+    TestGateway::start_with(nats, config, 8192).await
+}
+
+fn ping() -> Message {
+    Message::Text(r#"{"op":"ping"}"#.into())
+}
+
+#[tokio::test]
+async fn an_oversized_frame_closes_with_1009_while_the_client_sends() {
+    let nats = Nats::start().await;
+    let g = unlimited(&nats).await;
+    let ws = connect_tiny_with_token(&g, &token("alice")).await;
+    // Pongs fill its receive window, then the oversized frame.
+    let mut first: Vec<Message> = (0..500).map(|_| ping()).collect();
+    first.push(Message::Text("x".repeat(20 * 1024).into()));
+    assert_eq!(close_code_while_sending(ws, first, ping(), Duration::ZERO).await, 1009);
+}
+
+#[tokio::test]
+async fn an_expired_token_closes_with_4001_while_the_client_sends() {
+    let nats = Nats::start().await;
+    let g = unlimited(&nats).await;
+    let ws = connect_tiny_with_token(&g, &token_expiring_in("alice", 2)).await;
+    // Not reading when the token expires.
+    let quiet = Duration::from_secs(3);
+    assert_eq!(close_code_while_sending(ws, vec![], ping(), quiet).await, 4001);
+}
+
+#[tokio::test]
+async fn a_shutdown_closes_with_1001_while_the_client_sends() {
+    let nats = Nats::start().await;
+    let g = unlimited(&nats).await;
+    let ws = connect_tiny_with_token(&g, &token("alice")).await;
+    // Not reading when the gateway stops.
+    let quiet = Duration::from_secs(3);
+    let busy = tokio::spawn(close_code_while_sending(ws, vec![], ping(), quiet));
+    // Stop once the client is being served.
+    g.await_metric("chatfabric_gateway_frames_in_total{kind=\"ping\"}", 1000.0)
+        .await;
+    g.stop().await;
+    assert_eq!(busy.await.unwrap(), 1001);
+}
+
+#[tokio::test]
+async fn a_client_close_is_answered() {
+    let nats = Nats::start().await;
+    let g = TestGateway::start(&nats).await;
+    let mut ws = connect_tiny_with_token(&g, &token("alice")).await;
+    ws.next().await; // ready
+    ws.close(None).await.unwrap();
+    // The gateway answers the close frame before it drops the connection.
+    let answered = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(m) = ws.next().await {
+            match m {
+                Ok(Message::Close(_)) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    })
+    .await
+    .expect("in time");
+    assert!(answered);
+    await_metric_at_most(&g, CONNECTIONS, 0.0).await;
+    let _ = ws.send(Message::Text("late".into())).await;
+}
