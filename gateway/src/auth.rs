@@ -29,6 +29,9 @@ struct Claims {
     exp: u64,
 }
 
+/// Seconds of clock skew allowed between token issuer and gateway, on `exp` and `nbf`.
+pub const LEEWAY_SECS: u64 = 5;
+
 /// Who a verified token speaks for, and until when.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -85,12 +88,14 @@ impl Authenticator {
 
     fn with_key(key: DecodingKey, alg: Algorithm) -> Self {
         let mut validation = Validation::new(alg);
-        validation.leeway = 5;
+        // Clock skew allowed on `exp` and `nbf`.
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Self { key, validation }
     }
 
-    /// Checks signature and expiry and returns the identity.
+    /// Checks signature, expiry and (when present) `nbf`, and returns the identity.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)?;
         Ok(Identity {

@@ -39,11 +39,9 @@ type Reply = BoxFuture<'static, Option<Utf8Bytes>>;
 /// Runs a connection until it closes. `identity` is set when the upgrade carried a valid token.
 pub(crate) async fn serve(socket: Socket, identity: Option<Identity>, state: Arc<State>) {
     let conn = state.next_conn();
-    state.metrics.connections.inc();
     state.metrics.connections_total.inc();
     let span = tracing::info_span!("connection", conn, user = tracing::field::Empty);
     run(socket, identity, conn, &state).instrument(span).await;
-    state.metrics.connections.dec();
 }
 
 async fn run(socket: Socket, identity: Option<Identity>, conn: u64, state: &Arc<State>) {

@@ -29,6 +29,7 @@
 
 mod api;
 pub mod auth;
+mod capacity;
 mod connection;
 pub mod fanout;
 pub mod history;
@@ -77,13 +78,16 @@ pub struct Limits {
     pub auth_timeout: Duration,
     /// Time a send may wait for JetStream's acknowledgement before `unavailable`.
     pub publish_timeout: Duration,
-    /// Connections this gateway accepts before answering 503.
+    /// WebSocket connections plus event streams this gateway serves at once before answering 503.
     pub max_connections: usize,
     /// When a connection must be closed while its socket is full, how long the gateway waits for
     /// the client to read on so the close code reaches it; after that it drops the connection.
     pub close_grace: Duration,
     /// tungstenite's read buffer per connection, in bytes (it is allocated eagerly).
     pub read_buffer: usize,
+    /// Time an HTTP client has to send a request's headers, and then its body; past it the
+    /// connection is closed (a body that does not arrive in time gets 408 first).
+    pub request_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -100,6 +104,7 @@ impl Default for Limits {
             max_connections: 100_000,
             close_grace: Duration::from_secs(5),
             read_buffer: 1024,
+            request_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -140,6 +145,8 @@ pub struct GatewayConfig {
 pub(crate) struct State {
     auth: Authenticator,
     limits: Limits,
+    /// Places for WebSocket connections and event streams (`limits.max_connections`).
+    capacity: Arc<capacity::Capacity>,
     fabric: Fabric,
     hub: fanout::Hub,
     membership: Arc<membership::Membership>,
@@ -252,6 +259,7 @@ pub async fn run(
     tracing::info!(gateway = devices.gateway(), "presence id");
     let state = Arc::new(State {
         auth: config.auth,
+        capacity: capacity::Capacity::new(config.limits.max_connections),
         limits: config.limits,
         fabric,
         hub,

@@ -2,7 +2,8 @@
 //! reaches clients that keep sending.
 
 use crate::support::hostile::{
-    await_metric_at_most, close_code_while_sending, connect_tiny_with_token, token_expiring_in,
+    await_metric_at_most, close_code_while_sending, connect_tiny_with_token, established,
+    token_expiring_in,
 };
 use crate::support::{fabric::token, Client, Nats, TestGateway};
 use futures::{SinkExt, StreamExt};
@@ -175,4 +176,73 @@ async fn a_client_close_is_answered() {
     assert!(answered);
     await_metric_at_most(&g, CONNECTIONS, 0.0).await;
     let _ = ws.send(Message::Text("late".into())).await;
+}
+
+#[tokio::test]
+async fn a_slow_sse_reader_is_disconnected_within_the_grace() {
+    let nats = Nats::start().await;
+    let mut config = nats.config();
+    config.limits.queue = 8;
+    config.limits.close_grace = Duration::from_secs(1);
+    let g = TestGateway::start_with(&nats, config, 8192).await;
+    let mut alice = Client::connect(&g.ws_url(), "alice").await;
+    let room = alice.create_group(&["bob"]).await;
+
+    // Bob opens the stream through a socket with a tiny receive buffer and never reads.
+    let mut s = g.tiny_buffer_socket().await;
+    let bob_end = s.local_addr().unwrap();
+    let req = format!(
+        "GET /v1/events?conv={room} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        token("bob")
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes())
+        .await
+        .unwrap();
+    let body = "x".repeat(4000);
+    let kicked = "chatfabric_gateway_closes_total{kind=\"slow_consumer\"}";
+    let mut i = 0;
+    while g.metric(kicked).await < 1.0 {
+        for _ in 0..100 {
+            alice.post(&room, &format!("k{i}"), &body).await;
+            i += 1;
+        }
+        assert!(i < 10_000, "bob was never kicked");
+    }
+    assert!(
+        established(g.addr, bob_end),
+        "the connection is open when kicked"
+    );
+    // Within the grace (1 s), the gateway's side of the connection is gone.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while established(g.addr, bob_end) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still ESTABLISHED 10 s after the kick"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(s);
+}
+
+#[tokio::test]
+async fn an_sse_stream_ends_when_its_token_expires() {
+    let nats = Nats::start().await;
+    let g = TestGateway::start(&nats).await;
+    let mut alice = Client::connect(&g.ws_url(), "alice").await;
+    let room = alice.create_group(&["bob"]).await;
+    let query = format!("?conv={room}");
+    let mut sse = crate::support::sse::SseClient::connect_with_token(
+        g.addr,
+        &token_expiring_in("bob", 2),
+        &query,
+        None,
+    )
+    .await;
+    assert_eq!(sse.status, 200);
+    alice.post(&room, "k1", "before").await;
+    assert_eq!(sse.msg().await.data["body"], "before");
+    // At `exp` the stream says why and ends, like a WebSocket closing with 4001.
+    let e = sse.next().await.expect("an error event");
+    assert_eq!((e.kind.as_str(), &e.data["code"]), ("error", &json!("unauthenticated")));
+    assert!(sse.next().await.is_none(), "the stream ended");
 }

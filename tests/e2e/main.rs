@@ -4,6 +4,7 @@
 mod support;
 
 mod access;
+mod admission;
 mod bad_input;
 mod bots;
 mod closes;

@@ -120,3 +120,20 @@ pub async fn await_metric_at_most(g: &TestGateway, name: &str, at_most: f64) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Whether the kernel holds an ESTABLISHED TCP connection from `local` to `remote` (IPv4, read
+/// from `/proc/net/tcp`): the gateway's side of a client's connection, seen as the issue saw it.
+pub fn established(local: std::net::SocketAddr, remote: std::net::SocketAddr) -> bool {
+    fn hex(a: std::net::SocketAddr) -> String {
+        let std::net::IpAddr::V4(ip) = a.ip() else {
+            panic!("IPv4 only")
+        };
+        format!("{:08X}:{:04X}", u32::from_le_bytes(ip.octets()), a.port())
+    }
+    let (local, remote) = (hex(local), hex(remote));
+    std::fs::read_to_string("/proc/net/tcp")
+        .expect("/proc/net/tcp")
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .any(|f| f.len() > 3 && f[1] == local && f[2] == remote && f[3] == "01")
+}
