@@ -751,14 +751,21 @@ impl Session {
                         Err(e) => Err((e, reference)),
                     }
                 }
-                ClientFrame::Conversations { reference } => m
-                    .conversations_of(&me)
-                    .await
-                    .map(|conversations| ServerFrame::Conversations {
-                        conversations,
-                        reference: reference.clone(),
-                    })
-                    .map_err(|e| (e, reference)),
+                ClientFrame::Conversations {
+                    after,
+                    limit,
+                    reference,
+                } => {
+                    let limit = limit.unwrap_or(crate::membership::MAX_LISTING_PAGE);
+                    m.conversations_page(&me, after.as_ref(), limit)
+                        .await
+                        .map(|(conversations, next)| ServerFrame::Conversations {
+                            conversations,
+                            next,
+                            reference: reference.clone(),
+                        })
+                        .map_err(|e| (e, reference))
+                }
                 _ => return None,
             };
             Some(match result {

@@ -88,6 +88,8 @@ pub struct Limits {
     /// Time an HTTP client has to send a request's headers, and then its body; past it the
     /// connection is closed (a body that does not arrive in time gets 408 first).
     pub request_timeout: Duration,
+    /// How many conversations a user may be in, and how many of them others may put them in.
+    pub conversations: membership::ConversationLimits,
 }
 
 impl Default for Limits {
@@ -105,6 +107,7 @@ impl Default for Limits {
             close_grace: Duration::from_secs(5),
             read_buffer: 1024,
             request_timeout: Duration::from_secs(10),
+            conversations: membership::ConversationLimits::default(),
         }
     }
 }
@@ -223,6 +226,7 @@ pub async fn run(
         fabric.client.clone(),
         config.membership_cache,
         config.membership_ttl,
+        config.limits.conversations,
     ));
     tracker.spawn(
         membership

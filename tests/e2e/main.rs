@@ -11,6 +11,7 @@ mod closes;
 mod cluster;
 mod gaps;
 mod history;
+mod membership_rules;
 mod messaging;
 mod presence;
 mod slow;
