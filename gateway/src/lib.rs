@@ -5,7 +5,8 @@
 //! The data path, in the order a message travels:
 //!
 //! - [`http`]: accepts TCP, serves `/healthz`, `/readyz`, `/metrics`, upgrades `/ws`, and routes
-//!   to [`sse`] (event streams) and `api` (REST history and send).
+//!   to [`sse`] (event streams) and `api` (REST history and send); WebSockets and event streams
+//!   each hold a `capacity` slot under `--max-connections`.
 //! - [`connection`]: one task per WebSocket: authenticate ([`auth`]), read a **frame**, decode and
 //!   **validate** it ([`protocol`], [`rate`]), dispatch.
 //! - [`membership`]: who may read and write which conversation (KV bucket + moka cache).

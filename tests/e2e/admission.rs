@@ -83,7 +83,10 @@ async fn event_streams_count_against_max_connections() {
         Err(e) => assert!(e.to_string().contains("503"), "{e}"),
         Ok(_) => panic!("a WebSocket got in past max-connections"),
     }
-    assert_eq!(SseClient::connect(g.addr, "bob", "", None).await.status, 503);
+    assert_eq!(
+        SseClient::connect(g.addr, "bob", "", None).await.status,
+        503
+    );
     drop(sse);
     connects_again(&g.ws_url()).await;
 }
@@ -112,7 +115,9 @@ async fn a_request_body_that_never_arrives_times_out() {
 
     // Headers that never end are cut off by the same timeout.
     let mut s = tokio::net::TcpStream::connect(g.addr).await.unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     let mut rest = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
         .await

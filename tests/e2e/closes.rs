@@ -32,8 +32,10 @@ async fn a_slow_consumer_kicked_while_a_reply_is_written_is_dropped_within_the_g
 
     let stream = g.tiny_buffer_socket().await;
     let mut req = g.ws_url().into_client_request().unwrap();
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {}", token("carol")).parse().unwrap());
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", token("carol")).parse().unwrap(),
+    );
     let (carol, _) = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream))
         .await
         .unwrap();
@@ -54,11 +56,17 @@ async fn a_slow_consumer_kicked_while_a_reply_is_written_is_dropped_within_the_g
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let now = g.metric(written).await;
-        assert!(now < PAGES, "the kernel took all {PAGES} pages; make them more");
+        assert!(
+            now < PAGES,
+            "the kernel took all {PAGES} pages; make them more"
+        );
         if now >= 1.0 && now == last {
             break; // no reply written for 200 ms: the connection is stuck in a reply
         }
-        assert!(tokio::time::Instant::now() < deadline, "replies never stalled");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replies never stalled"
+        );
         last = now;
     }
     // Live messages fill her queue meanwhile: the fan-out kicks her as a slow consumer.
@@ -85,7 +93,10 @@ async fn a_flooding_client_that_keeps_sending_gets_4029() {
     let g = TestGateway::start_with(&nats, config, 8192).await;
     let ws = connect_tiny_with_token(&g, &token("alice")).await;
     let ping = Message::Text(r#"{"op":"ping"}"#.into());
-    assert_eq!(close_code_while_sending(ws, vec![], ping, Duration::ZERO).await, 4029);
+    assert_eq!(
+        close_code_while_sending(ws, vec![], ping, Duration::ZERO).await,
+        4029
+    );
 }
 
 #[tokio::test]
@@ -97,7 +108,10 @@ async fn websocket_pings_count_against_the_rate_limit() {
     let g = TestGateway::start_with(&nats, config, 8192).await;
     let ws = connect_tiny_with_token(&g, &token("alice")).await;
     let ping = Message::Ping(Vec::new().into());
-    assert_eq!(close_code_while_sending(ws, vec![], ping, Duration::ZERO).await, 4029);
+    assert_eq!(
+        close_code_while_sending(ws, vec![], ping, Duration::ZERO).await,
+        4029
+    );
     // A client within the limit is served.
     let mut ok = Client::connect(&g.ws_url(), "alice").await;
     ok.send_raw(Message::Ping(Vec::new().into())).await;
@@ -125,7 +139,10 @@ async fn an_oversized_frame_closes_with_1009_while_the_client_sends() {
     // Pongs fill its receive window, then the oversized frame.
     let mut first: Vec<Message> = (0..500).map(|_| ping()).collect();
     first.push(Message::Text("x".repeat(20 * 1024).into()));
-    assert_eq!(close_code_while_sending(ws, first, ping(), Duration::ZERO).await, 1009);
+    assert_eq!(
+        close_code_while_sending(ws, first, ping(), Duration::ZERO).await,
+        1009
+    );
 }
 
 #[tokio::test]
@@ -135,7 +152,10 @@ async fn an_expired_token_closes_with_4001_while_the_client_sends() {
     let ws = connect_tiny_with_token(&g, &token_expiring_in("alice", 2)).await;
     // Not reading when the token expires.
     let quiet = Duration::from_secs(3);
-    assert_eq!(close_code_while_sending(ws, vec![], ping(), quiet).await, 4001);
+    assert_eq!(
+        close_code_while_sending(ws, vec![], ping(), quiet).await,
+        4001
+    );
 }
 
 #[tokio::test]
@@ -243,6 +263,9 @@ async fn an_sse_stream_ends_when_its_token_expires() {
     assert_eq!(sse.msg().await.data["body"], "before");
     // At `exp` the stream says why and ends, like a WebSocket closing with 4001.
     let e = sse.next().await.expect("an error event");
-    assert_eq!((e.kind.as_str(), &e.data["code"]), ("error", &json!("unauthenticated")));
+    assert_eq!(
+        (e.kind.as_str(), &e.data["code"]),
+        ("error", &json!("unauthenticated"))
+    );
     assert!(sse.next().await.is_none(), "the stream ended");
 }

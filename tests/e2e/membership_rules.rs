@@ -30,7 +30,11 @@ async fn listing(c: &mut Client, page: usize) -> Vec<String> {
         assert_eq!(r["op"], "conversations", "{r}");
         let convs = r["conversations"].as_array().expect("list");
         assert!(convs.len() <= page, "{r}");
-        all.extend(convs.iter().map(|v| v["conv"].as_str().unwrap().to_string()));
+        all.extend(
+            convs
+                .iter()
+                .map(|v| v["conv"].as_str().unwrap().to_string()),
+        );
         match r["next"].as_str() {
             Some(next) => frame["after"] = json!(next),
             None => return all,
@@ -57,25 +61,52 @@ async fn strangers_cannot_lock_a_user_out_by_filling_their_conversations() {
         spam.push(mallory.create_group(&["bob"]).await);
     }
     // ...and no further: the adder is refused, and nothing is created half-way.
-    let r = request(&mut mallory, json!({"op":"create","kind":"group","members":["bob"],"ref":"g"})).await;
-    assert_eq!((code(&r), r["ref"].as_str()), (("error", "forbidden"), Some("g")), "{r}");
+    let r = request(
+        &mut mallory,
+        json!({"op":"create","kind":"group","members":["bob"],"ref":"g"}),
+    )
+    .await;
+    assert_eq!(
+        (code(&r), r["ref"].as_str()),
+        (("error", "forbidden"), Some("g")),
+        "{r}"
+    );
     assert_eq!(listing(&mut mallory, 500).await.len(), 3);
     let own = mallory.create_group(&[]).await;
-    let r = request(&mut mallory, json!({"op":"add_member","conv":own,"user":"bob"})).await;
+    let r = request(
+        &mut mallory,
+        json!({"op":"add_member","conv":own,"user":"bob"}),
+    )
+    .await;
     assert_eq!(code(&r), ("error", "forbidden"), "{r}");
-    let r = request(&mut dave, json!({"op":"create","kind":"direct","with":"bob"})).await;
+    let r = request(
+        &mut dave,
+        json!({"op":"create","kind":"direct","with":"bob"}),
+    )
+    .await;
     assert_eq!(code(&r), ("error", "forbidden"), "{r}");
 
     // Bob's own creates keep working, up to his limit.
-    let with_dave = request(&mut bob, json!({"op":"create","kind":"direct","with":"dave"})).await;
+    let with_dave = request(
+        &mut bob,
+        json!({"op":"create","kind":"direct","with":"dave"}),
+    )
+    .await;
     assert_eq!(with_dave["op"], "conversation", "{with_dave}");
     bob.create_group(&["carol"]).await;
     bob.create_group(&[]).await;
     let r = request(&mut bob, json!({"op":"create","kind":"group","members":[]})).await;
     assert_eq!(code(&r), ("error", "invalid"), "{r}");
     // Re-creating an existing direct conversation is no new membership (dave's side too).
-    let again = request(&mut dave, json!({"op":"create","kind":"direct","with":"bob"})).await;
-    assert_eq!(again["conversation"]["conv"], with_dave["conversation"]["conv"], "{again}");
+    let again = request(
+        &mut dave,
+        json!({"op":"create","kind":"direct","with":"bob"}),
+    )
+    .await;
+    assert_eq!(
+        again["conversation"]["conv"], with_dave["conversation"]["conv"],
+        "{again}"
+    );
 
     // His listing works page by page, each conversation once, in id order.
     let all = listing(&mut bob, 2).await;
@@ -88,7 +119,11 @@ async fn strangers_cannot_lock_a_user_out_by_filling_their_conversations() {
     assert_eq!(code(&r), ("error", "invalid"), "{r}");
 
     // Leaving a group frees a place.
-    let r = request(&mut bob, json!({"op":"remove_member","conv":spam[0],"user":"bob"})).await;
+    let r = request(
+        &mut bob,
+        json!({"op":"remove_member","conv":spam[0],"user":"bob"}),
+    )
+    .await;
     assert_eq!(r["op"], "members", "{r}");
     bob.create_group(&[]).await;
 }
@@ -99,7 +134,11 @@ async fn a_non_member_gets_the_same_answer_whether_or_not_a_conversation_exists(
     let g = TestGateway::start(&nats).await;
     let mut alice = Client::connect(&g.ws_url(), "alice").await;
     let group = alice.create_group(&["bob"]).await;
-    let r = request(&mut alice, json!({"op":"create","kind":"direct","with":"bob"})).await;
+    let r = request(
+        &mut alice,
+        json!({"op":"create","kind":"direct","with":"bob"}),
+    )
+    .await;
     let direct = r["conversation"]["conv"].as_str().unwrap().to_string();
     assert_eq!(direct, direct_id("alice", "bob"));
     let mut mallory = Client::connect(&g.ws_url(), "mallory").await;
