@@ -209,9 +209,11 @@ async fn pump(
     tokio::pin!(expired);
     loop {
         let chunk = tokio::select! {
-            code = outbox.kicked() => return Some(end(&body, code, grace).await),
-            _ = &mut expired => return Some(end(&body, close::UNAUTHORIZED, grace).await),
-            _ = state.shutdown.cancelled() => return Some(end(&body, close::GOING_AWAY, grace).await),
+            code = end_requested(state, outbox, expired.as_mut()) => {
+                let deadline = tokio::time::Instant::now() + grace;
+                let _ = tokio::time::timeout_at(deadline, body.send(error_event(code))).await;
+                return Some(deadline);
+            }
             _ = body.closed() => return None,
             _ = heartbeat.tick() => Bytes::from_static(b": heartbeat\n\n"),
             out = outbox.recv() => match out {
@@ -229,9 +231,9 @@ async fn pump(
         tokio::pin!(send);
         tokio::select! {
             sent = &mut send => if sent.is_err() { return None },
-            // Kicked while the reader is not reading (the slow-consumer case): as on WebSocket,
+            // Ending while the reader is not reading (the slow-consumer case): as on WebSocket,
             // give it `close_grace` to read on, so the error event reaches it after the data.
-            code = outbox.kicked() => {
+            code = end_requested(state, outbox, expired.as_mut()) => {
                 let deadline = tokio::time::Instant::now() + grace;
                 let _ = tokio::time::timeout_at(deadline, async {
                     if send.await.is_ok() {
@@ -245,12 +247,18 @@ async fn pump(
     }
 }
 
-/// Ends the stream with an error event for `code`, given `grace` to get it queued; returns the
-/// deadline for the connection.
-async fn end(body: &mpsc::Sender<Bytes>, code: u16, grace: Duration) -> tokio::time::Instant {
-    let deadline = tokio::time::Instant::now() + grace;
-    let _ = tokio::time::timeout_at(deadline, body.send(error_event(code))).await;
-    deadline
+/// Resolves with the close code once the stream must end: kicked (slow consumer, lost feed), the
+/// token expired, or the gateway is stopping.
+async fn end_requested(
+    state: &State,
+    outbox: &Outbox,
+    expired: std::pin::Pin<&mut tokio::time::Sleep>,
+) -> u16 {
+    tokio::select! {
+        code = outbox.kicked() => code,
+        _ = expired => close::UNAUTHORIZED,
+        _ = state.shutdown.cancelled() => close::GOING_AWAY,
+    }
 }
 
 fn error_event(code: u16) -> Bytes {
