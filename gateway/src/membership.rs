@@ -24,8 +24,10 @@ use crate::protocol::{ConversationView, ErrorCode};
 pub const MAX_GROUP_MEMBERS: usize = 1000;
 /// Most conversations one user may belong to (their index is one KV value).
 pub const MAX_CONVERSATIONS_PER_USER: usize = 5000;
-/// Of those, most that others may put a user in (groups they add them to, direct conversations
-/// they open with them): the rest is the user's own, so others can never lock them out.
+/// Longest group title, in bytes.
+pub const MAX_TITLE_LEN: usize = 200;
+/// Of a user's conversations, most that others may put them in (groups they add them to, direct
+/// conversations they open with them): the rest is the user's own, so others can never lock them out.
 pub const MAX_ADDED_BY_OTHERS: usize = 4000;
 /// Largest page of a `conversations` listing (its frame stays far below the write buffer).
 pub const MAX_LISTING_PAGE: usize = 500;
@@ -51,8 +53,6 @@ impl Default for ConversationLimits {
 
 const TOO_MANY_TO_BE_ADDED: &str =
     "this user is in too many conversations to be added to more by others";
-/// Longest group title, in bytes.
-pub const MAX_TITLE_LEN: usize = 200;
 
 /// Why a membership operation failed.
 #[derive(Debug, thiserror::Error)]
