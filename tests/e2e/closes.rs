@@ -9,9 +9,7 @@ use crate::support::{fabric::token, Client, Nats, TestGateway};
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::MaybeTlsStream;
 
 const CONNECTIONS: &str = "chatfabric_gateway_connections ";
 
@@ -30,15 +28,7 @@ async fn a_slow_consumer_kicked_while_a_reply_is_written_is_dropped_within_the_g
         alice.post(&conv, &format!("h{i}"), &body).await;
     }
 
-    let stream = g.tiny_buffer_socket().await;
-    let mut req = g.ws_url().into_client_request().unwrap();
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", token("carol")).parse().unwrap(),
-    );
-    let (carol, _) = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream))
-        .await
-        .unwrap();
+    let carol = connect_tiny_with_token(&g, &token("carol")).await;
     let mut carol = Client::from_socket(carol, "carol");
     assert_eq!(carol.reply().await["op"], "ready");
     carol.subscribe(&conv, None).await;
