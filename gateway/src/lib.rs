@@ -293,3 +293,26 @@ pub async fn run(
     let _ = heartbeat.await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chatfabric_nats::ConvId;
+
+    #[test]
+    fn the_largest_listing_page_fits_the_write_buffer() {
+        // The longest id, and the longest title in its longest JSON form (`\u0001` per byte).
+        let view = protocol::ConversationView {
+            conv: ConvId::new("g".repeat(64)).unwrap(),
+            kind: chatfabric_nats::wire::ConvKind::Group,
+            title: Some("\u{1}".repeat(membership::MAX_TITLE_LEN)),
+        };
+        let page = protocol::ServerFrame::Conversations {
+            conversations: vec![view; membership::MAX_LISTING_PAGE],
+            next: Some(ConvId::new("g".repeat(64)).unwrap()),
+            reference: Some("r".repeat(64)),
+        };
+        let limit = Limits::default().websocket_config().max_write_buffer_size;
+        assert!(protocol::encode(&page).len() < limit);
+    }
+}

@@ -29,8 +29,9 @@ pub const MAX_TITLE_LEN: usize = 200;
 /// Of a user's conversations, most that others may put them in (groups they add them to, direct
 /// conversations they open with them): the rest is the user's own, so others can never lock them out.
 pub const MAX_ADDED_BY_OTHERS: usize = 4000;
-/// Largest page of a `conversations` listing (its frame stays far below the write buffer).
-pub const MAX_LISTING_PAGE: usize = 500;
+/// Largest page of a `conversations` listing: its frame stays below the connection's write
+/// buffer (256 KiB) even with every title at its longest and fully escaped.
+pub const MAX_LISTING_PAGE: usize = 100;
 
 /// How many conversations a user may be in.
 #[derive(Debug, Clone, Copy)]

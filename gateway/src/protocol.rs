@@ -92,7 +92,7 @@ pub enum ClientFrame {
         /// Only conversations whose id sorts after this one (the previous page's `next`).
         #[serde(default)]
         after: Option<ConvId>,
-        /// Page size, 1 to 500 (default 500).
+        /// Page size, 1 to 100 (default 100).
         #[serde(default)]
         limit: Option<usize>,
         /// Echoed in the reply.
