@@ -52,9 +52,8 @@ async fn run(socket: Socket, identity: Option<Identity>, conn: u64, state: &Arc<
         // await, and every idle connection would carry this one's space for its whole life.
         None => match Box::pin(authenticate(&mut stream, state)).await {
             Ok(id) => id,
-            Err(reason) => {
-                state.metrics.close("unauthorized");
-                let closing = Closing::now((close::UNAUTHORIZED, reason), &state.limits);
+            Err(close) => {
+                let closing = Closing::now(close, &state.limits);
                 Box::pin(close_with(sink, stream, closing)).await;
                 return;
             }
@@ -260,16 +259,24 @@ fn close_reason(code: u16) -> &'static str {
     }
 }
 
-/// Waits for the first frame, which must be a valid `auth`.
+/// Waits for the first frame, which must be a valid `auth`; else the close code and reason.
 async fn authenticate(
-    stream: &mut futures::stream::SplitStream<Socket>,
+    stream: &mut SplitStream<Socket>,
     state: &State,
-) -> Result<Identity, &'static str> {
-    let first = tokio::time::timeout(state.limits.auth_timeout, stream.next())
-        .await
-        .map_err(|_| "no auth frame in time")?;
+) -> Result<Identity, (u16, &'static str)> {
+    let first = tokio::select! {
+        first = tokio::time::timeout(state.limits.auth_timeout, stream.next()) => first,
+        _ = state.shutdown.cancelled() => {
+            return Err((close::GOING_AWAY, "gateway shutting down; resume elsewhere"));
+        }
+    };
+    let unauthorized = |reason| {
+        state.metrics.close("unauthorized");
+        (close::UNAUTHORIZED, reason)
+    };
+    let first = first.map_err(|_| unauthorized("no auth frame in time"))?;
     let Some(Ok(Message::Text(text))) = first else {
-        return Err("expected an auth frame");
+        return Err(unauthorized("expected an auth frame"));
     };
     match protocol::decode(&text) {
         Ok(ClientFrame::Auth { token, .. }) => {
@@ -280,10 +287,10 @@ async fn authenticate(
                 .inc();
             state.auth.verify(&token).map_err(|e| {
                 tracing::debug!(error = %e, "token refused");
-                "invalid or expired token"
+                unauthorized("invalid or expired token")
             })
         }
-        _ => Err("the first frame must be auth"),
+        _ => Err(unauthorized("the first frame must be auth")),
     }
 }
 

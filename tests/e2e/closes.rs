@@ -259,3 +259,23 @@ async fn an_sse_stream_ends_when_its_token_expires() {
     );
     assert!(sse.next().await.is_none(), "the stream ended");
 }
+
+#[tokio::test]
+async fn a_shutdown_closes_a_connection_still_waiting_for_auth_with_1001() {
+    let nats = Nats::start().await;
+    let g = TestGateway::start(&nats).await;
+    let (ws, _) = tokio_tungstenite::connect_async(g.ws_url()).await.unwrap();
+    let waiting = tokio::spawn(async move {
+        let mut c = Client::from_socket(ws, "anon");
+        c.closed().await
+    });
+    // Before the 10 s auth deadline, and without waiting for it.
+    let started = tokio::time::Instant::now();
+    g.stop().await;
+    assert_eq!(waiting.await.unwrap(), 1001);
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+}
