@@ -101,6 +101,18 @@ pub(crate) async fn history(req: &Request<Incoming>, state: &State) -> Reply {
     }
 }
 
+/// `408` for a body that did not arrive in time; the connection closes after it.
+fn body_timeout(timeout: std::time::Duration) -> Reply {
+    let mut resp = json_error(
+        ErrorCode::Invalid,
+        &format!("request body not received within {} s", timeout.as_secs()),
+    )?;
+    *resp.status_mut() = http::StatusCode::REQUEST_TIMEOUT;
+    resp.headers_mut()
+        .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    Ok(resp)
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SendBody {
@@ -126,9 +138,11 @@ pub(crate) async fn send(req: Request<Incoming>, state: &State) -> Reply {
         .map(str::to_owned);
     // The JSON envelope around a body of the largest allowed size, with room for escapes.
     let cap = limits.max_body * 2 + 1024;
-    let raw = match Limited::new(req.into_body(), cap).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return json_error(ErrorCode::TooLarge, "request body too large"),
+    let body = Limited::new(req.into_body(), cap).collect();
+    let raw = match tokio::time::timeout(limits.request_timeout, body).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => return json_error(ErrorCode::TooLarge, "request body too large"),
+        Err(_) => return body_timeout(limits.request_timeout),
     };
     let parsed: SendBody = match serde_json::from_slice(&raw) {
         Ok(p) => p,

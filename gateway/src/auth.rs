@@ -3,6 +3,8 @@
 //! Development uses an HS256 shared secret (`chatfabric token` mints such tokens); production uses an
 //! asymmetric key (RS256/ES256/EdDSA public key in PEM) so gateways cannot mint tokens themselves.
 
+use std::time::Duration;
+
 use chatfabric_nats::UserId;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -27,6 +29,9 @@ struct Claims {
     exp: u64,
 }
 
+/// Seconds of clock skew allowed between token issuer and gateway, on `exp` and `nbf`.
+pub const LEEWAY_SECS: u64 = 5;
+
 /// Who a verified token speaks for, and until when.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -34,6 +39,20 @@ pub struct Identity {
     pub user: UserId,
     /// Expiry, seconds since the Unix epoch.
     pub expires_at: u64,
+}
+
+/// The farthest a connection's expiry timer is set: a token valid for longer is treated as
+/// expiring then (a far `exp`, up to 2^64 - 1, must not overflow the clock).
+const LONGEST_WAIT: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+impl Identity {
+    /// When the token expires, on tokio's clock (a connection or event stream closes then).
+    pub fn deadline(&self) -> tokio::time::Instant {
+        let left = self
+            .expires_at
+            .saturating_sub(chatfabric_nats::wire::now_ms() / 1000);
+        tokio::time::Instant::now() + Duration::from_secs(left).min(LONGEST_WAIT)
+    }
 }
 
 /// Verifies tokens. Cheap to share behind an `Arc`.
@@ -69,12 +88,14 @@ impl Authenticator {
 
     fn with_key(key: DecodingKey, alg: Algorithm) -> Self {
         let mut validation = Validation::new(alg);
-        validation.leeway = 5;
+        // Clock skew allowed on `exp` and `nbf`.
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Self { key, validation }
     }
 
-    /// Checks signature and expiry and returns the identity.
+    /// Checks signature, expiry and (when present) `nbf`, and returns the identity.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)?;
         Ok(Identity {

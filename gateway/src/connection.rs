@@ -7,17 +7,18 @@
 //! the client through TCP instead of buffering.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chatfabric_nats::{ConvId, UserId};
 use futures::future::BoxFuture;
-use futures::stream::{FuturesUnordered, SplitSink};
+use futures::stream::{FuturesUnordered, SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::WaitForCancellationFuture;
 use tracing::Instrument;
 
 use crate::auth::Identity;
@@ -38,11 +39,9 @@ type Reply = BoxFuture<'static, Option<Utf8Bytes>>;
 /// Runs a connection until it closes. `identity` is set when the upgrade carried a valid token.
 pub(crate) async fn serve(socket: Socket, identity: Option<Identity>, state: Arc<State>) {
     let conn = state.next_conn();
-    state.metrics.connections.inc();
     state.metrics.connections_total.inc();
     let span = tracing::info_span!("connection", conn, user = tracing::field::Empty);
     run(socket, identity, conn, &state).instrument(span).await;
-    state.metrics.connections.dec();
 }
 
 async fn run(socket: Socket, identity: Option<Identity>, conn: u64, state: &Arc<State>) {
@@ -53,9 +52,9 @@ async fn run(socket: Socket, identity: Option<Identity>, conn: u64, state: &Arc<
         // await, and every idle connection would carry this one's space for its whole life.
         None => match Box::pin(authenticate(&mut stream, state)).await {
             Ok(id) => id,
-            Err(reason) => {
-                state.metrics.close("unauthorized");
-                Box::pin(close_with(&mut sink, close::UNAUTHORIZED, reason)).await;
+            Err(close) => {
+                let closing = Closing::now(close, &state.limits);
+                Box::pin(close_with(sink, stream, closing)).await;
                 return;
             }
         },
@@ -66,10 +65,11 @@ async fn run(socket: Socket, identity: Option<Identity>, conn: u64, state: &Arc<
         conn,
         reference: None,
     };
-    if write(&mut sink, state, "ready", protocol::encode(&ready))
-        .await
-        .is_err()
-    {
+    let ready = write(&mut sink, state, "ready", protocol::encode(&ready));
+    if !matches!(
+        tokio::time::timeout(state.limits.close_grace, ready).await,
+        Ok(Ok(()))
+    ) {
         return;
     }
 
@@ -90,75 +90,71 @@ async fn run(socket: Socket, identity: Option<Identity>, conn: u64, state: &Arc<
     };
     let mut replies: FuturesUnordered<Reply> = FuturesUnordered::new();
     replies.push(unread_counts(state.clone(), identity.user.clone()));
-    let expires = tokio::time::Instant::now()
-        + Duration::from_secs(
-            identity
-                .expires_at
-                .saturating_sub(chatfabric_nats::wire::now_ms() / 1000),
-        );
-    let expiry = tokio::time::sleep_until(expires);
+    let expiry = tokio::time::sleep_until(identity.deadline());
     tokio::pin!(expiry);
     // Created once, not per loop turn: each creation would register and unregister a waiter.
     let shutdown = state.shutdown.cancelled();
     tokio::pin!(shutdown);
 
-    let close: Option<(u16, &'static str)> = loop {
-        tokio::select! {
-            code = outbox.kicked() => break Some((code, close_reason(code))),
-            _ = &mut shutdown => break Some((close::GOING_AWAY, "gateway shutting down; resume elsewhere")),
-            _ = &mut expiry => {
-                state.metrics.close("unauthorized");
-                break Some((close::UNAUTHORIZED, "token expired"));
+    let closing: Option<Closing> = loop {
+        let pending = tokio::select! {
+            close = close_requested(state, &outbox, shutdown.as_mut(), expiry.as_mut()) => {
+                break Some(Closing::now(close, limits));
             }
-            out = outbox.recv() => {
-                let write = write_outbound(&mut sink, &outbox, out);
-                tokio::pin!(write);
-                tokio::select! {
-                    written = &mut write => if written.is_err() { break None },
-                    // Kicked while the socket is full (the usual slow-consumer case): give the
-                    // client a moment to read on, so the close code reaches it after the data.
-                    code = outbox.kicked() => {
-                        if let Ok(Ok(())) = tokio::time::timeout(limits.close_grace, write).await {
-                            break Some((code, close_reason(code)));
-                        }
-                        break None;
-                    }
-                }
-            }
-            Some(reply) = replies.next(), if !replies.is_empty() => {
-                if let Some(frame) = reply {
-                    if sink.send(Message::Text(frame)).await.is_err() {
-                        break None;
-                    }
-                }
-            }
+            out = outbox.recv() => Pending::Queued(out),
+            Some(reply) = replies.next(), if !replies.is_empty() => match reply {
+                Some(frame) => Pending::Reply(frame),
+                None => continue,
+            },
             inbound = stream.next(), if replies.len() < limits.max_in_flight => {
                 match inbound {
-                    Some(Ok(Message::Text(text))) => {
-                        match session.on_text(&text) {
-                            Step::Reply(frame) => {
-                                if sink.send(Message::Text(frame)).await.is_err() {
-                                    break None;
-                                }
-                            }
-                            Step::Later(fut) => replies.push(fut),
-                            Step::Close(code, reason) => break Some((code, reason)),
+                    Some(Ok(Message::Text(text))) => match session.on_text(&text) {
+                        Step::Reply(frame) => Pending::Reply(frame),
+                        Step::Later(fut) => {
+                            replies.push(fut);
+                            continue;
                         }
-                    }
+                        Step::Close(code, reason) => break Some(Closing::now((code, reason), limits)),
+                    },
                     Some(Ok(Message::Binary(_))) => {
                         state.metrics.close("binary");
-                        break Some((close::UNSUPPORTED_DATA, "binary frames are not supported; send JSON text"));
+                        break Some(Closing::now((close::UNSUPPORTED_DATA, "binary frames are not supported; send JSON text"), limits));
                     }
-                    Some(Ok(Message::Close(_))) | None => break None,
-                    Some(Ok(_)) => {} // ping/pong: tungstenite answers pings itself
+                    Some(Ok(Message::Close(_))) | None => {
+                        // tungstenite queued the reply to the client's close: send it.
+                        let _ = tokio::time::timeout(limits.close_grace, sink.flush()).await;
+                        break None;
+                    }
+                    // tungstenite answers pings itself; they count against the rate limit.
+                    Some(Ok(_)) => match session.control_frame() {
+                        Some(close) => break Some(Closing::now(close, limits)),
+                        None => continue,
+                    },
                     Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => {
                         state.metrics.close("too_big");
-                        break Some((close::TOO_BIG, "frame exceeds the size limit"));
+                        let closing = Closing::now((close::TOO_BIG, "frame exceeds the size limit"), limits);
+                        break Some(Closing { unreadable: true, ..closing });
                     }
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "read failed");
                         break None;
                     }
+                }
+            }
+        };
+        // Every write races the reasons to close: a client that stopped reading blocks the write,
+        // and must not hold the connection open past the close grace.
+        let write = write_pending(&mut sink, &outbox, pending);
+        tokio::pin!(write);
+        tokio::select! {
+            written = &mut write => if written.is_err() { break None },
+            close = close_requested(state, &outbox, shutdown.as_mut(), expiry.as_mut()) => {
+                // Give the client until the deadline to read on, so the close code reaches it
+                // after the data (the usual slow-consumer case).
+                let closing = Closing::now(close, limits);
+                match tokio::time::timeout_at(closing.deadline, write).await {
+                    Ok(Ok(())) => break Some(closing),
+                    _ => break None,
                 }
             }
         }
@@ -167,8 +163,66 @@ async fn run(socket: Socket, identity: Option<Identity>, conn: u64, state: &Arc<
     for conv in &session.subscribed {
         state.hub.unsubscribe(conv, conn);
     }
-    if let Some((code, reason)) = close {
-        Box::pin(close_with(&mut sink, code, reason)).await;
+    if let Some(closing) = closing {
+        Box::pin(close_with(sink, stream, closing)).await;
+    }
+}
+
+/// A close the gateway decided on: the code, its reason, and when the TCP connection ends at the
+/// latest.
+struct Closing {
+    code: u16,
+    reason: &'static str,
+    deadline: tokio::time::Instant,
+    /// The frame stream ended with a read error: the client's close reply cannot be seen.
+    unreadable: bool,
+}
+
+impl Closing {
+    fn now((code, reason): (u16, &'static str), limits: &crate::Limits) -> Self {
+        Self {
+            code,
+            reason,
+            deadline: tokio::time::Instant::now() + limits.close_grace,
+            unreadable: false,
+        }
+    }
+}
+
+/// Resolves when the connection must close for a reason outside its own frames: a kick (slow
+/// consumer, lost feed), the gateway's shutdown, or the token's expiry.
+async fn close_requested(
+    state: &State,
+    outbox: &Outbox,
+    shutdown: std::pin::Pin<&mut WaitForCancellationFuture<'_>>,
+    expiry: std::pin::Pin<&mut tokio::time::Sleep>,
+) -> (u16, &'static str) {
+    tokio::select! {
+        code = outbox.kicked() => (code, close_reason(code)),
+        _ = shutdown => (close::GOING_AWAY, "gateway shutting down; resume elsewhere"),
+        _ = expiry => {
+            state.metrics.close("unauthorized");
+            (close::UNAUTHORIZED, "token expired")
+        }
+    }
+}
+
+/// What the connection loop writes next.
+enum Pending {
+    /// A reply to one of the client's requests.
+    Reply(Utf8Bytes),
+    /// An item of the outbound queue (plus whatever else is queued by then).
+    Queued(Outbound),
+}
+
+async fn write_pending(
+    sink: &mut Sink,
+    queue: &Outbox,
+    pending: Pending,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    match pending {
+        Pending::Reply(frame) => sink.send(Message::Text(frame)).await,
+        Pending::Queued(first) => write_outbound(sink, queue, first).await,
     }
 }
 
@@ -205,16 +259,24 @@ fn close_reason(code: u16) -> &'static str {
     }
 }
 
-/// Waits for the first frame, which must be a valid `auth`.
+/// Waits for the first frame, which must be a valid `auth`; else the close code and reason.
 async fn authenticate(
-    stream: &mut futures::stream::SplitStream<Socket>,
+    stream: &mut SplitStream<Socket>,
     state: &State,
-) -> Result<Identity, &'static str> {
-    let first = tokio::time::timeout(state.limits.auth_timeout, stream.next())
-        .await
-        .map_err(|_| "no auth frame in time")?;
+) -> Result<Identity, (u16, &'static str)> {
+    let first = tokio::select! {
+        first = tokio::time::timeout(state.limits.auth_timeout, stream.next()) => first,
+        _ = state.shutdown.cancelled() => {
+            return Err((close::GOING_AWAY, "gateway shutting down; resume elsewhere"));
+        }
+    };
+    let unauthorized = |reason| {
+        state.metrics.close("unauthorized");
+        (close::UNAUTHORIZED, reason)
+    };
+    let first = first.map_err(|_| unauthorized("no auth frame in time"))?;
     let Some(Ok(Message::Text(text))) = first else {
-        return Err("expected an auth frame");
+        return Err(unauthorized("expected an auth frame"));
     };
     match protocol::decode(&text) {
         Ok(ClientFrame::Auth { token, .. }) => {
@@ -225,10 +287,10 @@ async fn authenticate(
                 .inc();
             state.auth.verify(&token).map_err(|e| {
                 tracing::debug!(error = %e, "token refused");
-                "invalid or expired token"
+                unauthorized("invalid or expired token")
             })
         }
-        _ => Err("the first frame must be auth"),
+        _ => Err(unauthorized("the first frame must be auth")),
     }
 }
 
@@ -267,16 +329,35 @@ async fn write_outbound(
     sink.flush().await
 }
 
-async fn close_with(sink: &mut Sink, code: u16, reason: &'static str) {
+/// Sends the close frame, then reads and drops what the client still sends until its close reply
+/// (closing TCP with unread data would reset the connection, and the client would lose the close
+/// frame), all by the close's deadline; then the connection is dropped.
+async fn close_with(mut sink: Sink, mut stream: SplitStream<Socket>, closing: Closing) {
     let frame = CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.into(),
+        code: CloseCode::from(closing.code),
+        reason: closing.reason.into(),
     };
-    // The peer may be gone or not reading: give the close a moment, never more.
-    let _ = tokio::time::timeout(
-        Duration::from_secs(1),
-        sink.send(Message::Close(Some(frame))),
-    )
+    let _ = tokio::time::timeout_at(closing.deadline, async {
+        if sink.send(Message::Close(Some(frame))).await.is_err() {
+            return;
+        }
+        if !closing.unreadable {
+            loop {
+                match stream.next().await {
+                    Some(Ok(_)) => {}
+                    None => return,
+                    Some(Err(_)) => break,
+                }
+            }
+        }
+        // The client's frames cannot be read (the stream ended with an error): drop raw bytes
+        // until it closes.
+        if let Ok(socket) = sink.reunite(stream) {
+            let mut io = socket.into_inner();
+            let mut buf = [0u8; 1024];
+            while let Ok(1..) = tokio::io::AsyncReadExt::read(&mut io, &mut buf).await {}
+        }
+    })
     .await;
 }
 
@@ -310,6 +391,20 @@ impl Session {
         Step::Reply(error_frame(&self.state, code, message, reference))
     }
 
+    fn flood(&self) -> (u16, &'static str) {
+        self.state.metrics.close("flood");
+        (close::FLOOD, close_reason(close::FLOOD))
+    }
+
+    /// A ping or pong control frame. tungstenite answers pings itself, but they count against the
+    /// rate limit like any frame: past it they are ignored, and a flood closes the connection.
+    fn control_frame(&mut self) -> Option<(u16, &'static str)> {
+        match self.rate.check(Instant::now()) {
+            Verdict::Flood => Some(self.flood()),
+            Verdict::Allow | Verdict::Refuse => None,
+        }
+    }
+
     fn on_text(&mut self, text: &str) -> Step {
         let metrics = &self.state.metrics;
         match self.rate.check(Instant::now()) {
@@ -318,8 +413,8 @@ impl Session {
                 return self.error(ErrorCode::RateLimited, "too many frames; slow down", None)
             }
             Verdict::Flood => {
-                metrics.close("flood");
-                return Step::Close(close::FLOOD, close_reason(close::FLOOD));
+                let (code, reason) = self.flood();
+                return Step::Close(code, reason);
             }
         }
         let frame = match protocol::decode(text) {
@@ -664,14 +759,21 @@ impl Session {
                         Err(e) => Err((e, reference)),
                     }
                 }
-                ClientFrame::Conversations { reference } => m
-                    .conversations_of(&me)
-                    .await
-                    .map(|conversations| ServerFrame::Conversations {
-                        conversations,
-                        reference: reference.clone(),
-                    })
-                    .map_err(|e| (e, reference)),
+                ClientFrame::Conversations {
+                    after,
+                    limit,
+                    reference,
+                } => {
+                    let limit = limit.unwrap_or(crate::membership::MAX_LISTING_PAGE);
+                    m.conversations_page(&me, after.as_ref(), limit)
+                        .await
+                        .map(|(conversations, next)| ServerFrame::Conversations {
+                            conversations,
+                            next,
+                            reference: reference.clone(),
+                        })
+                        .map_err(|e| (e, reference))
+                }
                 _ => return None,
             };
             Some(match result {

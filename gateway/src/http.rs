@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
 
 use crate::protocol::ErrorCode;
 use crate::{api, connection, demo, sse, State};
@@ -29,6 +30,10 @@ pub(crate) type Body = BoxBody<Bytes, Infallible>;
 pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed()
 }
+
+/// Drops the HTTP connection it came with once cancelled; in each request's extensions.
+#[derive(Clone)]
+pub(crate) struct Abort(pub(crate) CancellationToken);
 
 /// Accepts connections until shutdown; each is served on its own task tracked by `state.tracker`.
 pub(crate) async fn accept_loop(listener: TcpListener, state: Arc<State>) {
@@ -49,21 +54,31 @@ pub(crate) async fn accept_loop(listener: TcpListener, state: Arc<State>) {
         let state = state.clone();
         state.tracker.clone().spawn(async move {
             let svc_state = state.clone();
-            let service = service_fn(move |req| route(req, svc_state.clone()));
+            let abort = Abort(CancellationToken::new());
+            let svc_abort = abort.clone();
+            let service = service_fn(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(svc_abort.clone());
+                route(req, svc_state.clone())
+            });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
+                .header_read_timeout(state.limits.request_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
             tokio::pin!(conn);
             let result = tokio::select! {
                 r = conn.as_mut() => r,
+                // A response gave up on a client that does not read (an event stream closed
+                // after its grace): drop the connection with whatever hyper still buffers.
+                _ = abort.0.cancelled() => Ok(()),
                 _ = state.shutdown.cancelled() => {
                     // Finish the request in flight, then close (idle keep-alives close at once).
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
             };
+            // Whoever waits to abort it need not any more.
+            abort.0.cancel();
             if let Err(e) = result {
                 tracing::debug!(error = %e, "http connection ended");
             }
@@ -177,16 +192,18 @@ fn upgrade(mut req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bod
             "expected a WebSocket upgrade (version 13)\n",
         );
     };
-    if state.metrics.connections.get() >= state.limits.max_connections as i64 {
+    let Some(slot) = state.capacity.admit(&state.metrics.connections) else {
         state.metrics.close("capacity");
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             "gateway at capacity; try another\n",
         );
-    }
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let config = state.limits.websocket_config();
     state.tracker.clone().spawn(async move {
+        // Held until the connection ends, however it ends.
+        let _slot = slot;
         match on_upgrade.await {
             Ok(upgraded) => {
                 let socket = WebSocketStream::from_raw_socket(

@@ -5,7 +5,8 @@
 //! The data path, in the order a message travels:
 //!
 //! - [`http`]: accepts TCP, serves `/healthz`, `/readyz`, `/metrics`, upgrades `/ws`, and routes
-//!   to [`sse`] (event streams) and `api` (REST history and send).
+//!   to [`sse`] (event streams) and `api` (REST history and send); WebSockets and event streams
+//!   each hold a `capacity` slot under `--max-connections`.
 //! - [`connection`]: one task per WebSocket: authenticate ([`auth`]), read a **frame**, decode and
 //!   **validate** it ([`protocol`], [`rate`]), dispatch.
 //! - [`membership`]: who may read and write which conversation (KV bucket + moka cache).
@@ -30,6 +31,7 @@
 
 mod api;
 pub mod auth;
+mod capacity;
 mod connection;
 pub mod demo;
 pub mod fanout;
@@ -79,13 +81,18 @@ pub struct Limits {
     pub auth_timeout: Duration,
     /// Time a send may wait for JetStream's acknowledgement before `unavailable`.
     pub publish_timeout: Duration,
-    /// Connections this gateway accepts before answering 503.
+    /// WebSocket connections plus event streams this gateway serves at once before answering 503.
     pub max_connections: usize,
     /// When a connection must be closed while its socket is full, how long the gateway waits for
     /// the client to read on so the close code reaches it; after that it drops the connection.
     pub close_grace: Duration,
     /// tungstenite's read buffer per connection, in bytes (it is allocated eagerly).
     pub read_buffer: usize,
+    /// Time an HTTP client has to send a request's headers, and then its body; past it the
+    /// connection is closed (a body that does not arrive in time gets 408 first).
+    pub request_timeout: Duration,
+    /// How many conversations a user may be in, and how many of them others may put them in.
+    pub conversations: membership::ConversationLimits,
 }
 
 impl Default for Limits {
@@ -102,6 +109,8 @@ impl Default for Limits {
             max_connections: 100_000,
             close_grace: Duration::from_secs(5),
             read_buffer: 1024,
+            request_timeout: Duration::from_secs(10),
+            conversations: membership::ConversationLimits::default(),
         }
     }
 }
@@ -144,6 +153,8 @@ pub struct GatewayConfig {
 pub(crate) struct State {
     auth: Authenticator,
     limits: Limits,
+    /// Places for WebSocket connections and event streams (`limits.max_connections`).
+    capacity: Arc<capacity::Capacity>,
     fabric: Fabric,
     hub: fanout::Hub,
     membership: Arc<membership::Membership>,
@@ -222,6 +233,7 @@ pub async fn run(
         fabric.client.clone(),
         config.membership_cache,
         config.membership_ttl,
+        config.limits.conversations,
     ));
     tracker.spawn(
         membership
@@ -259,6 +271,7 @@ pub async fn run(
     tracing::info!(gateway = devices.gateway(), "presence id");
     let state = Arc::new(State {
         auth: config.auth,
+        capacity: capacity::Capacity::new(config.limits.max_connections),
         limits: config.limits,
         fabric,
         hub,
@@ -287,4 +300,27 @@ pub async fn run(
     }
     let _ = heartbeat.await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chatfabric_nats::ConvId;
+
+    #[test]
+    fn the_largest_listing_page_fits_the_write_buffer() {
+        // The longest id, and the longest title in its longest JSON form (`\u0001` per byte).
+        let view = protocol::ConversationView {
+            conv: ConvId::new("g".repeat(64)).unwrap(),
+            kind: chatfabric_nats::wire::ConvKind::Group,
+            title: Some("\u{1}".repeat(membership::MAX_TITLE_LEN)),
+        };
+        let page = protocol::ServerFrame::Conversations {
+            conversations: vec![view; membership::MAX_LISTING_PAGE],
+            next: Some(ConvId::new("g".repeat(64)).unwrap()),
+            reference: Some("r".repeat(64)),
+        };
+        let limit = Limits::default().websocket_config().max_write_buffer_size;
+        assert!(protocol::encode(&page).len() < limit);
+    }
 }

@@ -26,6 +26,34 @@ pub const MAX_GROUP_MEMBERS: usize = 1000;
 pub const MAX_CONVERSATIONS_PER_USER: usize = 5000;
 /// Longest group title, in bytes.
 pub const MAX_TITLE_LEN: usize = 200;
+/// Of a user's conversations, most that others may put them in (groups they add them to, direct
+/// conversations they open with them): the rest is the user's own, so others can never lock them out.
+pub const MAX_ADDED_BY_OTHERS: usize = 4000;
+/// Largest page of a `conversations` listing: its frame stays below the connection's write
+/// buffer (256 KiB) even with every title at its longest and fully escaped.
+pub const MAX_LISTING_PAGE: usize = 100;
+
+/// How many conversations a user may be in.
+#[derive(Debug, Clone, Copy)]
+pub struct ConversationLimits {
+    /// In all ([`MAX_CONVERSATIONS_PER_USER`]).
+    pub per_user: usize,
+    /// Put there by others ([`MAX_ADDED_BY_OTHERS`]): once a user is in this many, others can no
+    /// longer add them; the user's own creates keep working up to `per_user`.
+    pub added_by_others: usize,
+}
+
+impl Default for ConversationLimits {
+    fn default() -> Self {
+        Self {
+            per_user: MAX_CONVERSATIONS_PER_USER,
+            added_by_others: MAX_ADDED_BY_OTHERS,
+        }
+    }
+}
+
+const TOO_MANY_TO_BE_ADDED: &str =
+    "this user is in too many conversations to be added to more by others";
 
 /// Why a membership operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +88,17 @@ fn store_err(e: impl std::fmt::Display) -> MembershipError {
     MembershipError::Store(e.to_string())
 }
 
+/// How a membership changes a user's conversation index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IndexChange {
+    /// The user created or joined the conversation themselves.
+    Joined,
+    /// Someone else put the user in it.
+    AddedByOthers,
+    /// The user left or was removed.
+    Remove,
+}
+
 /// Receives membership removals seen by the watcher (the fan-out ends those subscriptions).
 pub trait MembershipEvents: Send + Sync + 'static {
     /// `user` is no longer a member of `conv`.
@@ -76,12 +115,20 @@ pub struct Membership {
     /// For inboxes of the ordered consumers that list keys.
     client: async_nats::Client,
     members: moka::future::Cache<(ConvId, UserId), bool>,
+    limits: ConversationLimits,
 }
 
 impl Membership {
-    /// A cache of at most `capacity` answers, each kept at most `ttl`.
-    pub fn new(kv: kv::Store, client: async_nats::Client, capacity: u64, ttl: Duration) -> Self {
+    /// A cache of at most `capacity` answers, each kept at most `ttl`; users are held to `limits`.
+    pub fn new(
+        kv: kv::Store,
+        client: async_nats::Client,
+        capacity: u64,
+        ttl: Duration,
+        limits: ConversationLimits,
+    ) -> Self {
         Self {
+            limits,
             kv,
             index_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
             client,
@@ -104,7 +151,8 @@ impl Membership {
             .map_err(store_err)
     }
 
-    /// Fails with `Forbidden` unless `user` is a member of `conv`.
+    /// Fails with `Forbidden` unless `user` is a member of `conv`: also when `conv` does not
+    /// exist, so that a non-member cannot tell (direct conversation ids are computable).
     pub async fn require_member(
         &self,
         conv: &ConvId,
@@ -191,6 +239,20 @@ impl Membership {
             created_at: now_ms(),
             title,
         };
+        // Refused before anything is written, rather than half-way. (Racing adds are caught by
+        // the index update itself.)
+        for user in &members {
+            let (index, _) = self.index(user).await?;
+            if index.contains(&conv) {
+                continue;
+            }
+            if user == creator && index.len() >= self.limits.per_user {
+                return Err(self.too_many());
+            }
+            if user != creator && index.len() >= self.limits.added_by_others {
+                return Err(MembershipError::Forbidden(TOO_MANY_TO_BE_ADDED));
+            }
+        }
         let info = self.create_info(info).await?;
         for user in &members {
             self.put_member(&conv, user, creator).await?;
@@ -205,8 +267,9 @@ impl Membership {
         conv: &ConvId,
         user: &UserId,
     ) -> Result<(), MembershipError> {
-        let info = self.info(conv).await?;
+        // Membership first: a non-member learns nothing, not even whether `conv` exists.
         self.require_member(conv, me).await?;
+        let info = self.info(conv).await?;
         if info.kind == ConvKind::Direct {
             return Err(MembershipError::Forbidden(
                 "direct conversations have fixed members",
@@ -222,8 +285,8 @@ impl Membership {
         conv: &ConvId,
         user: &UserId,
     ) -> Result<(), MembershipError> {
-        let info = self.info(conv).await?;
         self.require_member(conv, me).await?;
+        let info = self.info(conv).await?;
         if info.kind == ConvKind::Direct {
             return Err(MembershipError::Forbidden(
                 "direct conversations have fixed members",
@@ -240,7 +303,7 @@ impl Membership {
             .map_err(store_err)?;
         self.members.invalidate(&(conv.clone(), user.clone())).await;
         // Index last, for the same reason as in `put_member`.
-        self.update_index(user, conv, false).await
+        self.update_index(user, conv, IndexChange::Remove).await
     }
 
     /// The members of `conv`, sorted.
@@ -268,6 +331,13 @@ impl Membership {
         Ok(convs)
     }
 
+    fn too_many(&self) -> MembershipError {
+        MembershipError::Invalid(format!(
+            "a user belongs to at most {} conversations",
+            self.limits.per_user
+        ))
+    }
+
     /// `user`'s conversation index and its revision (`None`: never written).
     async fn index(&self, user: &UserId) -> Result<(Vec<ConvId>, Option<u64>), MembershipError> {
         let entry = self
@@ -291,8 +361,9 @@ impl Membership {
         &self,
         user: &UserId,
         conv: &ConvId,
-        add: bool,
+        change: IndexChange,
     ) -> Result<(), MembershipError> {
+        let add = change != IndexChange::Remove;
         let key = subject::user_convs_key(user);
         let shard = {
             use std::hash::{Hash, Hasher};
@@ -313,11 +384,12 @@ impl Membership {
             if present == add {
                 return Ok(());
             }
+            if change == IndexChange::AddedByOthers && index.len() >= self.limits.added_by_others {
+                return Err(MembershipError::Forbidden(TOO_MANY_TO_BE_ADDED));
+            }
             if add {
-                if index.len() >= MAX_CONVERSATIONS_PER_USER {
-                    return Err(MembershipError::Invalid(format!(
-                        "a user belongs to at most {MAX_CONVERSATIONS_PER_USER} conversations"
-                    )));
+                if index.len() >= self.limits.per_user {
+                    return Err(self.too_many());
                 }
                 index.push(conv.clone());
             } else {
@@ -388,6 +460,41 @@ impl Membership {
         Ok(out)
     }
 
+    /// A page of the conversations `user` is a member of, by id: at most `limit` entries of their
+    /// index after `after` are looked at, so a page costs the same however many there are. The
+    /// second value, set when entries remain, is the `after` of the next page.
+    pub async fn conversations_page(
+        &self,
+        user: &UserId,
+        after: Option<&ConvId>,
+        limit: usize,
+    ) -> Result<(Vec<ConversationView>, Option<ConvId>), MembershipError> {
+        if limit == 0 {
+            return Err(MembershipError::Invalid("limit must be at least 1".into()));
+        }
+        let (mut index, _) = self.index(user).await?;
+        index.sort();
+        let start = after.map_or(0, |a| index.partition_point(|c| c <= a));
+        let end = index.len().min(start + limit.min(MAX_LISTING_PAGE));
+        let mut out = Vec::with_capacity(end - start);
+        for conv in &index[start..end] {
+            if !self.is_member(conv, user).await? {
+                continue; // the index is a superset
+            }
+            match self.info(conv).await {
+                Ok(info) => out.push(ConversationView {
+                    conv: info.conv,
+                    kind: info.kind,
+                    title: info.title,
+                }),
+                Err(MembershipError::NotFound) => {} // membership written before its description
+                Err(e) => return Err(e),
+            }
+        }
+        let next = (end < index.len()).then(|| index[end - 1].clone());
+        Ok((out, next))
+    }
+
     async fn create_info(
         &self,
         info: ConversationInfo,
@@ -413,7 +520,12 @@ impl Membership {
         };
         let value = Bytes::from(serde_json::to_vec(&record).map_err(store_err)?);
         // Index first: a crash in between leaves the index a superset, which readers filter.
-        self.update_index(user, conv, true).await?;
+        let change = if user == added_by {
+            IndexChange::Joined
+        } else {
+            IndexChange::AddedByOthers
+        };
+        self.update_index(user, conv, change).await?;
         self.kv
             .put(subject::member_key(conv, user), value)
             .await

@@ -87,8 +87,14 @@ pub enum ClientFrame {
         #[serde(default, rename = "ref")]
         reference: Option<String>,
     },
-    /// List the conversations you are a member of.
+    /// List the conversations you are a member of, a page at a time, by id.
     Conversations {
+        /// Only conversations whose id sorts after this one (the previous page's `next`).
+        #[serde(default)]
+        after: Option<ConvId>,
+        /// Page size, 1 to 100 (default 100).
+        #[serde(default)]
+        limit: Option<usize>,
         /// Echoed in the reply.
         #[serde(default, rename = "ref")]
         reference: Option<String>,
@@ -222,10 +228,13 @@ pub enum ServerFrame {
         #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<String>,
     },
-    /// The caller's conversations.
+    /// A page of the caller's conversations.
     Conversations {
-        /// Conversations, in no particular order.
+        /// Conversations, ordered by id.
         conversations: Vec<ConversationView>,
+        /// Set when there may be more: ask again with `after` = this.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<ConvId>,
         /// Echo of the request's `ref`.
         #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<String>,

@@ -23,7 +23,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::fanout::Outlet;
-use crate::http::{bearer, json_error, Body};
+use crate::http::{bearer, json_error, Abort, Body};
 use crate::outbox::{Outbound, Outbox};
 use crate::protocol::{close, ErrorCode};
 use crate::State;
@@ -79,8 +79,8 @@ pub(crate) async fn events(
             _ => return json_error(ErrorCode::Invalid, "unknown query parameter"),
         }
     }
-    let user = match token.map(|t| state.auth.verify(&t)) {
-        Some(Ok(id)) => id.user,
+    let identity = match token.map(|t| state.auth.verify(&t)) {
+        Some(Ok(id)) => id,
         _ => {
             return json_error(
                 ErrorCode::Unauthenticated,
@@ -88,6 +88,7 @@ pub(crate) async fn events(
             )
         }
     };
+    let user = identity.user.clone();
     let convs = if wanted.is_empty() {
         match state.membership.conversations_of(&user).await {
             Ok(list) => list.into_iter().map(|c| c.conv).collect(),
@@ -114,6 +115,10 @@ pub(crate) async fn events(
         .map(parse_cursor)
         .unwrap_or_default();
 
+    let Some(slot) = state.capacity.admit(&state.metrics.sse_streams) else {
+        state.metrics.close("capacity");
+        return json_error(ErrorCode::Unavailable, "gateway at capacity; try another");
+    };
     let conn = state.next_conn();
     let outbox = Arc::new(Outbox::new(state.limits.queue));
     let outlet = Outlet {
@@ -135,18 +140,27 @@ pub(crate) async fn events(
     // A small bounded body channel: a client that stops reading fills it, then the outbound
     // queue, and the fan-out closes it as slow.
     let (body_tx, body_rx) = mpsc::channel::<Bytes>(8);
-    state.metrics.sse_streams.inc();
     let task_state = state.clone();
     // An open event stream is a connected device for presence, like a WebSocket.
     let device = state.devices.connect(&user);
+    let abort = req.extensions().get::<Abort>().cloned();
+    let expiry = identity.deadline();
     state.tracker.spawn(async move {
-        let _device = device;
-        pump(&task_state, &outbox, body_tx, resume).await;
+        let held = (device, slot);
+        let end = pump(&task_state, &outbox, body_tx, resume, expiry).await;
         outbox.close();
         for c in &convs {
             task_state.hub.unsubscribe(c, conn);
         }
-        task_state.metrics.sse_streams.dec();
+        drop(held);
+        // The stream ended; a client that does not read it to the end loses its connection once
+        // the grace is over.
+        if let (Some(abort), Some(deadline)) = (abort, end) {
+            tokio::select! {
+                _ = abort.0.cancelled() => {}
+                _ = tokio::time::sleep_until(deadline) => abort.0.cancel(),
+            }
+        }
     });
     let stream = futures::stream::unfold(body_rx, |mut rx| async move {
         rx.recv()
@@ -172,31 +186,35 @@ struct Head<'a> {
     cursor: Option<u64>,
 }
 
-/// Turns queued frames into events until the client leaves, is kicked, or the gateway stops.
+/// Turns queued frames into events until the client leaves, is kicked, its token expires, or the
+/// gateway stops. Returns when the connection must be gone at the latest (`None`: it is already).
 async fn pump(
     state: &State,
     outbox: &Outbox,
     body: mpsc::Sender<Bytes>,
     mut cursors: BTreeMap<ConvId, u64>,
-) {
+    expiry: tokio::time::Instant,
+) -> Option<tokio::time::Instant> {
     if body
         .send(Bytes::from(format!("retry: {RETRY_MS}\n\n")))
         .await
         .is_err()
     {
-        return;
+        return None;
     }
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.tick().await;
     let grace = state.limits.close_grace;
+    let expired = tokio::time::sleep_until(expiry);
+    tokio::pin!(expired);
     loop {
         let chunk = tokio::select! {
-            code = outbox.kicked() => {
-                let _ = tokio::time::timeout(grace, body.send(error_event(code))).await;
-                return;
+            code = end_requested(state, outbox, expired.as_mut()) => {
+                let deadline = tokio::time::Instant::now() + grace;
+                let _ = tokio::time::timeout_at(deadline, body.send(error_event(code))).await;
+                return Some(deadline);
             }
-            _ = state.shutdown.cancelled() => return,
-            _ = body.closed() => return,
+            _ = body.closed() => return None,
             _ = heartbeat.tick() => Bytes::from_static(b": heartbeat\n\n"),
             out = outbox.recv() => match out {
                 Outbound::Frame(f) => event(&mut cursors, &f),
@@ -212,27 +230,43 @@ async fn pump(
         let send = body.send(chunk);
         tokio::pin!(send);
         tokio::select! {
-            sent = &mut send => if sent.is_err() { return },
-            // Kicked while the reader is not reading (the slow-consumer case): as on WebSocket,
+            sent = &mut send => if sent.is_err() { return None },
+            // Ending while the reader is not reading (the slow-consumer case): as on WebSocket,
             // give it `close_grace` to read on, so the error event reaches it after the data.
-            code = outbox.kicked() => {
-                let _ = tokio::time::timeout(grace, async {
+            code = end_requested(state, outbox, expired.as_mut()) => {
+                let deadline = tokio::time::Instant::now() + grace;
+                let _ = tokio::time::timeout_at(deadline, async {
                     if send.await.is_ok() {
                         let _ = body.send(error_event(code)).await;
                     }
                 })
                 .await;
-                return;
+                return Some(deadline);
             }
         }
     }
 }
 
+/// Resolves with the close code once the stream must end: kicked (slow consumer, lost feed), the
+/// token expired, or the gateway is stopping.
+async fn end_requested(
+    state: &State,
+    outbox: &Outbox,
+    expired: std::pin::Pin<&mut tokio::time::Sleep>,
+) -> u16 {
+    tokio::select! {
+        code = outbox.kicked() => code,
+        _ = expired => close::UNAUTHORIZED,
+        _ = state.shutdown.cancelled() => close::GOING_AWAY,
+    }
+}
+
 fn error_event(code: u16) -> Bytes {
-    let reason = if code == close::SLOW_CONSUMER {
-        "slow_consumer"
-    } else {
-        "closed"
+    let reason = match code {
+        close::SLOW_CONSUMER => "slow_consumer",
+        close::UNAUTHORIZED => "unauthenticated",
+        close::GOING_AWAY => "going_away",
+        _ => "closed",
     };
     Bytes::from(format!("event: error\ndata: {{\"code\":\"{reason}\"}}\n\n"))
 }

@@ -4,14 +4,17 @@
 mod support;
 
 mod access;
+mod admission;
 mod bad_input;
 mod bots;
+mod closes;
 mod cluster;
 mod compose;
 mod deputy;
 mod gaps;
 mod history;
 mod logs;
+mod membership_rules;
 mod messaging;
 mod presence;
 mod slow;

@@ -32,10 +32,19 @@ impl SseClient {
         query: &str,
         last_event_id: Option<&str>,
     ) -> Self {
+        Self::connect_with_token(addr, &super::fabric::token(user), query, last_event_id).await
+    }
+
+    /// Opens `/v1/events` (with `query`) with `token`, resuming after `last_event_id` if given.
+    pub async fn connect_with_token(
+        addr: SocketAddr,
+        token: &str,
+        query: &str,
+        last_event_id: Option<&str>,
+    ) -> Self {
         let mut s = TcpStream::connect(addr).await.expect("connect");
         let mut req = format!(
-            "GET /v1/events{query} HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer {}\r\n",
-            super::fabric::token(user)
+            "GET /v1/events{query} HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
         );
         if let Some(id) = last_event_id {
             req.push_str(&format!("Last-Event-ID: {id}\r\n"));
