@@ -28,23 +28,41 @@ pub const QUEUE_GROUP: &str = "chatfabric-ingest";
 /// Requests handled concurrently per gateway.
 const CONCURRENCY: usize = 256;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Post {
+/// The payload of a post on `chat.in.<conv>.<sender>`.
+#[derive(Debug, Deserialize)]
+pub struct Post {
+    /// The idempotency key (or the `Nats-Msg-Id` header).
     #[serde(default)]
-    client_id: Option<String>,
-    body: String,
+    pub client_id: Option<String>,
+    /// The text.
+    pub body: String,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct Read {
+/// The payload of a history request on `chat.read.<conv>.<reader>`: the `history` op's fields.
+#[derive(Debug, Deserialize, Default)]
+pub struct Read {
+    /// Only messages with `seq < before`.
     #[serde(default)]
-    before: Option<u64>,
+    pub before: Option<u64>,
+    /// Only messages with `seq > after`.
     #[serde(default)]
-    after: Option<u64>,
+    pub after: Option<u64>,
+    /// Page size.
     #[serde(default)]
-    limit: Option<usize>,
+    pub limit: Option<usize>,
+}
+
+/// Decodes a post's payload. Unknown fields are ignored, as in client frames.
+pub fn decode_post(payload: &[u8]) -> Result<Post, serde_json::Error> {
+    serde_json::from_slice(payload)
+}
+
+/// Decodes a history request's payload; an empty payload asks for the newest page.
+pub fn decode_read(payload: &[u8]) -> Result<Read, serde_json::Error> {
+    if payload.is_empty() {
+        return Ok(Read::default());
+    }
+    serde_json::from_slice(payload)
 }
 
 /// Serves NATS-direct requests until shutdown.
@@ -147,7 +165,7 @@ async fn post(state: &State, conv: ConvId, sender: UserId, msg: &async_nats::Mes
     if msg.payload.len() > limits.max_body * 2 + 1024 {
         return Err((ErrorCode::TooLarge, "payload too large".into()));
     }
-    let post: Post = serde_json::from_slice(&msg.payload).map_err(|e| {
+    let post = decode_post(&msg.payload).map_err(|e| {
         (
             ErrorCode::Invalid,
             format!("payload must be {{\"client_id\":..,\"body\":..}}: {e}"),
@@ -191,11 +209,7 @@ async fn post(state: &State, conv: ConvId, sender: UserId, msg: &async_nats::Mes
 }
 
 async fn read(state: &State, conv: ConvId, reader: UserId, msg: &async_nats::Message) -> Answer {
-    let query: Read = if msg.payload.is_empty() {
-        Read::default()
-    } else {
-        serde_json::from_slice(&msg.payload).map_err(|e| (ErrorCode::Invalid, e.to_string()))?
-    };
+    let query = decode_read(&msg.payload).map_err(|e| (ErrorCode::Invalid, e.to_string()))?;
     state
         .membership
         .require_member(&conv, &reader)

@@ -105,11 +105,7 @@ impl Poison {
 }
 
 /// Parses a stored message, checking everything the store relies on.
-pub fn parse(
-    subject: &str,
-    payload: &[u8],
-    max_bytes: usize,
-) -> Result<StoredMessage, Poison> {
+pub fn parse(subject: &str, payload: &[u8], max_bytes: usize) -> Result<StoredMessage, Poison> {
     if payload.len() > max_bytes {
         return Err(Poison::new(
             PoisonReason::Oversized,
