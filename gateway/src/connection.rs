@@ -76,7 +76,11 @@ async fn run(socket: Socket, identity: Option<Identity>, conn: u64, state: &Arc<
     // Counted as a connected device (for presence) until this task ends.
     let _device = state.devices.connect(&identity.user);
     let limits = &state.limits;
-    let outbox = Arc::new(Outbox::new(limits.queue));
+    let outbox = Arc::new(Outbox::new(
+        limits.queue,
+        limits.queue_bytes,
+        state.metrics.queued_bytes.clone(),
+    ));
     let mut session = Session {
         state: state.clone(),
         outlet: Outlet {
@@ -87,6 +91,9 @@ async fn run(socket: Socket, identity: Option<Identity>, conn: u64, state: &Arc<
         subscribed: Vec::new(),
         rate: RateLimiter::new(limits.rate, limits.burst),
         typing: RateLimiter::new(state.presence.typing_rate, state.presence.typing_burst),
+        resubscribe: RateLimiter::new(limits.resubscribe_rate, limits.resubscribe_burst),
+        presence: RateLimiter::new(limits.presence_rate, limits.presence_burst),
+        listing: RateLimiter::new(limits.listing_rate, limits.listing_burst),
     };
     let mut replies: FuturesUnordered<Reply> = FuturesUnordered::new();
     replies.push(unread_counts(state.clone(), identity.user.clone()));
@@ -294,11 +301,18 @@ enum Step {
 struct Session {
     state: Arc<State>,
     outlet: Outlet,
-    /// Conversations this connection subscribed to (unsubscribed on close).
+    /// Conversations this connection subscribed to (unsubscribed on close); subscribing to one
+    /// of them again, also after `unsubscribe`, is a re-subscribe.
     subscribed: Vec<ConvId>,
     rate: RateLimiter,
     /// `typing` frames, on top of the general rate limit.
     typing: RateLimiter,
+    /// Re-subscribes (each may start a replay), on top of the general rate limit.
+    resubscribe: RateLimiter,
+    /// `presence` queries, on top of the general rate limit.
+    presence: RateLimiter,
+    /// `conversations` listings, on top of the general rate limit.
+    listing: RateLimiter,
 }
 
 impl Session {
@@ -363,7 +377,6 @@ impl Session {
                 reference,
             } => self.subscribe(conv, after, reference),
             ClientFrame::Unsubscribe { conv, reference } => {
-                self.subscribed.retain(|c| c != &conv);
                 self.state.hub.unsubscribe(&conv, self.outlet.conn);
                 Step::Reply(
                     protocol::encode(&ServerFrame::Unsubscribed {
@@ -391,7 +404,25 @@ impl Session {
                 seq,
                 reference,
             } => self.read(conv, seq, reference),
-            ClientFrame::Presence { user, reference } => self.presence(user, reference),
+            ClientFrame::Presence { user, reference } => {
+                if self.presence.check(Instant::now()) != Verdict::Allow {
+                    return self.error(
+                        ErrorCode::RateLimited,
+                        "too many presence queries; slow down",
+                        reference.as_deref(),
+                    );
+                }
+                self.presence(user, reference)
+            }
+            ClientFrame::Conversations { reference }
+                if self.listing.check(Instant::now()) != Verdict::Allow =>
+            {
+                self.error(
+                    ErrorCode::RateLimited,
+                    "too many conversations listings; slow down",
+                    reference.as_deref(),
+                )
+            }
             other => self.membership_op(other),
         }
     }
@@ -458,6 +489,12 @@ impl Session {
     fn subscribe(&mut self, conv: ConvId, after: Option<u64>, reference: Option<String>) -> Step {
         if !self.subscribed.contains(&conv) {
             self.subscribed.push(conv.clone());
+        } else if self.resubscribe.check(Instant::now()) != Verdict::Allow {
+            return self.error(
+                ErrorCode::RateLimited,
+                "too many re-subscribes; slow down",
+                reference.as_deref(),
+            );
         }
         let outlet = self.outlet.clone();
         self.as_member(conv, reference.clone(), move |state, conv, _| async move {
@@ -479,6 +516,18 @@ impl Session {
         limit: Option<usize>,
         reference: Option<String>,
     ) -> Step {
+        let limits = &self.state.limits;
+        if !self.state.history_limits.allow(
+            self.user(),
+            limits.history_rate,
+            limits.history_burst,
+        ) {
+            return self.error(
+                ErrorCode::RateLimited,
+                "too many history reads; slow down",
+                reference.as_deref(),
+            );
+        }
         self.as_member(conv, reference.clone(), move |state, conv, _| async move {
             let limit = limit.unwrap_or(protocol::DEFAULT_HISTORY_LIMIT);
             let page = state

@@ -13,10 +13,17 @@
 //!   are dropped.
 //! - **Encode once.** Each message is encoded into one `msg` frame whose bytes are shared by every
 //!   local subscriber (and kept in a small ring for cheap resumes).
-//! - **Resume.** A subscription with a cursor gets the messages after it (from the ring, else from
-//!   JetStream), then joins the live list, all inside the actor, so nothing can slip in between.
-//! - **Slow clients.** Frames go to each connection's bounded queue with `try_send`; a full queue gets
-//!   the connection closed with [`close::SLOW_CONSUMER`], and the actor never waits for it.
+//! - **Resume.** A subscription with a cursor gets the messages after it, then joins the live list,
+//!   all inside the actor, so nothing can slip in between. What the ring holds is queued at once.
+//!   Older messages are a [`Replay`]: each actor turn without live work or commands replays one
+//!   chunk ([`REPLAY_CHUNK`] messages from JetStream) of one replay, round robin, and only while
+//!   the connection's queue is at most half full; otherwise the replay waits, without holding the
+//!   actor, for the client to read. A replay that reaches `last` joins the live list in the same
+//!   turn. So a long resume costs others at most one chunk's latency, and its memory is bounded by
+//!   the connection's queue.
+//! - **Slow clients.** Frames go to each connection's bounded queue (frames and bytes) without
+//!   waiting; a full queue gets the connection closed with [`close::SLOW_CONSUMER`], and the actor
+//!   never waits for it.
 //!
 //! - **Ephemeral events.** The actor also owns the conversation's `chat.eph.<conv>.*` subscription
 //!   (presence, typing, read receipts). Each event is parsed, checked to belong to this
@@ -38,6 +45,8 @@ use async_nats::jetstream::stream::DirectGetErrorKind;
 use chatfabric_nats::subject;
 use chatfabric_nats::wire::{EphemeralEvent, StoredMessage, LAST_SEQUENCE_HEADER, SEQUENCE_HEADER};
 use chatfabric_nats::{ConvId, Fabric, UserId};
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -147,6 +156,9 @@ struct HubInner {
 /// Commands queued per conversation actor before `subscribe` answers `unavailable`.
 const CMD_QUEUE: usize = 1024;
 
+/// Messages a replay reads from JetStream and queues in one actor turn.
+pub const REPLAY_CHUNK: usize = 32;
+
 impl Hub {
     /// A hub whose actors stop when `shutdown` is cancelled.
     pub fn new(
@@ -250,6 +262,15 @@ struct Sub {
     from: u64,
 }
 
+/// A subscription catching up from JetStream before it joins the live list.
+struct Replay {
+    outlet: Outlet,
+    /// The last cursor queued to the client.
+    pos: u64,
+    /// Waiting for the client to drain its queue.
+    parked: bool,
+}
+
 struct ConvActor {
     hub: Hub,
     conv: ConvId,
@@ -257,6 +278,10 @@ struct ConvActor {
     me: mpsc::Sender<Cmd>,
     msg_subject: String,
     subs: Vec<Sub>,
+    /// Subscriptions still replaying, in turn order.
+    replays: VecDeque<Replay>,
+    /// The connections with a parked replay and a waker for it (see [`ConvActor::run`]).
+    waking: Vec<ConnId>,
     /// The conversation's last delivered sequence: the head of the chain we have.
     last: u64,
     /// Recent frames `(seq, prev, frame)`, a contiguous piece of the chain ending at `last`.
@@ -272,6 +297,8 @@ impl ConvActor {
             me,
             msg_subject,
             subs: Vec::new(),
+            replays: VecDeque::new(),
+            waking: Vec::new(),
             last: 0,
             ring: VecDeque::new(),
         }
@@ -309,6 +336,9 @@ impl ConvActor {
         };
         self.last = head;
         inner.metrics.live_conversations.inc();
+        // Resolve with a connection whose queue drained enough for its parked replay to go on.
+        // A local, not a field: the futures are not `Sync`, and the actor is borrowed across awaits.
+        let mut wakers: FuturesUnordered<BoxFuture<'static, ConnId>> = FuturesUnordered::new();
         loop {
             tokio::select! {
                 biased;
@@ -333,8 +363,15 @@ impl ConvActor {
                         break;
                     }
                 },
+                Some(conn) = wakers.next(), if !wakers.is_empty() => self.unpark(conn),
+                // Lowest priority: one chunk of one replay when nothing else is waiting.
+                _ = std::future::ready(()), if self.replays.iter().any(|r| !r.parked) => {
+                    if let Some(waker) = self.replay_step().await {
+                        wakers.push(waker);
+                    }
+                }
             }
-            if self.subs.is_empty() && self.retire(&rx) {
+            if self.subs.is_empty() && self.replays.is_empty() && self.retire(&rx) {
                 break;
             }
         }
@@ -396,30 +433,32 @@ impl ConvActor {
                 reply,
             } => {
                 self.subs.retain(|s| s.outlet.conn != outlet.conn);
+                self.replays.retain(|r| r.outlet.conn != outlet.conn);
                 let result = self.attach(outlet, after, reference).await;
                 // The connection may be gone already; then there is nobody to tell.
                 let _ = reply.send(result);
             }
-            Cmd::Unsubscribe { conn } => self.subs.retain(|s| s.outlet.conn != conn),
+            Cmd::Unsubscribe { conn } => {
+                self.subs.retain(|s| s.outlet.conn != conn);
+                self.replays.retain(|r| r.outlet.conn != conn);
+            }
             Cmd::Evict { user } => {
                 let frame = Utf8Bytes::from(encode(&ServerFrame::Unsubscribed {
                     conv: self.conv.clone(),
                     reason: "removed".into(),
                     reference: None,
                 }));
-                self.subs.retain(|s| {
-                    if s.outlet.user != user {
+                let evict = |outlet: &Outlet| {
+                    if outlet.user != user {
                         return true;
                     }
-                    if s.outlet
-                        .outbox
-                        .push(Outbound::Frame(frame.clone()))
-                        .is_err()
-                    {
-                        s.outlet.outbox.kick(close::SLOW_CONSUMER);
+                    if outlet.outbox.push(Outbound::Frame(frame.clone())).is_err() {
+                        outlet.outbox.kick(close::SLOW_CONSUMER);
                     }
                     false
-                });
+                };
+                self.subs.retain(|s| evict(&s.outlet));
+                self.replays.retain(|r| evict(&r.outlet));
             }
             Cmd::Resync => {
                 if let Err(e) = self.resync().await {
@@ -430,8 +469,9 @@ impl ConvActor {
         }
     }
 
-    /// Queues the `subscribed` frame and the replay of what follows `after`, then adds the
-    /// subscriber to the live list.
+    /// Queues the `subscribed` frame and what the ring holds after `after`, then adds the
+    /// subscriber to the live list; or, when older messages must come from JetStream, starts a
+    /// [`Replay`] that joins the live list once it caught up.
     async fn attach(
         &mut self,
         outlet: Outlet,
@@ -449,45 +489,76 @@ impl ConvActor {
             Some(after) => after,
             None => self.last,
         };
-        let mut frames = vec![Utf8Bytes::from(encode(&ServerFrame::Subscribed {
+        let subscribed = Utf8Bytes::from(encode(&ServerFrame::Subscribed {
             conv: self.conv.clone(),
             cursor: after,
             reference,
-        }))];
-        if after < self.last {
-            frames.extend(self.replay(after).await?);
-        }
-        let replayed = frames.len() as u64 - 1;
-        if outlet.outbox.push(Outbound::Batch(frames)).is_err() {
-            outlet.outbox.kick(close::SLOW_CONSUMER);
-            self.hub.inner.metrics.close("slow_consumer");
+        }));
+        let Some(ring) = self.ring_after(after) else {
+            self.check_resumable(after).await?;
+            if self.queue(&outlet, Outbound::Frame(subscribed)) {
+                self.replays.push_back(Replay {
+                    outlet,
+                    pos: after,
+                    parked: false,
+                });
+            }
             return Ok(after);
+        };
+        let replayed = ring.len() as u64;
+        let mut frames = vec![subscribed];
+        frames.extend(ring);
+        if self.queue(&outlet, Outbound::Batch(frames)) {
+            self.hub.inner.metrics.deliveries.inc_by(replayed);
+            self.join(outlet);
         }
-        self.hub.inner.metrics.deliveries.inc_by(replayed);
-        self.subs.push(Sub {
-            outlet,
-            from: after.max(self.last),
-        });
         Ok(after)
     }
 
-    /// Frames of the messages in `(after, last]`, from the ring when it reaches back far enough.
-    async fn replay(&self, after: u64) -> Result<Vec<Utf8Bytes>, FanoutError> {
-        if let Some(&(_, first_prev, _)) = self.ring.front() {
-            if first_prev <= after {
-                return Ok(self
-                    .ring
-                    .iter()
-                    .filter(|(seq, _, _)| *seq > after)
-                    .map(|(_, _, f)| f.clone())
-                    .collect());
+    /// Queues `item` for `outlet`, or closes it as a slow consumer.
+    fn queue(&self, outlet: &Outlet, item: Outbound) -> bool {
+        match outlet.outbox.push(item) {
+            Ok(()) => true,
+            Err(Refused::Full) => {
+                outlet.outbox.kick(close::SLOW_CONSUMER);
+                self.hub.inner.metrics.close("slow_consumer");
+                false
             }
+            Err(Refused::Closed) => false,
         }
+    }
+
+    /// Adds a subscriber that has everything up to `last` to the live list.
+    fn join(&mut self, outlet: Outlet) {
+        self.subs.push(Sub {
+            outlet,
+            from: self.last,
+        });
+    }
+
+    /// The frames of the messages in `(after, last]` if the ring reaches back far enough.
+    fn ring_after(&self, after: u64) -> Option<Vec<Utf8Bytes>> {
+        if after >= self.last {
+            return Some(Vec::new());
+        }
+        let &(_, first_prev, _) = self.ring.front()?;
+        (first_prev <= after).then(|| {
+            self.ring
+                .iter()
+                .filter(|(seq, _, _)| *seq > after)
+                .map(|(_, _, f)| f.clone())
+                .collect()
+        })
+    }
+
+    /// Fails unless the messages after `after` are still stored and at most `max_catchup`.
+    async fn check_resumable(&self, after: u64) -> Result<(), FanoutError> {
+        let unavailable = |e: String| FanoutError::Unavailable(e);
         let stream = self.hub.inner.fabric.stream_for(&self.conv);
         let first = stream
             .get_info()
             .await
-            .map_err(|e| FanoutError::Unavailable(e.to_string()))?
+            .map_err(|e| unavailable(e.to_string()))?
             .state
             .first_sequence;
         if after + 1 < first {
@@ -495,30 +566,114 @@ impl ConvActor {
                 "the stream keeps messages from {first} on"
             )));
         }
+        let max = self.hub.inner.config.max_catchup as u64;
+        // Cursors are stream sequences: a distance within the bound needs no count.
+        if self.last - after <= max {
+            return Ok(());
+        }
+        let consumer = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::Config {
+                filter_subject: self.msg_subject.clone(),
+                deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: after + 1,
+                },
+                ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
+                memory_storage: true,
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let info = consumer.cached_info();
+        let pending = info.num_pending;
+        // Best effort: the inactivity threshold removes it anyway.
+        let _ = stream.delete_consumer(&info.name).await;
+        if pending > max {
+            return Err(FanoutError::CursorExpired(format!(
+                "more than {max} messages behind"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Makes the parked replay of `conn` runnable again.
+    fn unpark(&mut self, conn: ConnId) {
+        self.waking.retain(|c| *c != conn);
+        for r in self.replays.iter_mut().filter(|r| r.outlet.conn == conn) {
+            r.parked = false;
+        }
+    }
+
+    /// Queues one chunk of the first runnable replay (then moved to the back of the turn order),
+    /// and joins it to the live list once it reached `last`. While its connection's queue is over
+    /// half full the replay is parked instead, and the waker to await is returned.
+    async fn replay_step(&mut self) -> Option<BoxFuture<'static, ConnId>> {
+        let i = self.replays.iter().position(|r| !r.parked)?;
+        let mut replay = self.replays.remove(i)?;
+        let outbox = replay.outlet.outbox.clone();
+        if !outbox.has_room() {
+            replay.parked = true;
+            let conn = replay.outlet.conn;
+            self.replays.push_back(replay);
+            if self.waking.contains(&conn) {
+                return None;
+            }
+            self.waking.push(conn);
+            return Some(Box::pin(async move {
+                outbox.room().await;
+                conn
+            }));
+        }
+        let (frames, done) = match self.ring_after(replay.pos) {
+            Some(frames) => (frames, true),
+            None => match self.fetch_chunk(&mut replay.pos, outbox.chunk_bytes()).await {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    tracing::warn!(error = %e, "replay failed; closing the subscriber so it resumes");
+                    replay.outlet.outbox.kick(close::INTERNAL);
+                    return None;
+                }
+            },
+        };
+        let replayed = frames.len() as u64;
+        if !frames.is_empty() && !self.queue(&replay.outlet, Outbound::Batch(frames)) {
+            return None;
+        }
+        self.hub.inner.metrics.deliveries.inc_by(replayed);
+        if done {
+            self.join(replay.outlet);
+        } else {
+            self.replays.push_back(replay);
+        }
+        None
+    }
+
+    /// Frames of up to [`REPLAY_CHUNK`] stored messages after `pos` (advanced past them) and
+    /// about `max_bytes`, and whether they reach `last`.
+    async fn fetch_chunk(
+        &self,
+        pos: &mut u64,
+        max_bytes: usize,
+    ) -> Result<(Vec<Utf8Bytes>, bool), String> {
         let mut frames = Vec::new();
-        let mut prev = after;
-        while prev < self.last {
-            if frames.len() >= self.hub.inner.config.max_catchup {
-                return Err(FanoutError::CursorExpired(format!(
-                    "more than {} messages behind",
-                    self.hub.inner.config.max_catchup
-                )));
+        let mut bytes = 0;
+        while frames.len() < REPLAY_CHUNK && bytes < max_bytes {
+            match self.next_stored(*pos).await? {
+                Some((seq, msg)) if seq <= self.last => {
+                    let frame = Utf8Bytes::from(encode_msg(&msg, seq, *pos));
+                    bytes += frame.len();
+                    frames.push(frame);
+                    *pos = seq;
+                }
+                // Nothing stored in (pos, last]: caught up.
+                _ => {
+                    *pos = self.last;
+                    break;
+                }
             }
-            let Some((seq, msg)) = self
-                .next_stored(prev)
-                .await
-                .map_err(|e| FanoutError::Unavailable(e.to_string()))?
-            else {
-                break;
-            };
-            if seq > self.last {
-                break;
-            }
-            frames.push(Utf8Bytes::from(encode_msg(&msg, seq, prev)));
-            prev = seq;
         }
         self.hub.inner.metrics.fetched.inc_by(frames.len() as u64);
-        Ok(frames)
+        Ok((frames, *pos >= self.last))
     }
 
     async fn on_live(&mut self, msg: async_nats::Message) {
@@ -678,6 +833,9 @@ impl ConvActor {
     fn kick_all(&mut self, code: u16) {
         for s in self.subs.drain(..) {
             s.outlet.outbox.kick(code);
+        }
+        for r in self.replays.drain(..) {
+            r.outlet.outbox.kick(code);
         }
         self.ring.clear();
     }

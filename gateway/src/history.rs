@@ -7,7 +7,10 @@
 //!
 //! Pages are cached (moka). A page is cached only once its range is fixed: `before` is resolved to
 //! the conversation's head + 1 when absent, and a range of immutable, append-only messages below a
-//! known head never changes. Concurrent identical reads share one query.
+//! known head never changes. Concurrent identical reads share one query. The cache is bounded in
+//! bytes (each page weighs what its messages hold), and a page in bytes ([`MAX_PAGE_BYTES`]): a
+//! page that would exceed it ends early, at the messages nearest its anchor, so walks continue
+//! from it as from any page.
 
 use std::sync::Arc;
 
@@ -73,6 +76,44 @@ impl HistoryMessage {
 /// A page, newest first.
 pub type Page = Arc<Vec<HistoryMessage>>;
 
+/// Most bytes of encoded messages in one page: it fits, with its envelope, into the WebSocket
+/// write buffer (256 KiB), and bounds what one reply holds.
+pub const MAX_PAGE_BYTES: usize = 192 * 1024;
+
+/// What a message adds to a page once encoded (a slight overestimate: it counts `conv`, which
+/// the page frame carries once).
+fn encoded_len(msg: &StoredMessage) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(24); // "seq" and separators
+    let _ = serde_json::to_writer(&mut count, msg);
+    count.0
+}
+
+/// The memory a cached page holds, for the cache's byte bound.
+fn weight(key: &PageKey, page: &Page) -> u32 {
+    let messages: usize = page
+        .iter()
+        .map(|m| {
+            std::mem::size_of::<HistoryMessage>()
+                + m.id.len()
+                + m.sender.as_str().len()
+                + m.client_id.len()
+                + m.body.len()
+        })
+        .sum();
+    let total = messages + std::mem::size_of::<PageKey>() + key.conv.as_str().len() + 64;
+    u32::try_from(total).unwrap_or(u32::MAX)
+}
+
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct PageKey {
     conv: ConvId,
@@ -88,17 +129,26 @@ pub struct History {
     store: Arc<dyn HistoryStore>,
     fabric: Fabric,
     cache: moka::future::Cache<PageKey, Page>,
+    cache_bytes: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl History {
-    /// Pages are read from `store` and `fabric`'s streams; up to `cache_pages` pages are cached.
-    pub fn new(store: Arc<dyn HistoryStore>, fabric: Fabric, cache_pages: u64) -> Self {
+    /// Pages are read from `store` and `fabric`'s streams; pages holding up to `cache_bytes`
+    /// bytes are cached, and `cache_gauge` follows what they hold.
+    pub fn new(
+        store: Arc<dyn HistoryStore>,
+        fabric: Fabric,
+        cache_bytes: u64,
+        cache_gauge: prometheus_client::metrics::gauge::Gauge,
+    ) -> Self {
         Self {
             store,
             fabric,
             cache: moka::future::Cache::builder()
-                .max_capacity(cache_pages)
+                .max_capacity(cache_bytes)
+                .weigher(weight)
                 .build(),
+            cache_bytes: cache_gauge,
         }
     }
 
@@ -128,13 +178,18 @@ impl History {
         if key.after + 1 >= key.before {
             return Ok(Arc::default());
         }
-        self.cache
+        let page = self
+            .cache
             .try_get_with(
                 key.clone(),
                 async move { self.read(&key).await.map(Arc::new) },
             )
             .await
-            .map_err(|e| (*e).clone())
+            .map_err(|e| (*e).clone())?;
+        self.cache.run_pending_tasks().await;
+        self.cache_bytes
+            .set(i64::try_from(self.cache.weighted_size()).unwrap_or(i64::MAX));
+        Ok(page)
     }
 
     async fn read(&self, key: &PageKey) -> Result<Vec<HistoryMessage>, HistoryError> {
@@ -181,6 +236,24 @@ impl History {
                 page.extend(self.store_page(&key.conv, query).await?);
             }
         }
+        // Newest first. Keep the messages nearest the anchor within the byte bound: the oldest
+        // for a page after `after`, the newest otherwise.
+        if key.anchored_after {
+            page.reverse();
+        }
+        let mut bytes = 0;
+        let keep = page
+            .iter()
+            .take_while(|r| {
+                bytes += encoded_len(&r.msg);
+                bytes <= MAX_PAGE_BYTES
+            })
+            .count()
+            .max(1);
+        page.truncate(keep);
+        if key.anchored_after {
+            page.reverse();
+        }
         Ok(page
             .into_iter()
             .map(|r| HistoryMessage::new(r.seq, r.msg))
@@ -208,6 +281,7 @@ impl History {
         oldest: bool,
     ) -> Result<Vec<StoredRecord>, HistoryError> {
         let mut out = std::collections::VecDeque::new();
+        let mut bytes = 0;
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -231,15 +305,22 @@ impl History {
             let Ok(msg) = serde_json::from_slice::<StoredMessage>(&m.payload) else {
                 continue;
             };
+            bytes += encoded_len(&msg);
             out.push_back(StoredRecord {
                 seq: m.sequence,
                 msg,
             });
-            if out.len() > limit {
-                out.pop_front();
-            }
-            if oldest && out.len() == limit {
-                break;
+            // Never more than a page holds, in messages or in bytes.
+            if oldest {
+                if out.len() == limit || bytes > MAX_PAGE_BYTES {
+                    break;
+                }
+            } else {
+                while out.len() > limit || (out.len() > 1 && bytes > MAX_PAGE_BYTES) {
+                    if let Some(r) = out.pop_front() {
+                        bytes -= encoded_len(&r.msg);
+                    }
+                }
             }
         }
         Ok(out.into())

@@ -67,6 +67,9 @@ pub struct Limits {
     pub max_body: usize,
     /// Outbound frames queued per connection before it is closed as a slow consumer (4008).
     pub queue: usize,
+    /// Outbound bytes queued per connection before it is closed as a slow consumer (4008);
+    /// replays fill at most half of it and then wait for the client to read.
+    pub queue_bytes: usize,
     /// Sustained inbound frames per second per connection.
     pub rate: f64,
     /// Inbound burst per connection; this many refusals in a row close the connection (4029).
@@ -84,6 +87,22 @@ pub struct Limits {
     pub close_grace: Duration,
     /// tungstenite's read buffer per connection, in bytes (it is allocated eagerly).
     pub read_buffer: usize,
+    /// History pages per second per user (WebSocket and HTTP together), sustained.
+    pub history_rate: f64,
+    /// History pages a user may read in a burst.
+    pub history_burst: f64,
+    /// Subscribes per second per connection to conversations it subscribed to before, sustained.
+    pub resubscribe_rate: f64,
+    /// Re-subscribes a connection may send in a burst.
+    pub resubscribe_burst: f64,
+    /// `presence` queries per second per connection, sustained.
+    pub presence_rate: f64,
+    /// `presence` queries a connection may send in a burst.
+    pub presence_burst: f64,
+    /// `conversations` listings per second per connection, sustained.
+    pub listing_rate: f64,
+    /// `conversations` listings a connection may send in a burst.
+    pub listing_burst: f64,
 }
 
 impl Default for Limits {
@@ -92,6 +111,7 @@ impl Default for Limits {
             max_frame: 16 * 1024,
             max_body: 4 * 1024,
             queue: 256,
+            queue_bytes: 2 << 20,
             rate: 50.0,
             burst: 100.0,
             max_in_flight: 64,
@@ -100,6 +120,14 @@ impl Default for Limits {
             max_connections: 100_000,
             close_grace: Duration::from_secs(5),
             read_buffer: 1024,
+            history_rate: 10.0,
+            history_burst: 20.0,
+            resubscribe_rate: 1.0,
+            resubscribe_burst: 10.0,
+            presence_rate: 10.0,
+            presence_burst: 50.0,
+            listing_rate: 1.0,
+            listing_burst: 5.0,
         }
     }
 }
@@ -130,8 +158,8 @@ pub struct GatewayConfig {
     pub membership_ttl: Duration,
     /// The history store the persister writes (the gateway only reads it).
     pub history: Arc<dyn chatfabric_persister::HistoryStore>,
-    /// History pages cached.
-    pub history_cache: u64,
+    /// Bytes of history pages cached (each page weighs its messages' encoded size).
+    pub history_cache_bytes: u64,
     /// Presence heartbeat and typing limits.
     pub presence: presence::PresenceConfig,
 }
@@ -147,7 +175,10 @@ pub(crate) struct State {
     /// This gateway's connected users, mirrored into the presence bucket.
     devices: Arc<presence::Devices>,
     presence: presence::PresenceConfig,
-    send_limits: api::SendLimits,
+    /// Per-user limits of HTTP sends.
+    send_limits: rate::UserLimits,
+    /// Per-user limits of history reads (WebSocket and HTTP).
+    history_limits: rate::UserLimits,
     /// Bounds the unread-count computations running at once: each costs JetStream requests, and
     /// a reconnect storm would otherwise turn into a storm of them that starves subscribes.
     unread_permits: tokio::sync::Semaphore,
@@ -244,7 +275,12 @@ pub async fn run(
             }
         });
     }
-    let history = history::History::new(config.history, fabric.clone(), config.history_cache);
+    let history = history::History::new(
+        config.history,
+        fabric.clone(),
+        config.history_cache_bytes,
+        metrics.history_cache_bytes.clone(),
+    );
     // Not tracked: the heartbeat outlives the connections' drain and is awaited last, so its
     // clean-stop delete comes after the accept loop stopped.
     let (devices, heartbeat) =
@@ -259,7 +295,8 @@ pub async fn run(
         history,
         devices,
         presence: config.presence,
-        send_limits: api::SendLimits::new(),
+        send_limits: rate::UserLimits::new(),
+        history_limits: rate::UserLimits::new(),
         unread_permits: tokio::sync::Semaphore::new(UNREAD_CONCURRENCY),
         metrics,
         registry,

@@ -9,6 +9,7 @@ mod bots;
 mod cluster;
 mod gaps;
 mod history;
+mod limits;
 mod messaging;
 mod presence;
 mod slow;

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod fabric;
+pub mod hostile;
 pub mod sse;
 
 pub use client::Client;
