@@ -210,7 +210,7 @@ pub(crate) struct GatewayArgs {
     #[arg(long, env = "CHATFABRIC_RING", default_value_t = HubConfig::default().ring)]
     pub(crate) ring: usize,
     /// Bytes of history pages cached per gateway.
-    #[arg(long, env = "CHATFABRIC_HISTORY_CACHE_BYTES", default_value_t = 64 << 20)]
+    #[arg(long, env = "CHATFABRIC_HISTORY_CACHE_BYTES", default_value_t = chatfabric_gateway::history::DEFAULT_HISTORY_CACHE_BYTES)]
     pub(crate) history_cache_bytes: u64,
     /// How often this gateway refreshes its presence heartbeat, ms (keep it well below the
     /// presence service's --gateway-timeout-ms).

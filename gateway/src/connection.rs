@@ -134,7 +134,7 @@ async fn run(socket: Socket, identity: Option<Identity>, conn: u64, state: &Arc<
             }
             Some(reply) = replies.next(), if !replies.is_empty() => {
                 if let Some(frame) = reply {
-                    if sink.send(Message::Text(frame)).await.is_err() {
+                    if send_reply(&mut sink, frame).await.is_err() {
                         break None;
                     }
                 }
@@ -144,7 +144,7 @@ async fn run(socket: Socket, identity: Option<Identity>, conn: u64, state: &Arc<
                     Some(Ok(Message::Text(text))) => {
                         match session.on_text(&text) {
                             Step::Reply(frame) => {
-                                if sink.send(Message::Text(frame)).await.is_err() {
+                                if send_reply(&mut sink, frame).await.is_err() {
                                     break None;
                                 }
                             }
@@ -247,6 +247,35 @@ async fn write(
 ) -> Result<(), ()> {
     state.metrics.frame_out(kind);
     sink.send(Message::Text(frame.into())).await.map_err(|_| ())
+}
+
+/// Reply frames larger than this go out in fragments of this size, so the socket's write buffer
+/// (which keeps its largest size) never holds a whole large reply, such as the listing of a user
+/// in thousands of conversations.
+const FRAGMENT: usize = 64 * 1024;
+
+/// Writes one reply, fragmented past [`FRAGMENT`] bytes.
+async fn send_reply(
+    sink: &mut Sink,
+    frame: Utf8Bytes,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    if frame.len() <= FRAGMENT {
+        return sink.send(Message::Text(frame)).await;
+    }
+    let bytes = bytes::Bytes::from(frame);
+    for start in (0..bytes.len()).step_by(FRAGMENT) {
+        let end = (start + FRAGMENT).min(bytes.len());
+        let opcode = OpCode::Data(if start == 0 {
+            Data::Text
+        } else {
+            Data::Continue
+        });
+        let fragment = Frame::message(bytes.slice(start..end), opcode, end == bytes.len());
+        sink.feed(Message::Frame(fragment)).await?;
+    }
+    sink.flush().await
 }
 
 /// Writes one queue item plus whatever else is already queued, then flushes once.
@@ -517,11 +546,11 @@ impl Session {
         reference: Option<String>,
     ) -> Step {
         let limits = &self.state.limits;
-        if !self.state.history_limits.allow(
-            self.user(),
-            limits.history_rate,
-            limits.history_burst,
-        ) {
+        if !self
+            .state
+            .history_limits
+            .allow(self.user(), limits.history_rate, limits.history_burst)
+        {
             return self.error(
                 ErrorCode::RateLimited,
                 "too many history reads; slow down",

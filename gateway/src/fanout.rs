@@ -626,7 +626,10 @@ impl ConvActor {
         }
         let (frames, done) = match self.ring_after(replay.pos) {
             Some(frames) => (frames, true),
-            None => match self.fetch_chunk(&mut replay.pos, outbox.chunk_bytes()).await {
+            None => match self
+                .fetch_chunk(&mut replay.pos, outbox.chunk_bytes())
+                .await
+            {
                 Ok(chunk) => chunk,
                 Err(e) => {
                     tracing::warn!(error = %e, "replay failed; closing the subscriber so it resumes");

@@ -76,8 +76,13 @@ impl HistoryMessage {
 /// A page, newest first.
 pub type Page = Arc<Vec<HistoryMessage>>;
 
-/// Most bytes of encoded messages in one page: it fits, with its envelope, into the WebSocket
-/// write buffer (256 KiB), and bounds what one reply holds.
+/// Rows asked of the store at once.
+const STORE_BATCH: usize = 64;
+
+/// The history cache's default size in bytes (`--history-cache-bytes`).
+pub const DEFAULT_HISTORY_CACHE_BYTES: u64 = 64 << 20;
+
+/// Most bytes of encoded messages in one page: it bounds what one reply and one cached page hold.
 pub const MAX_PAGE_BYTES: usize = 192 * 1024;
 
 /// What a message adds to a page once encoded (a slight overestimate: it counts `conv`, which
@@ -214,7 +219,10 @@ impl History {
             };
             older.retain(|r| r.seq < store_range.1);
             older.reverse();
-            let rest = key.limit - older.len();
+            // A store read that stopped at the byte bound below the watermark fills the page;
+            // anything newer from JetStream would leave a gap.
+            let full = older.iter().map(|r| encoded_len(&r.msg)).sum::<usize>() > MAX_PAGE_BYTES;
+            let rest = if full { 0 } else { key.limit - older.len() };
             let newer = self.stream_part(key, stream_range, rest, true).await?;
             page = older;
             page.extend(newer);
@@ -260,15 +268,47 @@ impl History {
             .collect())
     }
 
+    /// The rows of `query`, newest first as the store returns them, read [`STORE_BATCH`] at a
+    /// time and only until they hold [`MAX_PAGE_BYTES`]: what one read holds stays near a page's
+    /// bound however large the messages.
     async fn store_page(
         &self,
         conv: &ConvId,
-        query: PageQuery,
+        mut query: PageQuery,
     ) -> Result<Vec<StoredRecord>, HistoryError> {
-        self.store
-            .page(conv, query)
-            .await
-            .map_err(|e| HistoryError::Unavailable(e.to_string()))
+        let limit = query.capped_limit();
+        let mut rows: Vec<StoredRecord> = Vec::new();
+        let mut bytes = 0;
+        while rows.len() < limit && bytes <= MAX_PAGE_BYTES {
+            let batch = (limit - rows.len()).min(STORE_BATCH);
+            let got = self
+                .store
+                .page(
+                    conv,
+                    PageQuery {
+                        limit: batch,
+                        ..query
+                    },
+                )
+                .await
+                .map_err(|e| HistoryError::Unavailable(e.to_string()))?;
+            let complete = got.len() < batch;
+            bytes += got.iter().map(|r| encoded_len(&r.msg)).sum::<usize>();
+            if query.anchored_after() {
+                // The oldest rows above `after`: the next batch lies above them.
+                let Some(newest) = got.first() else { break };
+                query.after = Some(newest.seq);
+                rows.splice(0..0, got);
+            } else {
+                let Some(oldest) = got.last() else { break };
+                query.before = Some(oldest.seq);
+                rows.extend(got);
+            }
+            if complete {
+                break;
+            }
+        }
+        Ok(rows)
     }
 
     /// Messages with `after < seq < before` from JetStream, ascending: the first `limit` when

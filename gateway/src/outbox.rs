@@ -154,7 +154,10 @@ impl Outbox {
             if q.items.is_empty() && q.items.capacity() > KEEP_CAPACITY {
                 q.items.shrink_to(KEEP_CAPACITY);
             }
-            (item, q.items.len() <= self.capacity / 2 && q.bytes <= self.max_bytes / 2)
+            (
+                item,
+                q.items.len() <= self.capacity / 2 && q.bytes <= self.max_bytes / 2,
+            )
         };
         if let Some(i) = &item {
             self.queued.dec_by(i.size() as i64);

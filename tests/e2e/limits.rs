@@ -5,7 +5,9 @@
 use serde_json::{json, Value};
 
 use crate::support::fabric::http_get_auth;
-use crate::support::hostile::{close_code, pipeline, silent_socket, store_messages};
+use crate::support::hostile::{
+    close_code, persist_up_to, pipeline, seed_memberships, silent_socket, store_messages,
+};
 use crate::support::{Client, Nats, TestGateway};
 
 /// A body of the largest allowed size.
@@ -67,8 +69,17 @@ async fn a_page_of_large_messages_is_bounded_in_bytes_and_walks_stay_complete() 
     let mut alice = Client::connect(&g.ws_url(), "alice").await;
     let conv = alice.create_group(&[]).await;
     let seqs = store_messages(&nats.fabric("seed").await, &conv, 200, &big_body()).await;
+    // From JetStream (no persister yet), then from the store, on a gateway with a fresh cache.
+    walk_both_ways(&g, &mut alice, &conv, &seqs).await;
+    let _persister = persist_up_to(&nats, *seqs.last().expect("seqs")).await;
+    let g = TestGateway::start(&nats).await;
+    let mut alice = Client::connect(&g.ws_url(), "alice").await;
+    walk_both_ways(&g, &mut alice, &conv, &seqs).await;
+}
 
-    // Backwards over HTTP: every page within 192 KiB, every message exactly once.
+/// Walks `conv` back over HTTP and forward over the WebSocket in pages of 1000 large messages:
+/// every page within its byte bound, every message exactly once.
+async fn walk_both_ways(g: &TestGateway, alice: &mut Client, conv: &str, seqs: &[u64]) {
     let mut walked = Vec::new();
     let mut before: Option<u64> = None;
     loop {
@@ -88,8 +99,8 @@ async fn a_page_of_large_messages_is_bounded_in_bytes_and_walks_stay_complete() 
     walked.reverse();
     assert_eq!(walked, seqs);
 
-    // Forwards over the WebSocket: the same bound, and the page reaches the client (a page of
-    // 1000 large messages used to exceed the socket's write buffer and end the connection).
+    // The page reaches a WebSocket client too (a page of 1000 large messages used to exceed the
+    // socket's write buffer and end the connection).
     let mut walked = Vec::new();
     let mut after = 0;
     loop {
@@ -137,7 +148,11 @@ async fn history_reads_are_rate_limited_per_user_over_http_and_websocket() {
         .send(json!({"op":"history","conv":conv,"ref":"h"}))
         .await;
     let r = alice.reply().await;
-    assert_eq!((r["code"].as_str(), r["ref"].as_str()), (Some("rate_limited"), Some("h")), "{r}");
+    assert_eq!(
+        (r["code"].as_str(), r["ref"].as_str()),
+        (Some("rate_limited"), Some("h")),
+        "{r}"
+    );
 }
 
 #[tokio::test]
@@ -157,7 +172,12 @@ async fn a_silent_reader_replaying_many_times_stays_within_its_byte_budget_then_
     let seqs = store_messages(&nats.fabric("seed").await, &old, 2000, &big_body()).await;
 
     let mut carol = silent_socket(&g, "carol").await;
-    pipeline(&mut carol, &json!({"op":"subscribe","conv":live}).to_string(), 1).await;
+    pipeline(
+        &mut carol,
+        &json!({"op":"subscribe","conv":live}).to_string(),
+        1,
+    )
+    .await;
     let resume = json!({"op":"subscribe","conv":old,"after":seqs[0] - 1}).to_string();
     pipeline(&mut carol, &resume, 64).await;
     g.await_metric("chatfabric_gateway_live_conversations", 2.0)
@@ -190,7 +210,8 @@ async fn a_resume_longer_than_the_byte_budget_streams_in_order_and_joins_live_wi
     let g = TestGateway::start_with(&nats, config, 8192).await;
     let mut alice = Client::connect(&g.ws_url(), "alice").await;
     let conv = alice.create_group(&["bob"]).await;
-    let mut expected = store_messages(&nats.fabric("seed").await, &conv, 400, &"y".repeat(1000)).await;
+    let mut expected =
+        store_messages(&nats.fabric("seed").await, &conv, 400, &"y".repeat(1000)).await;
 
     let mut bob = Client::connect(&g.ws_url(), "bob").await;
     bob.subscribe(&conv, Some(expected[0] - 1)).await;
@@ -250,7 +271,10 @@ async fn re_subscribing_past_the_limit_is_refused_and_the_connection_stays_open(
         }
     }
     // A burst of 10 at 1 per second.
-    assert!((10..=12).contains(&subscribed), "{subscribed} re-subscribes served");
+    assert!(
+        (10..=12).contains(&subscribed),
+        "{subscribed} re-subscribes served"
+    );
     assert_eq!(subscribed + limited, 30);
     alice.post(&conv, "k", "still here").await;
 }
@@ -284,5 +308,33 @@ async fn presence_queries_and_listings_past_their_limits_are_refused() {
     assert!(
         (4..=5).contains(&limited.len()) && limited.iter().all(|c| c == "rate_limited"),
         "{limited:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_user_in_5000_conversations_lists_them_and_queries_presence() {
+    let nats = Nats::start().await;
+    let g = TestGateway::start(&nats).await;
+    let convs = seed_memberships(&nats.fabric("seed").await, "wide", "peer", 5000).await;
+    let mut wide = Client::connect(&g.ws_url(), "wide").await;
+    // The listing (about 400 KiB) arrives whole: it used to exceed the socket's write buffer.
+    wide.send(json!({"op":"conversations","ref":"l"})).await;
+    let list = wide.reply().await;
+    assert_eq!(list["ref"], "l", "{list}");
+    assert_eq!(
+        list["conversations"].as_array().map(Vec::len),
+        Some(convs.len())
+    );
+    // Sharing only the last of them is found from the two users' indexes.
+    wide.send(json!({"op":"presence","user":"peer","ref":"p"}))
+        .await;
+    let answer = wide.event_where(|e| e["ref"] == "p").await;
+    assert_eq!(answer["op"], "presence", "{answer}");
+    wide.send(json!({"op":"presence","user":"stranger","ref":"q"}))
+        .await;
+    let refused = wide.reply().await;
+    assert_eq!(
+        (refused["code"].as_str(), refused["ref"].as_str()),
+        (Some("forbidden"), Some("q"))
     );
 }

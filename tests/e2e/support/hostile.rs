@@ -85,3 +85,80 @@ pub async fn close_code(ws: &mut WebSocketStream<TcpStream>) -> u16 {
     .await
     .expect("the stream ends")
 }
+
+/// Runs a persister into `nats`'s history store until its watermark reaches `seq`; it keeps
+/// running until the returned token is cancelled.
+pub async fn persist_up_to(nats: &super::Nats, seq: u64) -> tokio_util::sync::CancellationToken {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let config = chatfabric_persister::DrainConfig {
+        watermark_interval: Duration::from_millis(20),
+        ..Default::default()
+    };
+    tokio::spawn(chatfabric_persister::run(
+        nats.fabric("persister").await,
+        nats.history.clone(),
+        config,
+        stop.clone(),
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while nats.history.watermark(0).await.expect("watermark") < seq {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "persister never reached {seq}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    stop
+}
+
+/// Makes `user` a member of `n` new groups (written straight into the bucket, as `create`
+/// would, with titles of 40 bytes), and `peer` a member of the last one; returns their ids.
+pub async fn seed_memberships(fabric: &Fabric, user: &str, peer: &str, n: usize) -> Vec<String> {
+    use chatfabric_nats::subject;
+    use chatfabric_nats::wire::{ConvKind, ConversationInfo, Membership};
+    let user = UserId::new(user).expect("user");
+    let peer = UserId::new(peer).expect("peer");
+    let convs: Vec<ConvId> = (0..n)
+        .map(|i| ConvId::new(format!("w-{i}")).expect("conv"))
+        .collect();
+    let record = serde_json::to_vec(&Membership {
+        added_by: user.clone(),
+        added_at: 0,
+    })
+    .expect("json");
+    let mut puts = Vec::new();
+    for conv in &convs {
+        let info = ConversationInfo {
+            conv: conv.clone(),
+            kind: ConvKind::Group,
+            created_by: user.clone(),
+            created_at: 0,
+            title: Some(format!("{:<40}", conv.as_str())),
+        };
+        puts.push((
+            subject::conv_key(conv),
+            serde_json::to_vec(&info).expect("json"),
+        ));
+        puts.push((subject::member_key(conv, &user), record.clone()));
+    }
+    let last = &convs[n - 1];
+    puts.push((subject::member_key(last, &peer), record.clone()));
+    puts.push((
+        subject::user_convs_key(&user),
+        serde_json::to_vec(&convs).expect("json"),
+    ));
+    puts.push((
+        subject::user_convs_key(&peer),
+        serde_json::to_vec(&[last]).expect("json"),
+    ));
+    for chunk in puts.chunks(500) {
+        futures::future::try_join_all(
+            chunk
+                .iter()
+                .map(|(key, value)| fabric.convs.put(key.clone(), value.clone().into())),
+        )
+        .await
+        .expect("seed memberships");
+    }
+    convs.iter().map(|c| c.as_str().to_string()).collect()
+}
