@@ -14,7 +14,8 @@
 //! 4. `queries`: a user in 5,000 conversations sending `presence` queries and `conversations`
 //!    listings at 50 per second; CPU of the gateway and of nats-server.
 //!
-//! Needs `nats-server` on the PATH (or `NATS_SERVER_BIN`).
+//! Needs `nats-server` on the PATH (or `NATS_SERVER_BIN`). `HOSTILE_MEMBERS` (45) and
+//! `HOSTILE_SILENT` (8) scale patterns 1 and 2 down, for a run against a gateway without limits.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -71,7 +72,7 @@ async fn main() -> Result<(), Error> {
 
     println!("seeding: 3,000 x 4 KiB messages; a user in 5,000 conversations");
     let big = ConvId::new("big")?;
-    let members: Vec<String> = (0..45)
+    let members: Vec<String> = (0..knob("HOSTILE_MEMBERS", 45))
         .map(|i| format!("m{i}"))
         .chain(["bob".into()])
         .collect();
@@ -124,21 +125,27 @@ async fn patterns(addr: SocketAddr, gw: u32, nats: u32, head: u64) -> Result<(),
     accounting(addr).await?;
     println!("    {ok} answered, {limited} rate_limited");
     let before = rss(gw);
-    for i in 0..450 {
-        let user = format!("m{}", i % 45);
+    let readers = knob("HOSTILE_MEMBERS", 45);
+    for i in 0..readers * 10 {
+        let user = format!("m{}", i % readers);
         let path = format!(
             "/v1/conversations/big/messages?before={}&limit=1000",
-            head - 1 - i * 5
+            head - 1 - i as u64 * 5
         );
         get(addr, &path, &user).await?;
     }
-    report("history: 450 pages, 45 members", before, gw);
+    report(
+        &format!("history: {} pages, {readers} members", readers * 10),
+        before,
+        gw,
+    );
     accounting(addr).await?;
 
     // 2. Replays to sockets that never read.
     let before = rss(gw);
     let mut silent = Vec::new();
-    for _ in 0..8 {
+    let sockets = knob("HOSTILE_SILENT", 8);
+    for _ in 0..sockets {
         let mut ws = socket(addr, "bob", true).await?;
         for _ in 0..64 {
             ws.feed(Message::Text(
@@ -149,8 +156,12 @@ async fn patterns(addr: SocketAddr, gw: u32, nats: u32, head: u64) -> Result<(),
         ws.flush().await?;
         silent.push(ws);
     }
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    report("replay: 8 silent sockets x 64 resumes", before, gw);
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    report(
+        &format!("replay: {sockets} silent sockets x 64 resumes"),
+        before,
+        gw,
+    );
     accounting(addr).await?;
     drop(silent);
 
@@ -164,35 +175,38 @@ async fn patterns(addr: SocketAddr, gw: u32, nats: u32, head: u64) -> Result<(),
     let (mut hammer, mut replies) = socket(addr, "m3", false).await?.split();
     // The hammering member reads what it asked for, so its replays run to the end.
     let drain = tokio::spawn(async move { while let Some(Ok(_)) = replies.next().await {} });
+    let hammering = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        for _ in 0..200 {
+            tick.tick().await;
+            let resume = r#"{"op":"subscribe","conv":"big","after":1}"#;
+            if hammer.send(Message::Text(resume.into())).await.is_err() {
+                return;
+            }
+        }
+    });
     let mut worst = Duration::ZERO;
-    let start = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    let mut n = 0;
-    while start.elapsed() < Duration::from_secs(10) {
-        tick.tick().await;
-        hammer
-            .send(Message::Text(
-                r#"{"op":"subscribe","conv":"big","after":1}"#.into(),
-            ))
-            .await?;
-        n += 1;
-        if n % 10 == 0 {
-            let sent = Instant::now();
-            let body = format!("live-{n}");
-            poster
-                .send(Message::Text(
-                    format!(r#"{{"op":"send","conv":"big","client_id":"{body}","body":"{body}"}}"#)
-                        .into(),
-                ))
-                .await?;
+    for n in 0..20 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let sent = Instant::now();
+        let body = format!("live-{n}");
+        let frame = format!(r#"{{"op":"send","conv":"big","client_id":"{body}","body":"{body}"}}"#);
+        poster.send(Message::Text(frame.into())).await?;
+        let arrived = tokio::time::timeout(Duration::from_secs(30), async {
             while let Some(Ok(frame)) = watcher.next().await {
                 if frame.to_text().is_ok_and(|t| t.contains(&body)) {
-                    break;
+                    return;
                 }
             }
-            worst = worst.max(sent.elapsed());
+        })
+        .await;
+        worst = worst.max(sent.elapsed());
+        if arrived.is_err() {
+            println!("    a live message did not arrive within 30 s");
+            break;
         }
     }
+    hammering.abort();
     drain.abort();
     report("resubscribe: 20/s for 10 s", before, gw);
     accounting(addr).await?;
@@ -494,6 +508,14 @@ fn cpu(pid: u32) -> f64 {
             Some(ticks / 100.0)
         })
         .unwrap_or(0.0)
+}
+
+/// A count from the environment (to scale a run down), else `default`.
+fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn free_port() -> u16 {
