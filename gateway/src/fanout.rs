@@ -510,7 +510,8 @@ impl ConvActor {
         frames.extend(ring);
         if self.queue(&outlet, Outbound::Batch(frames)) {
             self.hub.inner.metrics.deliveries.inc_by(replayed);
-            self.join(outlet);
+            // A client may resume ahead of our view: deliver only what follows its cursor.
+            self.join(outlet, after.max(self.last));
         }
         Ok(after)
     }
@@ -528,12 +529,9 @@ impl ConvActor {
         }
     }
 
-    /// Adds a subscriber that has everything up to `last` to the live list.
-    fn join(&mut self, outlet: Outlet) {
-        self.subs.push(Sub {
-            outlet,
-            from: self.last,
-        });
+    /// Adds a subscriber that has everything up to `from` to the live list.
+    fn join(&mut self, outlet: Outlet, from: u64) {
+        self.subs.push(Sub { outlet, from });
     }
 
     /// The frames of the messages in `(after, last]` if the ring reaches back far enough.
@@ -553,12 +551,12 @@ impl ConvActor {
 
     /// Fails unless the messages after `after` are still stored and at most `max_catchup`.
     async fn check_resumable(&self, after: u64) -> Result<(), FanoutError> {
-        let unavailable = |e: String| FanoutError::Unavailable(e);
-        let stream = self.hub.inner.fabric.stream_for(&self.conv);
-        let first = stream
+        let fabric = &self.hub.inner.fabric;
+        let first = fabric
+            .stream_for(&self.conv)
             .get_info()
             .await
-            .map_err(|e| unavailable(e.to_string()))?
+            .map_err(|e| FanoutError::Unavailable(e.to_string()))?
             .state
             .first_sequence;
         if after + 1 < first {
@@ -571,23 +569,9 @@ impl ConvActor {
         if self.last - after <= max {
             return Ok(());
         }
-        let consumer = stream
-            .create_consumer(async_nats::jetstream::consumer::pull::Config {
-                filter_subject: self.msg_subject.clone(),
-                deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: after + 1,
-                },
-                ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
-                memory_storage: true,
-                inactive_threshold: Duration::from_secs(30),
-                ..Default::default()
-            })
+        let pending = crate::receipts::messages_after(fabric, &self.conv, after)
             .await
-            .map_err(|e| unavailable(e.to_string()))?;
-        let info = consumer.cached_info();
-        let pending = info.num_pending;
-        // Best effort: the inactivity threshold removes it anyway.
-        let _ = stream.delete_consumer(&info.name).await;
+            .map_err(|e| FanoutError::Unavailable(e.to_string()))?;
         if pending > max {
             return Err(FanoutError::CursorExpired(format!(
                 "more than {max} messages behind"
@@ -644,7 +628,7 @@ impl ConvActor {
         }
         self.hub.inner.metrics.deliveries.inc_by(replayed);
         if done {
-            self.join(replay.outlet);
+            self.join(replay.outlet, self.last);
         } else {
             self.replays.push_back(replay);
         }

@@ -19,8 +19,10 @@
 //! - [`receipts`]: read cursors (`read`), their events, and unread counts sent after `ready`.
 //!   Presence, typing and read events reach members through [`fanout`]'s conversation actors.
 //! - [`history`]: history pages, from the persister's store below its watermark and from
-//!   JetStream above it (complete even while the persister lags), cached per page.
-//! - [`outbox`]: each connection's bounded outbound queue, the fan-out's only way to it.
+//!   JetStream above it (complete even while the persister lags), cached per page within a byte
+//!   budget.
+//! - [`outbox`]: each connection's outbound queue, bounded in frames and bytes, the fan-out's only
+//!   way to it.
 //! - [`metrics`]: Prometheus counters for all of the above.
 //!
 //! [`run`] ties them together; `chatfabric gateway` and `chatfabric dev` call it.
@@ -158,7 +160,7 @@ pub struct GatewayConfig {
     pub membership_ttl: Duration,
     /// The history store the persister writes (the gateway only reads it).
     pub history: Arc<dyn chatfabric_persister::HistoryStore>,
-    /// Bytes of history pages cached (each page weighs its messages' encoded size).
+    /// Bytes of history pages cached (each page weighs what its messages hold).
     pub history_cache_bytes: u64,
     /// Presence heartbeat and typing limits.
     pub presence: presence::PresenceConfig,
