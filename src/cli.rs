@@ -209,6 +209,9 @@ pub(crate) struct GatewayArgs {
     /// Outbound frames queued per connection before closing it as slow (4008).
     #[arg(long, env = "CHATFABRIC_QUEUE", default_value_t = Limits::default().queue)]
     pub(crate) queue: usize,
+    /// Outbound bytes queued per connection before closing it as slow (4008); replays use half.
+    #[arg(long, env = "CHATFABRIC_QUEUE_BYTES", default_value_t = Limits::default().queue_bytes)]
+    pub(crate) queue_bytes: usize,
     /// Sustained inbound frames/s per connection.
     #[arg(long, env = "CHATFABRIC_RATE", default_value_t = Limits::default().rate)]
     pub(crate) rate: f64,
@@ -224,9 +227,9 @@ pub(crate) struct GatewayArgs {
     /// Recent messages kept per active conversation for cheap resumes.
     #[arg(long, env = "CHATFABRIC_RING", default_value_t = HubConfig::default().ring)]
     pub(crate) ring: usize,
-    /// History pages cached per gateway.
-    #[arg(long, env = "CHATFABRIC_HISTORY_CACHE", default_value_t = 10_000)]
-    pub(crate) history_cache: u64,
+    /// Bytes of history pages cached per gateway.
+    #[arg(long, env = "CHATFABRIC_HISTORY_CACHE_BYTES", default_value_t = chatfabric_gateway::history::DEFAULT_HISTORY_CACHE_BYTES)]
+    pub(crate) history_cache_bytes: u64,
     /// How often this gateway refreshes its presence heartbeat, ms (keep it well below the
     /// presence service's --gateway-timeout-ms).
     #[arg(long, env = "CHATFABRIC_PRESENCE_HEARTBEAT_MS", default_value_t = 2000)]
@@ -264,6 +267,7 @@ impl GatewayArgs {
                 max_frame: self.max_frame,
                 max_body: self.max_body,
                 queue: self.queue,
+                queue_bytes: self.queue_bytes,
                 rate: self.rate,
                 burst: self.burst,
                 max_connections: self.max_connections,
@@ -277,7 +281,7 @@ impl GatewayArgs {
             membership_cache: 1_000_000,
             membership_ttl: Duration::from_secs(300),
             history,
-            history_cache: self.history_cache,
+            history_cache_bytes: self.history_cache_bytes,
             presence: chatfabric_gateway::presence::PresenceConfig {
                 heartbeat: Duration::from_millis(self.presence_heartbeat_ms),
                 ..Default::default()

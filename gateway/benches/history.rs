@@ -138,8 +138,13 @@ impl Fixture {
         }
     }
 
-    fn history(&self, cache_pages: u64) -> History {
-        History::new(Arc::clone(&self.store), self.fabric.clone(), cache_pages)
+    fn history(&self, cache_bytes: u64) -> History {
+        History::new(
+            Arc::clone(&self.store),
+            self.fabric.clone(),
+            cache_bytes,
+            Default::default(),
+        )
     }
 
     /// A random conversation and a `before` cursor with at least a page of stored messages below
@@ -178,7 +183,7 @@ where
 }
 
 fn report_percentiles(rt: &Runtime, fx: &Fixture) {
-    let cached = fx.history(10_000);
+    let cached = fx.history(64 << 20);
     let uncached = fx.history(0);
     let hot = conv(7);
     let hot_before = fx.watermark - 1000;
@@ -220,7 +225,7 @@ fn report_percentiles(rt: &Runtime, fx: &Fixture) {
 }
 
 fn criterion_benches(c: &mut Criterion, rt: &Runtime, fx: &Fixture) {
-    let cached = fx.history(10_000);
+    let cached = fx.history(64 << 20);
     let uncached = fx.history(0);
     let hot = conv(7);
     let hot_before = fx.watermark - 1000;

@@ -5,9 +5,6 @@
 //!   in an `Idempotency-Key` header): the same validation, idempotency and ack point as the
 //!   WebSocket `send`; the answer comes after the PubAck.
 
-use std::sync::Arc;
-use std::time::Instant;
-
 use chatfabric_nats::{ConvId, UserId};
 use http::{header, Request, Response};
 use http_body_util::{BodyExt, Limited};
@@ -16,35 +13,9 @@ use serde::Deserialize;
 
 use crate::http::{bearer, full, json_error, Body};
 use crate::protocol::{self, ErrorCode, DEFAULT_HISTORY_LIMIT};
-use crate::rate::{RateLimiter, Verdict};
 use crate::{send, State};
 
 type Reply = Result<Response<Body>, http::Error>;
-
-/// Per-user limits of HTTP sends, which have no connection to hang a limiter on.
-pub(crate) struct SendLimits {
-    users: moka::sync::Cache<UserId, Arc<std::sync::Mutex<RateLimiter>>>,
-}
-
-impl SendLimits {
-    pub(crate) fn new() -> Self {
-        Self {
-            users: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_idle(std::time::Duration::from_secs(600))
-                .build(),
-        }
-    }
-
-    /// Takes one of `user`'s tokens; `false` when the user is over the rate.
-    pub(crate) fn allow(&self, user: &UserId, rate: f64, burst: f64) -> bool {
-        let limiter = self.users.get_with(user.clone(), || {
-            Arc::new(std::sync::Mutex::new(RateLimiter::new(rate, burst)))
-        });
-        let mut limiter = limiter.lock().unwrap_or_else(|p| p.into_inner());
-        limiter.check(Instant::now()) == Verdict::Allow
-    }
-}
 
 /// The conversation of `/v1/conversations/{conv}/messages`, and the caller.
 fn target(
@@ -89,6 +60,13 @@ pub(crate) async fn history(req: &Request<Incoming>, state: &State) -> Reply {
             "limit" => limit = usize::try_from(n).unwrap_or(usize::MAX),
             _ => return json_error(ErrorCode::Invalid, "unknown query parameter"),
         }
+    }
+    let limits = &state.limits;
+    if !state
+        .history_limits
+        .allow(&user, limits.history_rate, limits.history_burst)
+    {
+        return json_error(ErrorCode::RateLimited, "too many history reads; slow down");
     }
     if let Err(e) = state.membership.require_member(&conv, &user).await {
         return json_error(e.code(), &e.to_string());

@@ -76,7 +76,11 @@ async fn run(socket: Socket, identity: Option<Identity>, conn: u64, state: &Arc<
     // Counted as a connected device (for presence) until this task ends.
     let _device = state.devices.connect(&identity.user);
     let limits = &state.limits;
-    let outbox = Arc::new(Outbox::new(limits.queue));
+    let outbox = Arc::new(Outbox::new(
+        limits.queue,
+        limits.queue_bytes,
+        state.metrics.queued_bytes.clone(),
+    ));
     let mut session = Session {
         state: state.clone(),
         outlet: Outlet {
@@ -87,6 +91,9 @@ async fn run(socket: Socket, identity: Option<Identity>, conn: u64, state: &Arc<
         subscribed: Vec::new(),
         rate: RateLimiter::new(limits.rate, limits.burst),
         typing: RateLimiter::new(state.presence.typing_rate, state.presence.typing_burst),
+        resubscribe: RateLimiter::new(limits.resubscribe_rate, limits.resubscribe_burst),
+        presence: RateLimiter::new(limits.presence_rate, limits.presence_burst),
+        listing: RateLimiter::new(limits.listing_rate, limits.listing_burst),
     };
     let mut replies: FuturesUnordered<Reply> = FuturesUnordered::new();
     replies.push(unread_counts(state.clone(), identity.user.clone()));
@@ -221,7 +228,7 @@ async fn write_pending(
     pending: Pending,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
     match pending {
-        Pending::Reply(frame) => sink.send(Message::Text(frame)).await,
+        Pending::Reply(frame) => send_reply(sink, frame).await,
         Pending::Queued(first) => write_outbound(sink, queue, first).await,
     }
 }
@@ -304,6 +311,35 @@ async fn write(
     sink.send(Message::Text(frame.into())).await.map_err(|_| ())
 }
 
+/// Reply frames larger than this go out in fragments of this size, so the socket's write buffer
+/// (which keeps its largest size) never holds a whole large reply, such as the listing of a user
+/// in thousands of conversations.
+const FRAGMENT: usize = 64 * 1024;
+
+/// Writes one reply, fragmented past [`FRAGMENT`] bytes.
+async fn send_reply(
+    sink: &mut Sink,
+    frame: Utf8Bytes,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    if frame.len() <= FRAGMENT {
+        return sink.send(Message::Text(frame)).await;
+    }
+    let bytes = bytes::Bytes::from(frame);
+    for start in (0..bytes.len()).step_by(FRAGMENT) {
+        let end = (start + FRAGMENT).min(bytes.len());
+        let opcode = OpCode::Data(if start == 0 {
+            Data::Text
+        } else {
+            Data::Continue
+        });
+        let fragment = Frame::message(bytes.slice(start..end), opcode, end == bytes.len());
+        sink.feed(Message::Frame(fragment)).await?;
+    }
+    sink.flush().await
+}
+
 /// Writes one queue item plus whatever else is already queued, then flushes once.
 async fn write_outbound(
     sink: &mut Sink,
@@ -375,11 +411,18 @@ enum Step {
 struct Session {
     state: Arc<State>,
     outlet: Outlet,
-    /// Conversations this connection subscribed to (unsubscribed on close).
+    /// Conversations this connection subscribed to (unsubscribed on close); subscribing to one
+    /// of them again, also after `unsubscribe`, is a re-subscribe.
     subscribed: Vec<ConvId>,
     rate: RateLimiter,
     /// `typing` frames, on top of the general rate limit.
     typing: RateLimiter,
+    /// Re-subscribes (each may start a replay), on top of the general rate limit.
+    resubscribe: RateLimiter,
+    /// `presence` queries, on top of the general rate limit.
+    presence: RateLimiter,
+    /// `conversations` listings, on top of the general rate limit.
+    listing: RateLimiter,
 }
 
 impl Session {
@@ -459,7 +502,6 @@ impl Session {
                 reference,
             } => self.subscribe(conv, after, reference),
             ClientFrame::Unsubscribe { conv, reference } => {
-                self.subscribed.retain(|c| c != &conv);
                 self.state.hub.unsubscribe(&conv, self.outlet.conn);
                 Step::Reply(
                     protocol::encode(&ServerFrame::Unsubscribed {
@@ -487,7 +529,25 @@ impl Session {
                 seq,
                 reference,
             } => self.read(conv, seq, reference),
-            ClientFrame::Presence { user, reference } => self.presence(user, reference),
+            ClientFrame::Presence { user, reference } => {
+                if self.presence.check(Instant::now()) != Verdict::Allow {
+                    return self.error(
+                        ErrorCode::RateLimited,
+                        "too many presence queries; slow down",
+                        reference.as_deref(),
+                    );
+                }
+                self.presence(user, reference)
+            }
+            ClientFrame::Conversations { reference, .. }
+                if self.listing.check(Instant::now()) != Verdict::Allow =>
+            {
+                self.error(
+                    ErrorCode::RateLimited,
+                    "too many conversations listings; slow down",
+                    reference.as_deref(),
+                )
+            }
             other => self.membership_op(other),
         }
     }
@@ -554,6 +614,12 @@ impl Session {
     fn subscribe(&mut self, conv: ConvId, after: Option<u64>, reference: Option<String>) -> Step {
         if !self.subscribed.contains(&conv) {
             self.subscribed.push(conv.clone());
+        } else if self.resubscribe.check(Instant::now()) != Verdict::Allow {
+            return self.error(
+                ErrorCode::RateLimited,
+                "too many re-subscribes; slow down",
+                reference.as_deref(),
+            );
         }
         let outlet = self.outlet.clone();
         self.as_member(conv, reference.clone(), move |state, conv, _| async move {
@@ -575,6 +641,18 @@ impl Session {
         limit: Option<usize>,
         reference: Option<String>,
     ) -> Step {
+        let limits = &self.state.limits;
+        if !self
+            .state
+            .history_limits
+            .allow(self.user(), limits.history_rate, limits.history_burst)
+        {
+            return self.error(
+                ErrorCode::RateLimited,
+                "too many history reads; slow down",
+                reference.as_deref(),
+            );
+        }
         self.as_member(conv, reference.clone(), move |state, conv, _| async move {
             let limit = limit.unwrap_or(protocol::DEFAULT_HISTORY_LIMIT);
             let page = state

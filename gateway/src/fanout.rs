@@ -13,10 +13,17 @@
 //!   are dropped.
 //! - **Encode once.** Each message is encoded into one `msg` frame whose bytes are shared by every
 //!   local subscriber (and kept in a small ring for cheap resumes).
-//! - **Resume.** A subscription with a cursor gets the messages after it (from the ring, else from
-//!   JetStream), then joins the live list, all inside the actor, so nothing can slip in between.
-//! - **Slow clients.** Frames go to each connection's bounded queue with `try_send`; a full queue gets
-//!   the connection closed with [`close::SLOW_CONSUMER`], and the actor never waits for it.
+//! - **Resume.** A subscription with a cursor gets the messages after it, then joins the live list,
+//!   all inside the actor, so nothing can slip in between. What the ring holds is queued at once.
+//!   Older messages are a [`Replay`]: each actor turn without live work or commands replays one
+//!   chunk ([`REPLAY_CHUNK`] messages from JetStream) of one replay, round robin, and only while
+//!   the connection's queue is at most half full; otherwise the replay waits, without holding the
+//!   actor, for the client to read. A replay that reaches `last` joins the live list in the same
+//!   turn. So a long resume costs others at most one chunk's latency, and its memory is bounded by
+//!   the connection's queue.
+//! - **Slow clients.** Frames go to each connection's bounded queue (frames and bytes) without
+//!   waiting; a full queue gets the connection closed with [`close::SLOW_CONSUMER`], and the actor
+//!   never waits for it.
 //!
 //! - **Ephemeral events.** The actor also owns the conversation's `chat.eph.<conv>.*` subscription
 //!   (presence, typing, read receipts). Each event is parsed, checked to belong to this
@@ -38,6 +45,8 @@ use async_nats::jetstream::stream::DirectGetErrorKind;
 use chatfabric_nats::subject;
 use chatfabric_nats::wire::{EphemeralEvent, StoredMessage, LAST_SEQUENCE_HEADER, SEQUENCE_HEADER};
 use chatfabric_nats::{ConvId, Fabric, UserId};
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -48,6 +57,9 @@ use crate::metrics::Metrics;
 pub use crate::outbox::Outbound;
 use crate::outbox::{Outbox, Refused};
 use crate::protocol::{close, encode, encode_event, encode_msg, ErrorCode, ServerFrame};
+use resume::Replay;
+
+mod resume;
 
 /// A connection's id, unique within a gateway process.
 pub type ConnId = u64;
@@ -146,6 +158,9 @@ struct HubInner {
 
 /// Commands queued per conversation actor before `subscribe` answers `unavailable`.
 const CMD_QUEUE: usize = 1024;
+
+/// Messages a replay reads from JetStream and queues in one actor turn.
+pub const REPLAY_CHUNK: usize = 32;
 
 impl Hub {
     /// A hub whose actors stop when `shutdown` is cancelled.
@@ -257,6 +272,10 @@ struct ConvActor {
     me: mpsc::Sender<Cmd>,
     msg_subject: String,
     subs: Vec<Sub>,
+    /// Subscriptions still replaying, in turn order.
+    replays: VecDeque<Replay>,
+    /// The connections with a parked replay and a waker for it (see [`ConvActor::run`]).
+    waking: Vec<ConnId>,
     /// The conversation's last delivered sequence: the head of the chain we have.
     last: u64,
     /// Recent frames `(seq, prev, frame)`, a contiguous piece of the chain ending at `last`.
@@ -272,6 +291,8 @@ impl ConvActor {
             me,
             msg_subject,
             subs: Vec::new(),
+            replays: VecDeque::new(),
+            waking: Vec::new(),
             last: 0,
             ring: VecDeque::new(),
         }
@@ -309,6 +330,9 @@ impl ConvActor {
         };
         self.last = head;
         inner.metrics.live_conversations.inc();
+        // Resolve with a connection whose queue drained enough for its parked replay to go on.
+        // A local, not a field: the futures are not `Sync`, and the actor is borrowed across awaits.
+        let mut wakers: FuturesUnordered<BoxFuture<'static, ConnId>> = FuturesUnordered::new();
         loop {
             tokio::select! {
                 biased;
@@ -333,8 +357,15 @@ impl ConvActor {
                         break;
                     }
                 },
+                Some(conn) = wakers.next(), if !wakers.is_empty() => self.unpark(conn),
+                // Lowest priority: one chunk of one replay when nothing else is waiting.
+                _ = std::future::ready(()), if self.replays.iter().any(|r| !r.parked) => {
+                    if let Some(waker) = self.replay_step().await {
+                        wakers.push(waker);
+                    }
+                }
             }
-            if self.subs.is_empty() && self.retire(&rx) {
+            if self.subs.is_empty() && self.replays.is_empty() && self.retire(&rx) {
                 break;
             }
         }
@@ -396,30 +427,32 @@ impl ConvActor {
                 reply,
             } => {
                 self.subs.retain(|s| s.outlet.conn != outlet.conn);
+                self.replays.retain(|r| r.outlet.conn != outlet.conn);
                 let result = self.attach(outlet, after, reference).await;
                 // The connection may be gone already; then there is nobody to tell.
                 let _ = reply.send(result);
             }
-            Cmd::Unsubscribe { conn } => self.subs.retain(|s| s.outlet.conn != conn),
+            Cmd::Unsubscribe { conn } => {
+                self.subs.retain(|s| s.outlet.conn != conn);
+                self.replays.retain(|r| r.outlet.conn != conn);
+            }
             Cmd::Evict { user } => {
                 let frame = Utf8Bytes::from(encode(&ServerFrame::Unsubscribed {
                     conv: self.conv.clone(),
                     reason: "removed".into(),
                     reference: None,
                 }));
-                self.subs.retain(|s| {
-                    if s.outlet.user != user {
+                let evict = |outlet: &Outlet| {
+                    if outlet.user != user {
                         return true;
                     }
-                    if s.outlet
-                        .outbox
-                        .push(Outbound::Frame(frame.clone()))
-                        .is_err()
-                    {
-                        s.outlet.outbox.kick(close::SLOW_CONSUMER);
+                    if outlet.outbox.push(Outbound::Frame(frame.clone())).is_err() {
+                        outlet.outbox.kick(close::SLOW_CONSUMER);
                     }
                     false
-                });
+                };
+                self.subs.retain(|s| evict(&s.outlet));
+                self.replays.retain(|r| evict(&r.outlet));
             }
             Cmd::Resync => {
                 if let Err(e) = self.resync().await {
@@ -428,97 +461,6 @@ impl ConvActor {
                 }
             }
         }
-    }
-
-    /// Queues the `subscribed` frame and the replay of what follows `after`, then adds the
-    /// subscriber to the live list.
-    async fn attach(
-        &mut self,
-        outlet: Outlet,
-        after: Option<u64>,
-        reference: Option<String>,
-    ) -> Result<u64, FanoutError> {
-        let after = match after {
-            Some(after) if after > self.last => {
-                // The client has seen more than we have: our head may be stale. Catch up first.
-                self.resync()
-                    .await
-                    .map_err(|e| FanoutError::Unavailable(e.to_string()))?;
-                after
-            }
-            Some(after) => after,
-            None => self.last,
-        };
-        let mut frames = vec![Utf8Bytes::from(encode(&ServerFrame::Subscribed {
-            conv: self.conv.clone(),
-            cursor: after,
-            reference,
-        }))];
-        if after < self.last {
-            frames.extend(self.replay(after).await?);
-        }
-        let replayed = frames.len() as u64 - 1;
-        if outlet.outbox.push(Outbound::Batch(frames)).is_err() {
-            outlet.outbox.kick(close::SLOW_CONSUMER);
-            self.hub.inner.metrics.close("slow_consumer");
-            return Ok(after);
-        }
-        self.hub.inner.metrics.deliveries.inc_by(replayed);
-        self.subs.push(Sub {
-            outlet,
-            from: after.max(self.last),
-        });
-        Ok(after)
-    }
-
-    /// Frames of the messages in `(after, last]`, from the ring when it reaches back far enough.
-    async fn replay(&self, after: u64) -> Result<Vec<Utf8Bytes>, FanoutError> {
-        if let Some(&(_, first_prev, _)) = self.ring.front() {
-            if first_prev <= after {
-                return Ok(self
-                    .ring
-                    .iter()
-                    .filter(|(seq, _, _)| *seq > after)
-                    .map(|(_, _, f)| f.clone())
-                    .collect());
-            }
-        }
-        let stream = self.hub.inner.fabric.stream_for(&self.conv);
-        let first = stream
-            .get_info()
-            .await
-            .map_err(|e| FanoutError::Unavailable(e.to_string()))?
-            .state
-            .first_sequence;
-        if after + 1 < first {
-            return Err(FanoutError::CursorExpired(format!(
-                "the stream keeps messages from {first} on"
-            )));
-        }
-        let mut frames = Vec::new();
-        let mut prev = after;
-        while prev < self.last {
-            if frames.len() >= self.hub.inner.config.max_catchup {
-                return Err(FanoutError::CursorExpired(format!(
-                    "more than {} messages behind",
-                    self.hub.inner.config.max_catchup
-                )));
-            }
-            let Some((seq, msg)) = self
-                .next_stored(prev)
-                .await
-                .map_err(|e| FanoutError::Unavailable(e.to_string()))?
-            else {
-                break;
-            };
-            if seq > self.last {
-                break;
-            }
-            frames.push(Utf8Bytes::from(encode_msg(&msg, seq, prev)));
-            prev = seq;
-        }
-        self.hub.inner.metrics.fetched.inc_by(frames.len() as u64);
-        Ok(frames)
     }
 
     async fn on_live(&mut self, msg: async_nats::Message) {
@@ -678,6 +620,9 @@ impl ConvActor {
     fn kick_all(&mut self, code: u16) {
         for s in self.subs.drain(..) {
             s.outlet.outbox.kick(code);
+        }
+        for r in self.replays.drain(..) {
+            r.outlet.outbox.kick(code);
         }
         self.ring.clear();
     }

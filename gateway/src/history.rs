@@ -7,7 +7,10 @@
 //!
 //! Pages are cached (moka). A page is cached only once its range is fixed: `before` is resolved to
 //! the conversation's head + 1 when absent, and a range of immutable, append-only messages below a
-//! known head never changes. Concurrent identical reads share one query.
+//! known head never changes. Concurrent identical reads share one query. The cache is bounded in
+//! bytes (each page weighs what its messages hold), and a page in bytes ([`MAX_PAGE_BYTES`]): a
+//! page that would exceed it ends early, at the messages nearest its anchor, so walks continue
+//! from it as from any page.
 
 use std::sync::Arc;
 
@@ -75,6 +78,49 @@ impl HistoryMessage {
 /// A page, newest first.
 pub type Page = Arc<Vec<HistoryMessage>>;
 
+/// Rows asked of the store at once.
+const STORE_BATCH: usize = 64;
+
+/// The history cache's default size in bytes (`--history-cache-bytes`).
+pub const DEFAULT_HISTORY_CACHE_BYTES: u64 = 64 << 20;
+
+/// Most bytes of encoded messages in one page: it bounds what one reply and one cached page hold.
+pub const MAX_PAGE_BYTES: usize = 192 * 1024;
+
+/// What a message adds to a page once encoded (a slight overestimate: it counts `conv`, which
+/// the page frame carries once).
+fn encoded_len(msg: &StoredMessage) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(24); // "seq" and separators
+    let _ = serde_json::to_writer(&mut count, msg);
+    count.0
+}
+
+/// The memory a cached page holds, for the cache's byte bound.
+fn weight(key: &PageKey, page: &Page) -> u32 {
+    let messages: usize = page
+        .iter()
+        .map(|m| {
+            std::mem::size_of::<HistoryMessage>()
+                + m.id.len()
+                + m.sender.as_str().len()
+                + m.client_id.len()
+                + m.body.len()
+        })
+        .sum();
+    let total = messages + std::mem::size_of::<PageKey>() + key.conv.as_str().len() + 64;
+    u32::try_from(total).unwrap_or(u32::MAX)
+}
+
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct PageKey {
     conv: ConvId,
@@ -91,18 +137,27 @@ pub struct History {
     fabric: Fabric,
     cache: moka::future::Cache<PageKey, Page>,
     latency: Option<Histogram>,
+    cache_bytes: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl History {
-    /// Pages are read from `store` and `fabric`'s streams; up to `cache_pages` pages are cached.
-    pub fn new(store: Arc<dyn HistoryStore>, fabric: Fabric, cache_pages: u64) -> Self {
+    /// Pages are read from `store` and `fabric`'s streams; pages holding up to `cache_bytes`
+    /// bytes are cached, and `cache_gauge` follows what they hold.
+    pub fn new(
+        store: Arc<dyn HistoryStore>,
+        fabric: Fabric,
+        cache_bytes: u64,
+        cache_gauge: prometheus_client::metrics::gauge::Gauge,
+    ) -> Self {
         Self {
             store,
             fabric,
             cache: moka::future::Cache::builder()
-                .max_capacity(cache_pages)
+                .max_capacity(cache_bytes)
+                .weigher(weight)
                 .build(),
             latency: None,
+            cache_bytes: cache_gauge,
         }
     }
 
@@ -139,13 +194,18 @@ impl History {
         if key.after + 1 >= key.before {
             return Ok(Arc::default());
         }
-        self.cache
+        let page = self
+            .cache
             .try_get_with(
                 key.clone(),
                 async move { self.read(&key).await.map(Arc::new) },
             )
             .await
-            .map_err(|e| (*e).clone())
+            .map_err(|e| (*e).clone())?;
+        self.cache.run_pending_tasks().await;
+        self.cache_bytes
+            .set(i64::try_from(self.cache.weighted_size()).unwrap_or(i64::MAX));
+        Ok(page)
     }
 
     async fn read(&self, key: &PageKey) -> Result<Vec<HistoryMessage>, HistoryError> {
@@ -170,7 +230,10 @@ impl History {
             };
             older.retain(|r| r.seq < store_range.1);
             older.reverse();
-            let rest = key.limit - older.len();
+            // A store read that stopped at the byte bound below the watermark fills the page;
+            // anything newer from JetStream would leave a gap.
+            let full = older.iter().map(|r| encoded_len(&r.msg)).sum::<usize>() > MAX_PAGE_BYTES;
+            let rest = if full { 0 } else { key.limit - older.len() };
             let newer = self.stream_part(key, stream_range, rest, true).await?;
             page = older;
             page.extend(newer);
@@ -192,21 +255,71 @@ impl History {
                 page.extend(self.store_page(&key.conv, query).await?);
             }
         }
+        // Newest first. Keep the messages nearest the anchor within the byte bound: the oldest
+        // for a page after `after`, the newest otherwise.
+        if key.anchored_after {
+            page.reverse();
+        }
+        let mut bytes = 0;
+        let keep = page
+            .iter()
+            .take_while(|r| {
+                bytes += encoded_len(&r.msg);
+                bytes <= MAX_PAGE_BYTES
+            })
+            .count()
+            .max(1);
+        page.truncate(keep);
+        if key.anchored_after {
+            page.reverse();
+        }
         Ok(page
             .into_iter()
             .map(|r| HistoryMessage::new(r.seq, r.msg))
             .collect())
     }
 
+    /// The rows of `query`, newest first as the store returns them, read [`STORE_BATCH`] at a
+    /// time and only until they hold [`MAX_PAGE_BYTES`]: what one read holds stays near a page's
+    /// bound however large the messages.
     async fn store_page(
         &self,
         conv: &ConvId,
-        query: PageQuery,
+        mut query: PageQuery,
     ) -> Result<Vec<StoredRecord>, HistoryError> {
-        self.store
-            .page(conv, query)
-            .await
-            .map_err(|e| HistoryError::Unavailable(e.to_string()))
+        let limit = query.capped_limit();
+        let mut rows: Vec<StoredRecord> = Vec::new();
+        let mut bytes = 0;
+        while rows.len() < limit && bytes <= MAX_PAGE_BYTES {
+            let batch = (limit - rows.len()).min(STORE_BATCH);
+            let got = self
+                .store
+                .page(
+                    conv,
+                    PageQuery {
+                        limit: batch,
+                        ..query
+                    },
+                )
+                .await
+                .map_err(|e| HistoryError::Unavailable(e.to_string()))?;
+            let complete = got.len() < batch;
+            bytes += got.iter().map(|r| encoded_len(&r.msg)).sum::<usize>();
+            if query.anchored_after() {
+                // The oldest rows above `after`: the next batch lies above them.
+                let Some(newest) = got.first() else { break };
+                query.after = Some(newest.seq);
+                rows.splice(0..0, got);
+            } else {
+                let Some(oldest) = got.last() else { break };
+                query.before = Some(oldest.seq);
+                rows.extend(got);
+            }
+            if complete {
+                break;
+            }
+        }
+        Ok(rows)
     }
 
     /// Messages with `after < seq < before` from JetStream, ascending: the first `limit` when
@@ -219,6 +332,7 @@ impl History {
         oldest: bool,
     ) -> Result<Vec<StoredRecord>, HistoryError> {
         let mut out = std::collections::VecDeque::new();
+        let mut bytes = 0;
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -242,15 +356,22 @@ impl History {
             let Ok(msg) = serde_json::from_slice::<StoredMessage>(&m.payload) else {
                 continue;
             };
+            bytes += encoded_len(&msg);
             out.push_back(StoredRecord {
                 seq: m.sequence,
                 msg,
             });
-            if out.len() > limit {
-                out.pop_front();
-            }
-            if oldest && out.len() == limit {
-                break;
+            // Never more than a page holds, in messages or in bytes.
+            if oldest {
+                if out.len() == limit || bytes > MAX_PAGE_BYTES {
+                    break;
+                }
+            } else {
+                while out.len() > limit || (out.len() > 1 && bytes > MAX_PAGE_BYTES) {
+                    if let Some(r) = out.pop_front() {
+                        bytes -= encoded_len(&r.msg);
+                    }
+                }
             }
         }
         Ok(out.into())

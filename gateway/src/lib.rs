@@ -20,8 +20,10 @@
 //! - [`receipts`]: read cursors (`read`), their events, and unread counts sent after `ready`.
 //!   Presence, typing and read events reach members through [`fanout`]'s conversation actors.
 //! - [`history`]: history pages, from the persister's store below its watermark and from
-//!   JetStream above it (complete even while the persister lags), cached per page.
-//! - [`outbox`]: each connection's bounded outbound queue, the fan-out's only way to it.
+//!   JetStream above it (complete even while the persister lags), cached per page within a byte
+//!   budget.
+//! - [`outbox`]: each connection's outbound queue, bounded in frames and bytes, the fan-out's only
+//!   way to it.
 //! - [`metrics`]: Prometheus counters for all of the above.
 //! - [`demo`]: the demo chat page at `/` and, under `chatfabric dev`, its token endpoint.
 //!
@@ -71,6 +73,9 @@ pub struct Limits {
     pub max_body: usize,
     /// Outbound frames queued per connection before it is closed as a slow consumer (4008).
     pub queue: usize,
+    /// Outbound bytes queued per connection before it is closed as a slow consumer (4008);
+    /// replays fill at most half of it and then wait for the client to read.
+    pub queue_bytes: usize,
     /// Sustained inbound frames per second per connection.
     pub rate: f64,
     /// Inbound burst per connection; this many refusals in a row close the connection (4029).
@@ -93,6 +98,22 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// How many conversations a user may be in, and how many of them others may put them in.
     pub conversations: membership::ConversationLimits,
+    /// History pages per second per user (WebSocket and HTTP together), sustained.
+    pub history_rate: f64,
+    /// History pages a user may read in a burst.
+    pub history_burst: f64,
+    /// Subscribes per second per connection to conversations it subscribed to before, sustained.
+    pub resubscribe_rate: f64,
+    /// Re-subscribes a connection may send in a burst.
+    pub resubscribe_burst: f64,
+    /// `presence` queries per second per connection, sustained.
+    pub presence_rate: f64,
+    /// `presence` queries a connection may send in a burst.
+    pub presence_burst: f64,
+    /// `conversations` listings per second per connection, sustained.
+    pub listing_rate: f64,
+    /// `conversations` listings a connection may send in a burst.
+    pub listing_burst: f64,
 }
 
 impl Default for Limits {
@@ -101,6 +122,7 @@ impl Default for Limits {
             max_frame: 16 * 1024,
             max_body: 4 * 1024,
             queue: 256,
+            queue_bytes: 2 << 20,
             rate: 50.0,
             burst: 100.0,
             max_in_flight: 64,
@@ -111,6 +133,14 @@ impl Default for Limits {
             read_buffer: 1024,
             request_timeout: Duration::from_secs(10),
             conversations: membership::ConversationLimits::default(),
+            history_rate: 10.0,
+            history_burst: 20.0,
+            resubscribe_rate: 1.0,
+            resubscribe_burst: 10.0,
+            presence_rate: 10.0,
+            presence_burst: 50.0,
+            listing_rate: 1.0,
+            listing_burst: 5.0,
         }
     }
 }
@@ -141,8 +171,8 @@ pub struct GatewayConfig {
     pub membership_ttl: Duration,
     /// The history store the persister writes (the gateway only reads it).
     pub history: Arc<dyn chatfabric_persister::HistoryStore>,
-    /// History pages cached.
-    pub history_cache: u64,
+    /// Bytes of history pages cached (each page weighs what its messages hold).
+    pub history_cache_bytes: u64,
     /// Presence heartbeat and typing limits.
     pub presence: presence::PresenceConfig,
     /// The demo page and development token endpoint (off by default).
@@ -162,7 +192,10 @@ pub(crate) struct State {
     /// This gateway's connected users, mirrored into the presence bucket.
     devices: Arc<presence::Devices>,
     presence: presence::PresenceConfig,
-    send_limits: api::SendLimits,
+    /// Per-user limits of HTTP sends.
+    send_limits: rate::UserLimits,
+    /// Per-user limits of history reads (WebSocket and HTTP).
+    history_limits: rate::UserLimits,
     /// What of the demo page this gateway serves.
     demo: demo::DemoConfig,
     /// Bounds the unread-count computations running at once: each costs JetStream requests, and
@@ -262,8 +295,13 @@ pub async fn run(
             }
         });
     }
-    let history = history::History::new(config.history, fabric.clone(), config.history_cache)
-        .with_latency(metrics.history_latency.clone());
+    let history = history::History::new(
+        config.history,
+        fabric.clone(),
+        config.history_cache_bytes,
+        metrics.history_cache_bytes.clone(),
+    )
+    .with_latency(metrics.history_latency.clone());
     // Not tracked: the heartbeat outlives the connections' drain and is awaited last, so its
     // clean-stop delete comes after the accept loop stopped.
     let (devices, heartbeat) =
@@ -279,7 +317,8 @@ pub async fn run(
         history,
         devices,
         presence: config.presence,
-        send_limits: api::SendLimits::new(),
+        send_limits: rate::UserLimits::new(),
+        history_limits: rate::UserLimits::new(),
         demo: config.demo,
         unread_permits: tokio::sync::Semaphore::new(UNREAD_CONCURRENCY),
         metrics,

@@ -116,7 +116,12 @@ pub struct Membership {
     client: async_nats::Client,
     members: moka::future::Cache<(ConvId, UserId), bool>,
     limits: ConversationLimits,
+    /// Conversation descriptions, which never change once written.
+    infos: moka::future::Cache<ConvId, ConversationInfo>,
 }
+
+/// Conversation descriptions cached per gateway (at most a few hundred bytes each).
+const INFO_CACHE: u64 = 100_000;
 
 impl Membership {
     /// A cache of at most `capacity` answers, each kept at most `ttl`; users are held to `limits`.
@@ -136,6 +141,7 @@ impl Membership {
                 .max_capacity(capacity)
                 .time_to_live(ttl)
                 .build(),
+            infos: moka::future::Cache::new(INFO_CACHE),
         }
     }
 
@@ -167,15 +173,20 @@ impl Membership {
         }
     }
 
-    /// The conversation's description.
+    /// The conversation's description (cached: it never changes once written).
     pub async fn info(&self, conv: &ConvId) -> Result<ConversationInfo, MembershipError> {
+        if let Some(info) = self.infos.get(conv).await {
+            return Ok(info);
+        }
         let raw = self
             .kv
             .get(subject::conv_key(conv))
             .await
             .map_err(store_err)?
             .ok_or(MembershipError::NotFound)?;
-        serde_json::from_slice(&raw).map_err(store_err)
+        let info: ConversationInfo = serde_json::from_slice(&raw).map_err(store_err)?;
+        self.infos.insert(conv.clone(), info.clone()).await;
+        Ok(info)
     }
 
     /// Creates (or returns the existing) direct conversation between `me` and `other`.
@@ -422,7 +433,8 @@ impl Membership {
     }
 
     /// Whether `a` and `b` are members of a common conversation (a user shares one with
-    /// themselves). This is what allows `a` to learn `b`'s presence.
+    /// themselves). This is what allows `a` to learn `b`'s presence. Two index reads, and
+    /// membership checks only of the conversations both indexes name.
     pub async fn share_a_conversation(
         &self,
         a: &UserId,
@@ -431,8 +443,11 @@ impl Membership {
         if a == b {
             return Ok(true);
         }
-        for conv in self.conv_ids_of(a).await? {
-            if self.is_member(&conv, b).await? {
+        let ((of_a, _), (of_b, _)) = tokio::try_join!(self.index(a), self.index(b))?;
+        let of_b: std::collections::HashSet<ConvId> = of_b.into_iter().collect();
+        for conv in of_a.iter().filter(|c| of_b.contains(*c)) {
+            // The indexes are supersets (written first): confirm with the membership keys.
+            if self.is_member(conv, a).await? && self.is_member(conv, b).await? {
                 return Ok(true);
             }
         }

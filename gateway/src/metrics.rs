@@ -66,6 +66,10 @@ pub struct Metrics {
     pub presence_write_errors: Counter,
     /// Times the presence service buried this live gateway and it re-asserted its users.
     pub presence_reasserts: Counter,
+    /// Bytes queued in all connections' outboxes (each bounded by `--queue-bytes`).
+    pub queued_bytes: Gauge,
+    /// Bytes of history pages cached (bounded by `--history-cache-bytes`).
+    pub history_cache_bytes: Gauge,
 }
 
 impl Metrics {
@@ -95,6 +99,8 @@ impl Metrics {
             presence_writes: Counter::default(),
             presence_write_errors: Counter::default(),
             presence_reasserts: Counter::default(),
+            queued_bytes: Gauge::default(),
+            history_cache_bytes: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("chatfabric_gateway");
         r.register(
@@ -205,6 +211,16 @@ impl Metrics {
         for reason in Self::CHARTED_CLOSES {
             let _ = m.closes.get_or_create(&Kind { kind: reason });
         }
+        r.register(
+            "queued_bytes",
+            "Bytes queued for clients in all outboxes",
+            m.queued_bytes.clone(),
+        );
+        r.register(
+            "history_cache_bytes",
+            "Bytes of cached history pages",
+            m.history_cache_bytes.clone(),
+        );
         m
     }
 

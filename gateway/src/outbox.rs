@@ -1,7 +1,11 @@
 //! A connection's bounded outbound queue and its close request, in one small allocation.
 //!
 //! The fan-out pushes shared frames with [`Outbox::push`], which never waits: a full queue is the
-//! slow-consumer signal. The connection task (WebSocket or SSE) is the only reader. An idle
+//! slow-consumer signal. The queue is bounded twice: in items (`--queue`) and in bytes
+//! (`--queue-bytes`), so neither many small frames nor a few large ones can grow a connection's
+//! memory past its budget. Replays do not push past [`Outbox::has_room`] (half the budget): they
+//! wait for [`Outbox::room`], so a long resume streams at the reader's pace and leaves the other
+//! half to live traffic. The connection task (WebSocket or SSE) is the only reader. An idle
 //! connection's outbox costs about two hundred bytes: the queue allocates only while frames wait,
 //! which matters at tens of thousands of idle connections per gateway (a tokio mpsc channel
 //! allocates a 32-slot block up front, and a cancellation token another node).
@@ -10,6 +14,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Mutex;
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -19,14 +24,24 @@ pub enum Outbound {
     /// One frame (a live message).
     Frame(Utf8Bytes),
     /// Frames that must be written in order without interleaving: a `subscribed` reply followed by
-    /// the replayed messages. One queue slot, so a long replay cannot overflow the queue.
+    /// replayed messages, or one chunk of a replay. One queue slot; its bytes all count.
     Batch(Vec<Utf8Bytes>),
+}
+
+impl Outbound {
+    /// The bytes this item holds.
+    pub fn size(&self) -> usize {
+        match self {
+            Self::Frame(f) => f.len(),
+            Self::Batch(frames) => frames.iter().map(|f| f.len()).sum(),
+        }
+    }
 }
 
 /// Why a push was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refused {
-    /// The queue holds its capacity: the reader is too slow.
+    /// The queue holds its capacity (items or bytes): the reader is too slow.
     Full,
     /// The connection is gone.
     Closed,
@@ -35,6 +50,8 @@ pub enum Refused {
 #[derive(Debug, Default)]
 struct Queue {
     items: VecDeque<Outbound>,
+    /// The bytes of `items`.
+    bytes: usize,
     closed: bool,
 }
 
@@ -44,10 +61,15 @@ pub struct Outbox {
     queue: Mutex<Queue>,
     /// Signals the reader that an item (or the close) arrived.
     ready: Notify,
+    /// Signals waiting replays that the queue drained to half its budget (or closed).
+    drained: Notify,
     /// The close code requested (0: none); the first request wins.
     kick: AtomicU16,
     kicked: Notify,
     capacity: usize,
+    max_bytes: usize,
+    /// The gateway-wide count of queued bytes.
+    queued: Gauge,
 }
 
 /// Queue capacity kept after a burst drained; more is released, so a connection that once lagged
@@ -55,14 +77,19 @@ pub struct Outbox {
 const KEEP_CAPACITY: usize = 16;
 
 impl Outbox {
-    /// An empty outbox that holds at most `capacity` items.
-    pub fn new(capacity: usize) -> Self {
+    /// An empty outbox that holds at most `capacity` items and `max_bytes` bytes (an item larger
+    /// than `max_bytes` is accepted into an empty queue, so it can always be delivered). `queued`
+    /// counts the bytes of every outbox.
+    pub fn new(capacity: usize, max_bytes: usize, queued: Gauge) -> Self {
         Self {
             queue: Mutex::default(),
             ready: Notify::new(),
+            drained: Notify::new(),
             kick: AtomicU16::new(0),
             kicked: Notify::new(),
             capacity: capacity.max(1),
+            max_bytes: max_bytes.max(1),
+            queued,
         }
     }
 
@@ -73,26 +100,70 @@ impl Outbox {
 
     /// Queues `item` without waiting.
     pub fn push(&self, item: Outbound) -> Result<(), Refused> {
+        let size = item.size();
         {
             let mut q = self.lock();
             if q.closed {
                 return Err(Refused::Closed);
             }
-            if q.items.len() >= self.capacity {
+            let over_bytes = !q.items.is_empty() && q.bytes + size > self.max_bytes;
+            if q.items.len() >= self.capacity || over_bytes {
                 return Err(Refused::Full);
             }
             q.items.push_back(item);
+            q.bytes += size;
         }
+        self.queued.inc_by(size as i64);
         self.ready.notify_one();
         Ok(())
     }
 
+    /// Whether the queue is at most half full, in items and in bytes: a replay may push a chunk.
+    pub fn has_room(&self) -> bool {
+        let q = self.lock();
+        q.closed || (q.items.len() <= self.capacity / 2 && q.bytes <= self.max_bytes / 2)
+    }
+
+    /// The bytes a replay queues at most at once: with half the budget already queued, a chunk
+    /// still fits.
+    pub fn chunk_bytes(&self) -> usize {
+        self.max_bytes / 4
+    }
+
+    /// Resolves once [`has_room`](Self::has_room) holds (also when the outbox closed).
+    pub async fn room(&self) {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.has_room() {
+                return;
+            }
+            drained.await;
+        }
+    }
+
     /// The next item, if one is queued.
     pub fn try_recv(&self) -> Option<Outbound> {
-        let mut q = self.lock();
-        let item = q.items.pop_front();
-        if q.items.is_empty() && q.items.capacity() > KEEP_CAPACITY {
-            q.items.shrink_to(KEEP_CAPACITY);
+        let (item, room) = {
+            let mut q = self.lock();
+            let item = q.items.pop_front();
+            if let Some(i) = &item {
+                q.bytes -= i.size();
+            }
+            if q.items.is_empty() && q.items.capacity() > KEEP_CAPACITY {
+                q.items.shrink_to(KEEP_CAPACITY);
+            }
+            (
+                item,
+                q.items.len() <= self.capacity / 2 && q.bytes <= self.max_bytes / 2,
+            )
+        };
+        if let Some(i) = &item {
+            self.queued.dec_by(i.size() as i64);
+            if room {
+                self.drained.notify_waiters();
+            }
         }
         item
     }
@@ -109,9 +180,14 @@ impl Outbox {
 
     /// Refuses further pushes and drops what is queued (the reader is leaving).
     pub fn close(&self) {
-        let mut q = self.lock();
-        q.closed = true;
-        q.items = VecDeque::new();
+        let dropped = {
+            let mut q = self.lock();
+            q.closed = true;
+            q.items = VecDeque::new();
+            std::mem::take(&mut q.bytes)
+        };
+        self.queued.dec_by(dropped as i64);
+        self.drained.notify_waiters();
     }
 
     /// Asks the reader to close the connection with `code`. The first code wins.
@@ -144,7 +220,7 @@ mod tests {
 
     #[tokio::test]
     async fn bounded_fifo_then_closed() {
-        let o = Outbox::new(2);
+        let o = Outbox::new(2, 1 << 20, Gauge::default());
         assert_eq!(o.push(frame("a")), Ok(()));
         assert_eq!(o.push(frame("b")), Ok(()));
         assert_eq!(o.push(frame("c")), Err(Refused::Full));
@@ -157,7 +233,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_reader_wakes_and_the_first_kick_wins() {
-        let o = std::sync::Arc::new(Outbox::new(4));
+        let o = std::sync::Arc::new(Outbox::new(4, 1 << 20, Gauge::default()));
         let reader = tokio::spawn({
             let o = o.clone();
             async move { matches!(o.recv().await, Outbound::Frame(_)) }
@@ -172,11 +248,34 @@ mod tests {
 
     #[test]
     fn an_idle_outbox_holds_no_queue_allocation() {
-        let o = Outbox::new(256);
+        let o = Outbox::new(256, 1 << 20, Gauge::default());
         for _ in 0..100 {
             o.push(frame("x")).unwrap();
         }
         while o.try_recv().is_some() {}
         assert!(o.lock().items.capacity() <= KEEP_CAPACITY);
+    }
+
+    #[tokio::test]
+    async fn bytes_bound_the_queue_and_a_drain_wakes_a_waiting_replay() {
+        let queued = Gauge::default();
+        let o = std::sync::Arc::new(Outbox::new(256, 4, queued.clone()));
+        assert_eq!(o.push(frame("abc")), Ok(()));
+        assert!(!o.has_room());
+        assert_eq!(o.push(frame("de")), Err(Refused::Full));
+        assert_eq!(queued.get(), 3);
+        let waiter = tokio::spawn({
+            let o = o.clone();
+            async move { o.room().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        o.try_recv().unwrap();
+        waiter.await.unwrap();
+        assert_eq!(queued.get(), 0);
+        // An item larger than the whole budget still fits into an empty queue.
+        assert_eq!(o.push(frame("0123456789")), Ok(()));
+        o.close();
+        assert_eq!(queued.get(), 0);
     }
 }

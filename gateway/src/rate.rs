@@ -1,6 +1,9 @@
-//! Per-connection rate limiting: a token bucket over inbound frames.
+//! Rate limiting: a token bucket over inbound frames, per connection or per user.
 
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chatfabric_nats::UserId;
 
 /// A token bucket: `rate` frames per second on average, bursts up to `burst`.
 #[derive(Debug)]
@@ -56,10 +59,35 @@ impl RateLimiter {
     }
 }
 
+/// Token buckets per user, for requests that have no connection to hang a limiter on (HTTP) or
+/// that must not multiply with a user's connections (history reads). Idle buckets are forgotten.
+pub(crate) struct UserLimits {
+    users: moka::sync::Cache<UserId, Arc<Mutex<RateLimiter>>>,
+}
+
+impl UserLimits {
+    pub(crate) fn new() -> Self {
+        Self {
+            users: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(Duration::from_secs(600))
+                .build(),
+        }
+    }
+
+    /// Whether `user` may make one more request under `rate` per second, bursts of `burst`.
+    pub(crate) fn allow(&self, user: &UserId, rate: f64, burst: f64) -> bool {
+        let limiter = self.users.get_with(user.clone(), || {
+            Arc::new(Mutex::new(RateLimiter::new(rate, burst)))
+        });
+        let mut limiter = limiter.lock().unwrap_or_else(|p| p.into_inner());
+        limiter.check(Instant::now()) == Verdict::Allow
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn allows_burst_then_refuses_then_floods() {

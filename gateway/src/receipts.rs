@@ -148,19 +148,30 @@ pub async fn unread(fabric: &Fabric, conv: &ConvId, user: &UserId) -> Result<u64
         }
         return Ok(total);
     }
+    messages_after(fabric, conv, read)
+        .await
+        .map_err(unavailable)
+}
+
+/// Messages stored in `conv` after `after`: `num_pending` of a short-lived filtered consumer.
+pub(crate) async fn messages_after(
+    fabric: &Fabric,
+    conv: &ConvId,
+    after: u64,
+) -> Result<u64, async_nats::jetstream::stream::ConsumerError> {
+    let stream = fabric.stream_for(conv);
     let consumer = stream
         .create_consumer(pull::Config {
-            filter_subject: subject,
+            filter_subject: fabric.settings.partitions.msg_subject(conv),
             deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: read + 1,
+                start_sequence: after + 1,
             },
             ack_policy: AckPolicy::None,
             memory_storage: true,
             inactive_threshold: Duration::from_secs(30),
             ..Default::default()
         })
-        .await
-        .map_err(unavailable)?;
+        .await?;
     let info = consumer.cached_info();
     let count = info.num_pending;
     // Best effort: the inactivity threshold removes it anyway.

@@ -120,7 +120,11 @@ pub(crate) async fn events(
         return json_error(ErrorCode::Unavailable, "gateway at capacity; try another");
     };
     let conn = state.next_conn();
-    let outbox = Arc::new(Outbox::new(state.limits.queue));
+    let outbox = Arc::new(Outbox::new(
+        state.limits.queue,
+        state.limits.queue_bytes,
+        state.metrics.queued_bytes.clone(),
+    ));
     let outlet = Outlet {
         conn,
         user: user.clone(),

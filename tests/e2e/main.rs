@@ -13,6 +13,7 @@ mod compose;
 mod deputy;
 mod gaps;
 mod history;
+mod limits;
 mod logs;
 mod membership_rules;
 mod messaging;

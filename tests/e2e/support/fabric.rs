@@ -128,13 +128,15 @@ pub fn test_config(history: Arc<dyn HistoryStore>) -> GatewayConfig {
         limits: Limits {
             rate: 10_000.0,
             burst: 10_000.0,
+            history_rate: 10_000.0,
+            history_burst: 10_000.0,
             ..Limits::default()
         },
         hub: HubConfig::default(),
         membership_cache: 10_000,
         membership_ttl: std::time::Duration::from_secs(60),
         history,
-        history_cache: 1000,
+        history_cache_bytes: 16 << 20,
         presence: chatfabric_gateway::presence::PresenceConfig::default(),
         demo: Default::default(),
     }

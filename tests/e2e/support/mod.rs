@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod fabric;
+pub mod heavy;
 pub mod hostile;
 pub mod sse;
 pub mod stack;
