@@ -110,9 +110,10 @@ pub struct Limits {
     pub presence_rate: f64,
     /// `presence` queries a connection may send in a burst.
     pub presence_burst: f64,
-    /// `conversations` listings per second per connection, sustained.
+    /// `conversations` listing pages per second per connection, sustained.
     pub listing_rate: f64,
-    /// `conversations` listings a connection may send in a burst.
+    /// `conversations` listing pages a connection may ask for in a burst: enough to walk the
+    /// listing of a user in as many conversations as the limit allows at once.
     pub listing_burst: f64,
 }
 
@@ -139,8 +140,8 @@ impl Default for Limits {
             resubscribe_burst: 10.0,
             presence_rate: 10.0,
             presence_burst: 50.0,
-            listing_rate: 1.0,
-            listing_burst: 5.0,
+            listing_rate: 5.0,
+            listing_burst: 50.0,
         }
     }
 }

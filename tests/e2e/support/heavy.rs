@@ -95,7 +95,9 @@ pub async fn persist_up_to(nats: &super::Nats, seq: u64) -> tokio_util::sync::Ca
         ..Default::default()
     };
     tokio::spawn(chatfabric_persister::run(
-        nats.fabric("persister").await,
+        nats.fabric_as(chatfabric_nats::permissions::Role::Persister, "drain", 8192)
+            .await
+            .0,
         nats.history.clone(),
         config,
         stop.clone(),
