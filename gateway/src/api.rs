@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 
 use crate::http::{bearer, full, json_error, Body};
-use crate::protocol::{self, ErrorCode, DEFAULT_HISTORY_LIMIT};
+use crate::protocol::{self, ErrorCode};
 use crate::{send, State};
 
 type Reply = Result<Response<Body>, http::Error>;
@@ -47,20 +47,10 @@ pub(crate) async fn history(req: &Request<Incoming>, state: &State) -> Reply {
         Ok(t) => t,
         Err((code, message)) => return json_error(code, message),
     };
-    let (mut before, mut after, mut limit) = (None, None, DEFAULT_HISTORY_LIMIT);
-    let query = req.uri().query().unwrap_or_default();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let Ok(n) = v.parse::<u64>() else {
-            return json_error(ErrorCode::Invalid, "before, after and limit are integers");
-        };
-        match k {
-            "before" => before = Some(n),
-            "after" => after = Some(n),
-            "limit" => limit = usize::try_from(n).unwrap_or(usize::MAX),
-            _ => return json_error(ErrorCode::Invalid, "unknown query parameter"),
-        }
-    }
+    let query = match crate::query::history_query(req.uri().query().unwrap_or_default()) {
+        Ok(q) => q,
+        Err(e) => return json_error(ErrorCode::Invalid, &e.to_string()),
+    };
     let limits = &state.limits;
     if !state
         .history_limits
@@ -71,7 +61,11 @@ pub(crate) async fn history(req: &Request<Incoming>, state: &State) -> Reply {
     if let Err(e) = state.membership.require_member(&conv, &user).await {
         return json_error(e.code(), &e.to_string());
     }
-    match state.history.page(&conv, before, after, limit).await {
+    match state
+        .history
+        .page(&conv, query.before, query.after, query.limit)
+        .await
+    {
         Ok(page) => Response::builder()
             .header(header::CONTENT_TYPE, "application/json")
             .body(full(protocol::encode_history(&conv, &page, None))),

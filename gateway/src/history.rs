@@ -179,19 +179,19 @@ impl History {
         limit: usize,
     ) -> Result<Page, HistoryError> {
         let _timer = self.latency.as_ref().map(ObserveOnDrop::start);
-        if limit == 0 {
-            return Err(HistoryError::Invalid("limit must be at least 1"));
+        if limit == 0 || limit > MAX_PAGE_LIMIT {
+            return Err(HistoryError::Invalid("limit must be 1 to 1000"));
         }
-        let limit = limit.min(MAX_PAGE_LIMIT);
         let head = self.head(conv).await?;
         let key = PageKey {
             conv: conv.clone(),
-            before: before.map_or(head + 1, |b| b.min(head + 1)),
+            before: before.map_or(head.saturating_add(1), |b| b.min(head.saturating_add(1))),
             after: after.unwrap_or(0),
             limit,
             anchored_after: before.is_none() && after.is_some(),
         };
-        if key.after + 1 >= key.before {
+        // Nothing lies strictly between the bounds (a cursor at or past the head included).
+        if key.after.saturating_add(1) >= key.before {
             return Ok(Arc::default());
         }
         let page = self

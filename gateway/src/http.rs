@@ -132,11 +132,7 @@ async fn route(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bod
 
 /// The token of an `Authorization: Bearer` header.
 pub(crate) fn bearer(req: &Request<Incoming>) -> Option<&str> {
-    req.headers()
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
+    crate::query::bearer(req.headers().get(header::AUTHORIZATION)?.to_str().ok()?)
 }
 
 /// An error as JSON, with the HTTP status matching its code.

@@ -5,8 +5,9 @@
 //! The data path, in the order a message travels:
 //!
 //! - [`http`]: accepts TCP, serves `/healthz`, `/readyz`, `/metrics`, upgrades `/ws`, and routes
-//!   to [`sse`] (event streams) and `api` (REST history and send); WebSockets and event streams
-//!   each hold a `capacity` slot under `--max-connections`.
+//!   to [`sse`] (event streams) and `api` (REST history and send), whose query strings and bearer
+//!   header [`query`] parses; WebSockets and event streams each hold a `capacity` slot under
+//!   `--max-connections`.
 //! - [`connection`]: one task per WebSocket: authenticate ([`auth`]), read a **frame**, decode and
 //!   **validate** it ([`protocol`], [`rate`]), dispatch.
 //! - [`membership`]: who may read and write which conversation (KV bucket + moka cache).
@@ -45,6 +46,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod presence;
 pub mod protocol;
+pub mod query;
 pub mod rate;
 pub mod receipts;
 pub mod send;

@@ -6,15 +6,25 @@ use std::time::{Duration, Instant};
 use chatfabric_nats::UserId;
 
 /// A token bucket: `rate` frames per second on average, bursts up to `burst`.
+///
+/// A client that keeps exceeding the rate is told to stop: more than `burst` refusals within
+/// [`FLOOD_WINDOW`] (whether in a row or spread between accepted frames) make the verdict
+/// [`Verdict::Flood`]. So a burst of twice the bucket closes at once, and a client sending more
+/// than `rate + burst / 10` frames per second for 10 s is closed too.
 #[derive(Debug)]
 pub struct RateLimiter {
     rate: f64,
     burst: f64,
     tokens: f64,
     last: Instant,
-    /// Consecutive refusals; reset by the next accepted frame.
+    /// Start of the current window of refusals.
+    window: Instant,
+    /// Refusals since `window`.
     refused: u32,
 }
+
+/// The window over which refusals are counted towards [`Verdict::Flood`].
+pub const FLOOD_WINDOW: Duration = Duration::from_secs(10);
 
 /// What the limiter says about one frame.
 #[derive(Debug, PartialEq, Eq)]
@@ -35,21 +45,26 @@ impl RateLimiter {
             burst,
             tokens: burst,
             last: Instant::now(),
+            window: Instant::now(),
             refused: 0,
         }
     }
 
-    /// Takes one token at `now`. After `burst` consecutive refusals the verdict is [`Verdict::Flood`].
+    /// Takes one token at `now`. More than `burst` refusals within [`FLOOD_WINDOW`] make the
+    /// verdict [`Verdict::Flood`].
     pub fn check(&mut self, now: Instant) -> Verdict {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
-            self.refused = 0;
             Verdict::Allow
         } else {
-            self.refused += 1;
+            if now.saturating_duration_since(self.window) >= FLOOD_WINDOW {
+                self.window = now;
+                self.refused = 0;
+            }
+            self.refused = self.refused.saturating_add(1);
             if f64::from(self.refused) > self.burst {
                 Verdict::Flood
             } else {
@@ -109,5 +124,30 @@ mod tests {
         assert_eq!(r.check(t0), Verdict::Allow);
         assert_eq!(r.check(t0), Verdict::Refuse);
         assert_eq!(r.check(t0 + Duration::from_millis(100)), Verdict::Allow);
+    }
+
+    /// Sends at `per_sec` frames per second for `secs` (simulated time); when the verdict first
+    /// became Flood, in seconds.
+    fn flood_after(per_sec: u32, secs: u32) -> Option<f64> {
+        let t0 = Instant::now();
+        let mut r = RateLimiter::new(50.0, 100.0);
+        let step = Duration::from_secs(1) / per_sec;
+        (0..per_sec * secs).find_map(|i| {
+            let now = t0 + step * i;
+            (r.check(now) == Verdict::Flood).then(|| (step * i).as_secs_f64())
+        })
+    }
+
+    #[test]
+    fn sustained_excess_is_closed_and_compliance_never_is() {
+        for rate in [200, 500, 2000] {
+            let at = flood_after(rate, 10).unwrap_or(f64::INFINITY);
+            assert!(at < 10.0, "{rate}/s flooded at {at}");
+        }
+        // Over by more than burst / 10 per second: closed within the window.
+        assert!(flood_after(65, 20).is_some_and(|at| at < 20.0));
+        // Within the rate, or over it by less than that, for a minute: never closed.
+        assert_eq!(flood_after(50, 60), None);
+        assert_eq!(flood_after(55, 60), None);
     }
 }

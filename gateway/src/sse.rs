@@ -64,21 +64,14 @@ pub(crate) async fn events(
     req: Request<Incoming>,
     state: Arc<State>,
 ) -> Result<Response<Body>, http::Error> {
-    let query = req.uri().query().unwrap_or_default().to_owned();
-    let mut token = bearer(&req).map(str::to_owned);
-    let mut wanted = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            // Browsers' EventSource cannot send headers: the token may come in the query (it
-            // then shows in access logs; prefer the header where the client allows it).
-            Some(("token", t)) => token = token.or_else(|| Some(t.to_owned())),
-            Some(("conv", c)) => match ConvId::new(c) {
-                Ok(c) => wanted.push(c),
-                Err(_) => return json_error(ErrorCode::Invalid, "invalid conversation id"),
-            },
-            _ => return json_error(ErrorCode::Invalid, "unknown query parameter"),
-        }
-    }
+    let query = match crate::query::events_query(req.uri().query().unwrap_or_default()) {
+        Ok(q) => q,
+        Err(e) => return json_error(ErrorCode::Invalid, &e.to_string()),
+    };
+    // Browsers' EventSource cannot send headers: the token may come in the query (it then shows
+    // in access logs; prefer the header where the client allows it).
+    let token = bearer(&req).map(str::to_owned).or(query.token);
+    let wanted = query.convs;
     let identity = match token.map(|t| state.auth.verify(&t)) {
         Some(Ok(id)) => id,
         _ => {

@@ -279,3 +279,55 @@ async fn a_shutdown_closes_a_connection_still_waiting_for_auth_with_1001() {
         started.elapsed()
     );
 }
+
+/// Sends `{"op":"ping"}` at `per_sec` frames per second (reading everything that comes back) for
+/// at most `secs`; the close code, if the gateway closed the connection meanwhile.
+async fn close_code_at_pace(g: &TestGateway, per_sec: u64, secs: u64) -> Option<u16> {
+    let ws = crate::support::hostile::connect_with_token(&g.ws_url(), &token("alice"))
+        .await
+        .expect("connect");
+    let (mut tx, mut rx) = ws.split();
+    let reader = tokio::spawn(async move {
+        while let Some(frame) = rx.next().await {
+            match frame {
+                Ok(Message::Close(c)) => return Some(c.map_or(1005, |c| u16::from(c.code))),
+                Ok(_) => {}
+                Err(_) => return Some(1006),
+            }
+        }
+        Some(1006)
+    });
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / per_sec));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let end = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < end && !reader.is_finished() {
+        tick.tick().await;
+        if tx
+            .send(Message::Text(r#"{"op":"ping"}"#.into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    if reader.is_finished() {
+        reader.await.expect("reader")
+    } else {
+        reader.abort();
+        None
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_keeps_exceeding_the_rate_is_closed_with_4029() {
+    let nats = Nats::start().await;
+    let mut config = nats.config();
+    // The defaults: 50 frames/s, bursts of 100.
+    config.limits.rate = 50.0;
+    config.limits.burst = 100.0;
+    let g = TestGateway::start_with(&nats, config, 8192).await;
+    // Four times the rate: most frames are refused but never 100 in a row.
+    assert_eq!(close_code_at_pace(&g, 200, 12).await, Some(4029));
+    // Within the rate, the same client is served as long as it likes.
+    assert_eq!(close_code_at_pace(&g, 40, 4).await, None);
+}
