@@ -85,8 +85,8 @@ fn body_timeout(timeout: std::time::Duration) -> Reply {
     Ok(resp)
 }
 
+/// The body of an HTTP send. Unknown fields are ignored, as in client frames.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct SendBody {
     #[serde(default)]
     client_id: Option<String>,

@@ -78,6 +78,15 @@ pub enum FanoutError {
     /// The conversation's command queue is full; retry shortly.
     #[error("gateway busy; retry")]
     Busy,
+    /// The cursor is past the conversation's newest message: it was never handed out for this
+    /// conversation.
+    #[error("cursor {after} is past the conversation's newest message ({head})")]
+    CursorAhead {
+        /// The cursor asked for.
+        after: u64,
+        /// The newest message's `seq`.
+        head: u64,
+    },
 }
 
 impl FanoutError {
@@ -86,6 +95,7 @@ impl FanoutError {
         match self {
             Self::CursorExpired(_) => ErrorCode::CursorExpired,
             Self::Unavailable(_) | Self::Busy => ErrorCode::Unavailable,
+            Self::CursorAhead { .. } => ErrorCode::Invalid,
         }
     }
 }

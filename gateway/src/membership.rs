@@ -64,9 +64,12 @@ pub enum MembershipError {
     /// The conversation does not exist.
     #[error("conversation not found")]
     NotFound,
-    /// The request is invalid (too many members, title too long, ...).
+    /// The request is invalid (too many members, a listing limit of 0, ...).
     #[error("{0}")]
     Invalid(String),
+    /// A field is longer than allowed (a group's title).
+    #[error("{0}")]
+    TooLarge(String),
     /// The KV bucket could not be read or written.
     #[error("membership store unavailable: {0}")]
     Store(String),
@@ -79,6 +82,7 @@ impl MembershipError {
             Self::Forbidden(_) => ErrorCode::Forbidden,
             Self::NotFound => ErrorCode::NotFound,
             Self::Invalid(_) => ErrorCode::Invalid,
+            Self::TooLarge(_) => ErrorCode::TooLarge,
             Self::Store(_) => ErrorCode::Unavailable,
         }
     }
@@ -215,7 +219,7 @@ impl Membership {
         title: Option<String>,
     ) -> Result<(ConversationInfo, Vec<UserId>), MembershipError> {
         if title.as_ref().is_some_and(|t| t.len() > MAX_TITLE_LEN) {
-            return Err(MembershipError::Invalid(format!(
+            return Err(MembershipError::TooLarge(format!(
                 "title exceeds {MAX_TITLE_LEN} bytes"
             )));
         }
@@ -285,6 +289,15 @@ impl Membership {
             return Err(MembershipError::Forbidden(
                 "direct conversations have fixed members",
             ));
+        }
+        // The limit `create` enforces holds for adds too (adding a member again is a no-op).
+        // Concurrent adds to a group at the limit may each see room: it may overshoot by them.
+        if !self.is_member(conv, user).await?
+            && self.members(conv).await?.len() >= MAX_GROUP_MEMBERS
+        {
+            return Err(MembershipError::Invalid(format!(
+                "a group has at most {MAX_GROUP_MEMBERS} members"
+            )));
         }
         self.put_member(conv, user, me).await
     }

@@ -11,8 +11,12 @@ use chatfabric_nats::{ConvId, UserId};
 use serde::{Deserialize, Serialize};
 
 /// A frame from a client.
+///
+/// Unknown fields are ignored, so an older gateway serves a newer client that added one; fields
+/// the gateway stamps (`sender`, `id`, `ts`, `seq`) do not exist here, so they are never taken
+/// from a client.
 #[derive(Debug, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "op", rename_all = "snake_case")]
 pub enum ClientFrame {
     /// Authenticate the connection (when no `Authorization` header was sent on upgrade).
     Auth {

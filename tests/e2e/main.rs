@@ -18,6 +18,7 @@ mod logs;
 mod membership_rules;
 mod messaging;
 mod presence;
+mod protocol;
 mod slow;
 mod sse;
 mod topology;

@@ -30,10 +30,17 @@ impl ConvActor {
     ) -> Result<u64, FanoutError> {
         let after = match after {
             Some(after) if after > self.last => {
-                // The client has seen more than we have: our head may be stale. Catch up first.
+                // The client has seen more than we have: our head may be stale. Catch up first;
+                // a cursor still past the head was never one of this conversation's.
                 self.resync()
                     .await
                     .map_err(|e| FanoutError::Unavailable(e.to_string()))?;
+                if after > self.last {
+                    return Err(FanoutError::CursorAhead {
+                        after,
+                        head: self.last,
+                    });
+                }
                 after
             }
             Some(after) => after,
