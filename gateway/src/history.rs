@@ -183,17 +183,16 @@ impl History {
             return Err(HistoryError::Invalid("limit must be 1 to 1000"));
         }
         let head = self.head(conv).await?;
+        let Some((lower, upper)) = page_bounds(head, before, after) else {
+            return Ok(Arc::default());
+        };
         let key = PageKey {
             conv: conv.clone(),
-            before: before.map_or(head.saturating_add(1), |b| b.min(head.saturating_add(1))),
-            after: after.unwrap_or(0),
+            before: upper,
+            after: lower,
             limit,
             anchored_after: before.is_none() && after.is_some(),
         };
-        // Nothing lies strictly between the bounds (a cursor at or past the head included).
-        if key.after.saturating_add(1) >= key.before {
-            return Ok(Arc::default());
-        }
         let page = self
             .cache
             .try_get_with(
@@ -397,5 +396,49 @@ impl History {
                 .map_err(|e| HistoryError::Unavailable(e.to_string())),
             Err(e) => Err(HistoryError::Unavailable(e.to_string())),
         }
+    }
+}
+
+/// The exclusive bounds `(after, before)` of a page of a conversation whose newest message is
+/// `head`, or `None` when no message lies strictly between them (a cursor at or past the head
+/// included). Saturating: no cursor a client sends can overflow it.
+pub fn page_bounds(head: u64, before: Option<u64>, after: Option<u64>) -> Option<(u64, u64)> {
+    let upper = head.saturating_add(1);
+    let before = before.map_or(upper, |b| b.min(upper));
+    let after = after.unwrap_or(0);
+    (after.saturating_add(1) < before).then_some((after, before))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::page_bounds;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// For any head and cursors, the bounds never overflow, stay within the conversation and
+        /// are empty exactly when no message lies between them.
+        #[test]
+        fn bounds_stay_within_the_conversation(
+            head in any::<u64>(),
+            before in proptest::option::of(any::<u64>()),
+            after in proptest::option::of(any::<u64>()),
+        ) {
+            let hi_limit = before.unwrap_or(u64::MAX).min(head.saturating_add(1));
+            match page_bounds(head, before, after) {
+                Some((lo, hi)) => {
+                    prop_assert!(lo < head && lo + 1 < hi && hi == hi_limit);
+                    prop_assert_eq!(lo, after.unwrap_or(0));
+                }
+                None => prop_assert!(after.unwrap_or(0).saturating_add(1) >= hi_limit),
+            }
+        }
+    }
+
+    #[test]
+    fn a_cursor_at_or_past_the_head_is_an_empty_page() {
+        assert_eq!(page_bounds(10, None, Some(10)), None);
+        assert_eq!(page_bounds(10, None, Some(u64::MAX)), None);
+        assert_eq!(page_bounds(u64::MAX, None, Some(u64::MAX - 1)), None);
+        assert_eq!(page_bounds(10, Some(5), None), Some((0, 5)));
     }
 }

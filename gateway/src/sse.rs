@@ -314,4 +314,28 @@ mod tests {
         );
         assert!(text.ends_with("}\n\n"));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any composite cursor survives formatting and parsing, cursors up to u64::MAX
+            /// included; any header value parses without panicking into valid ids only.
+            #[test]
+            fn cursors_round_trip(
+                cursors in proptest::collection::btree_map("[A-Za-z0-9_-]{1,64}", any::<u64>(), 0..20),
+                garbage in "\\PC{0,200}",
+            ) {
+                let cursors: BTreeMap<ConvId, u64> = cursors
+                    .into_iter()
+                    .map(|(c, s)| (ConvId::new(c).unwrap(), s))
+                    .collect();
+                prop_assert_eq!(parse_cursor(&format_cursor(&cursors)), cursors);
+                for conv in parse_cursor(&garbage).keys() {
+                    prop_assert!(ConvId::new(conv.as_str()).is_ok());
+                }
+            }
+        }
+    }
 }

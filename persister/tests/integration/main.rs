@@ -3,3 +3,4 @@
 mod contract;
 mod drain;
 mod fixture;
+mod paging;
