@@ -20,9 +20,12 @@
 #   CHATFABRIC_PARTITIONS  message streams (default 4); replicas are always 3
 #   CHATFABRIC_JWT_SECRET  HS256 secret of the gateways (default: the dev secret)
 #   SCRAPE_INTERVAL        Prometheus scrape interval (default 2s)
-#   NATS_AUTH_CONF         a nats-server `authorization { ... }` file included by every node
-#                          (default: none, no auth); then set each role's credentials:
+#   NATS_AUTH_CONF         a nats-server `authorization { ... }` file included by every node;
+#                          then set each role's credentials:
 #   NATS_GATEWAY_USER/NATS_GATEWAY_PASSWORD, NATS_PERSISTER_USER/..., NATS_PRESENCE_USER/...
+#                          Default: every role its own user with least privilege and a fresh
+#                          random password (`chatfabric nats-users`, kept in DIR/auth.conf);
+#                          NATS_AUTH_CONF=none runs NATS without authentication.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -158,7 +161,18 @@ start() {
 
   # NATS: the cluster configs of nats/config/cluster-*.conf, on loopback ports.
   local auth=""
-  if [ -n "${NATS_AUTH_CONF:-}" ]; then
+  if [ -z "${NATS_AUTH_CONF:-}" ]; then
+    # Least privilege per role, as in production: one user each, passwords made here.
+    (umask 077 && "$bin" nats-users --partitions "$partitions" >"$dir/auth.conf")
+    local role pw
+    for role in gateway persister presence; do
+      pw=$(sed -n "s|^# chatfabric $role --nats-url nats://$role:\([^@]*\)@.*|\1|p" "$dir/auth.conf")
+      [ -n "$pw" ] || die "no password for $role in $dir/auth.conf"
+      printf -v "NATS_${role^^}_USER" %s "$role"
+      printf -v "NATS_${role^^}_PASSWORD" %s "$pw"
+    done
+    auth="include ./auth.conf"
+  elif [ "$NATS_AUTH_CONF" != none ]; then
     cp "$NATS_AUTH_CONF" "$dir/auth.conf"
     auth="include ./auth.conf"
   fi

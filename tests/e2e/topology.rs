@@ -424,7 +424,14 @@ async fn killing_the_nats_node_leading_a_stream_loses_no_acknowledged_message() 
         .split(',')
         .next()
         .expect("a NATS URL");
-    let nats = async_nats::connect(first_node).await.expect("nats");
+    // As the gateway user (the stack runs every role with least privilege): its inbox prefix.
+    let servers = chatfabric_nats::connect::servers(first_node).expect("NATS URL");
+    let options = async_nats::ConnectOptions::new()
+        .custom_inbox_prefix(chatfabric_nats::permissions::Role::Gateway.inbox_prefix());
+    let nats = chatfabric_nats::connect::with_url_credentials(options, &servers)
+        .connect(servers)
+        .await
+        .expect("nats");
     let js = async_nats::jetstream::new(nats);
     let info = js
         .get_stream(&stream)

@@ -156,6 +156,24 @@ impl Drop for Stack {
             .arg(self.dir.path())
             .stdout(std::process::Stdio::null())
             .status();
+        // Every role runs as its own NATS user: a refusal is a permission the shipped lists lack.
+        let refused: Vec<String> = ["n1", "n2", "n3"]
+            .iter()
+            .flat_map(|n| {
+                let log = self.log(n);
+                log.lines()
+                    .filter(|l| l.contains("Violation") && l.contains(":chatfabric-"))
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if !std::thread::panicking() {
+            assert!(
+                refused.is_empty(),
+                "nats-server refused a role:\n{}",
+                refused.join("\n")
+            );
+        }
     }
 }
 
