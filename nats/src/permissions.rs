@@ -314,6 +314,18 @@ mod tests {
     }
 
     #[test]
+    fn the_compose_config_is_what_the_generator_makes() {
+        let shipped = include_str!("../../deploy/nats/auth.conf");
+        let roles = role_users(Partitions::new(4), |r| format!("{}-dev-password", r.user()));
+        for line in roles.lines().map(str::trim).filter(|l| l.len() > 1) {
+            assert!(
+                shipped.contains(line),
+                "deploy/nats/auth.conf lacks {line:?}"
+            );
+        }
+    }
+
+    #[test]
     fn replies_only_under_the_requesters_own_inbox() {
         let b = bot("b1");
         assert!(is_reply_inbox_of("_INBOX.b1.abc", &b));

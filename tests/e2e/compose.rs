@@ -101,12 +101,15 @@ fn compose_has_the_production_shape() {
         let urls = env(s, "CHATFABRIC_NATS_URL").expect("CHATFABRIC_NATS_URL");
         let seeds: Vec<&str> = urls.split(',').collect();
         assert_eq!(seeds.len(), 3, "{name}: {urls}");
+        // Each role connects as its own NATS user (`<role>:<password>@`).
+        let role = name.trim_end_matches(|c: char| c == '-' || c.is_ascii_digit());
         for url in seeds {
-            let host = url
+            let (creds, address) = url
                 .trim_start_matches("nats://")
-                .split(':')
-                .next()
-                .unwrap_or_default();
+                .split_once('@')
+                .unwrap_or_else(|| panic!("{name}: {url} has no credentials"));
+            assert!(creds.starts_with(&format!("{role}:")), "{name}: {url}");
+            let host = address.split(':').next().unwrap_or_default();
             assert!(
                 host.starts_with("nats-") && hosts.contains(host),
                 "{name}: {url}"
