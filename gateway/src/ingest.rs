@@ -113,7 +113,8 @@ async fn handle(state: &State, msg: async_nats::Message) {
     let reply = match msg.reply.as_deref() {
         Some(reply) if permissions::is_reply_inbox_of(reply, &requester) => Some(reply.to_owned()),
         Some(reply) => {
-            tracing::warn!(%requester, %conv, reply, "NATS-direct request with a foreign reply subject dropped");
+            // Counted, not logged at warn: a bot could flood the log otherwise.
+            tracing::debug!(%requester, %conv, reply, "NATS-direct request with a foreign reply subject dropped");
             return reject(state, REPLY_REFUSED);
         }
         None => None,
@@ -209,6 +210,17 @@ async fn post(state: &State, conv: ConvId, sender: UserId, msg: &async_nats::Mes
 }
 
 async fn read(state: &State, conv: ConvId, reader: UserId, msg: &async_nats::Message) -> Answer {
+    // History pages cost more than posts: the per-user history budget of WebSocket and HTTP.
+    let limits = &state.limits;
+    if !state
+        .history_limits
+        .allow(&reader, limits.history_rate, limits.history_burst)
+    {
+        return Err((
+            ErrorCode::RateLimited,
+            "too many history reads; slow down".to_string(),
+        ));
+    }
     let query = decode_read(&msg.payload).map_err(|e| (ErrorCode::Invalid, e.to_string()))?;
     state
         .membership
