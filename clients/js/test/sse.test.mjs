@@ -93,7 +93,7 @@ test("dev serves the page and mints tokens; a gateway with real auth has no toke
   const dir = mkdtempSync(join(tmpdir(), "chatfabric-gw-"));
   const gateway = spawn(
     binary(),
-    ["gateway", "--nats-url", fabric.natsUrl, "--listen", `127.0.0.1:${port}`, "--jwt-secret", "production-like", "--demo-page", "--sqlite-path", join(dir, "h.db")],
+    ["gateway", "--nats-url", fabric.gatewayNatsUrl, "--listen", `127.0.0.1:${port}`, "--jwt-secret", "production-like", "--demo-page", "--sqlite-path", join(dir, "h.db")],
     { env: { ...process.env, CHATFABRIC_LOG: "warn" }, stdio: "ignore" },
   );
   try {

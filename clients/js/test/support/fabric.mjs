@@ -1,7 +1,7 @@
 // Test fixtures: a real `chatfabric dev` (nats-server child, gateway, persister, presence) on
 // free ports with its own data directory, restartable in place; tokens from its /dev/token.
 import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -80,6 +80,13 @@ export class DevFabric {
   /** The child nats-server's URL, as `dev` printed it. */
   get natsUrl() {
     return /NATS\s+(nats:\/\/\S+)/.exec(this.output)?.[1];
+  }
+
+  /** The same URL with the gateway role's credentials, from the users file `dev` wrote. */
+  get gatewayNatsUrl() {
+    const conf = readFileSync(join(this.dir, "nats-auth.conf"), "utf8");
+    const password = /user: gateway\s+password: "([^"]+)"/.exec(conf)?.[1];
+    return this.natsUrl?.replace("nats://", `nats://gateway:${password}@`);
   }
 
   async stop() {
