@@ -8,6 +8,7 @@ mod bot;
 mod cli;
 mod dev;
 mod metrics;
+mod startup;
 
 use anyhow::Context;
 use clap::Parser;

@@ -286,6 +286,30 @@ impl NatsServer {
         }
     }
 
+    /// The server process's id (`None` after [`kill`](Self::kill) or [`stop`](Self::stop)).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Freezes the server with SIGSTOP, as a paused VM or a stalled disk would: its sockets stay
+    /// open and nothing answers. [`resume`](Self::resume) thaws it.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a [`pause`](Self::pause)d server with SIGCONT.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .args([signal, &pid.to_string()])
+                .status();
+        }
+    }
+
     /// Starts the server again with the same ports and store (after [`kill`](Self::kill) or
     /// [`stop`](Self::stop)) and waits until it is healthy.
     pub fn restart(&mut self) -> Result<(), ServerError> {

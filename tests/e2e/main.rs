@@ -8,6 +8,7 @@ mod bad_input;
 mod bots;
 mod cluster;
 mod deputy;
+mod faults;
 mod gaps;
 mod history;
 mod messaging;
