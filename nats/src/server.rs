@@ -236,6 +236,11 @@ impl NatsServer {
         self.port
     }
 
+    /// The monitoring port (`/healthz`, `/jsz`, `/varz`).
+    pub fn monitor_port(&self) -> u16 {
+        self.monitor_port
+    }
+
     /// The server's log file.
     pub fn log_path(&self) -> &Path {
         &self.log

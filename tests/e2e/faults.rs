@@ -104,7 +104,7 @@ async fn a_gateway_restores_device_keys_deleted_behind_its_back() {
 }
 
 /// `GET path` on `port`: the status code, or 0 when nothing answers.
-async fn http_status(port: u16, path: &str) -> u16 {
+pub(crate) async fn http_status(port: u16, path: &str) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
         return 0;
