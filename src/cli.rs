@@ -333,20 +333,24 @@ pub(crate) async fn run_persister(
     }
     // Start-up (dead-letter stream, watermark bucket, consumers) is retried like provisioning;
     // once draining, the persister retries by itself and returns only on shutdown or a panic.
-    let drained = retry("preparing the persister's streams and consumers", &shutdown, || {
-        let attempt = chatfabric_persister::run(
-            fabric.clone(),
-            store.clone(),
-            config.clone(),
-            shutdown.clone(),
-        );
-        async {
-            attempt.await.map_err(|e| match e {
-                PersistError::Panicked(_) => Failure::Fatal(e),
-                _ => Failure::Transient(e),
-            })
-        }
-    })
+    let drained = retry(
+        "preparing the persister's streams and consumers",
+        &shutdown,
+        || {
+            let attempt = chatfabric_persister::run(
+                fabric.clone(),
+                store.clone(),
+                config.clone(),
+                shutdown.clone(),
+            );
+            async {
+                attempt.await.map_err(|e| match e {
+                    PersistError::Panicked(_) => Failure::Fatal(e),
+                    _ => Failure::Transient(e),
+                })
+            }
+        },
+    )
     .await;
     drained?;
     Ok(())

@@ -468,7 +468,11 @@ pub(crate) fn on_text(
             // A failed send echoes its client_id as `ref`. `unavailable` means "not known to be
             // stored": retry with the same client_id. Any other code: not stored.
             let retry = reply.code.as_deref() == Some("unavailable");
-            if let Some(id) = reply.reference.as_deref().filter(|r| retry && pending.contains_key(*r)) {
+            if let Some(id) = reply
+                .reference
+                .as_deref()
+                .filter(|r| retry && pending.contains_key(*r))
+            {
                 counters.unavailable.fetch_add(1, Relaxed);
                 return Some(id.to_string());
             }

@@ -186,7 +186,9 @@ async fn execute(
             // Only a gateway whose heartbeat is still the one we saw last (or, never seen, absent)
             // is dead: one that beat meanwhile keeps its devices.
             let dead = if revision > 0 {
-                kv.delete_expect_revision(&key, Some(revision)).await.is_ok()
+                kv.delete_expect_revision(&key, Some(revision))
+                    .await
+                    .is_ok()
             } else {
                 match kv.entry(&key).await {
                     Ok(None) => true,

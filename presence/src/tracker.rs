@@ -465,4 +465,60 @@ mod tests {
             matches!(&a[0], Action::Publish { user, entry, .. } if user == &alice() && !entry.online)
         );
     }
+
+    fn published(online: bool, rev: u64) -> Option<(PresenceEntry, u64)> {
+        Some((
+            PresenceEntry {
+                online,
+                last_seen: 0,
+            },
+            rev,
+        ))
+    }
+
+    #[test]
+    fn keys_left_by_a_gone_gateway_are_buried_again_until_deleted() {
+        let t0 = Instant::now();
+        let mut t = Tracker::new(TIMING);
+        // Keys of a gateway that stopped (heartbeat deleted) or whose burial failed.
+        t.device_put(&alice(), "g1", 7, t0, 0);
+        t.stored(&alice(), published(true, 8), t0, 0);
+        t.gateway_deleted("g1", t0, 0);
+        let burials = |a: &[Action]| {
+            a.iter()
+                .filter(|a| matches!(a, Action::Bury { gateway, devices, .. } if gateway == "g1" && devices == &vec![(alice(), 7)]))
+                .count()
+        };
+        assert_eq!(burials(&t.tick(t0 + Duration::from_millis(500), 0)), 1);
+        assert_eq!(
+            burials(&t.tick(t0 + Duration::from_secs(5), 0)),
+            0,
+            "not at once again"
+        );
+        assert_eq!(
+            burials(&t.tick(t0 + Duration::from_secs(11), 0)),
+            1,
+            "the key is still there"
+        );
+        t.device_deleted(&alice(), "g1", t0 + Duration::from_secs(12), 0);
+        assert_eq!(burials(&t.tick(t0 + Duration::from_secs(30), 0)), 0, "gone");
+    }
+
+    #[test]
+    fn a_transition_whose_write_was_lost_is_tried_again() {
+        let t0 = Instant::now();
+        let mut t = Tracker::new(TIMING);
+        t.gateway_put("g1", 1, t0, 0);
+        t.device_put(&alice(), "g1", 2, t0, 0);
+        t.stored(&alice(), published(true, 3), t0, 0);
+        t.device_deleted(&alice(), "g1", t0, 0);
+        let offline = t.tick(t0 + Duration::from_secs(3), 0);
+        assert_eq!(online(&offline), Some(false));
+        // The write's outcome never came back (KV failed): the user is still published online.
+        let mut retried = Vec::new();
+        for s in 4..12 {
+            retried.extend(t.tick(t0 + Duration::from_secs(s), 0));
+        }
+        assert_eq!(online(&retried), Some(false), "{retried:?}");
+    }
 }

@@ -95,10 +95,16 @@ async fn a_gateway_restores_device_keys_deleted_behind_its_back() {
         if entry.is_some() {
             break;
         }
-        assert!(Instant::now() < deadline, "the gateway never restored {key}");
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never restored {key}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    println!("device key restored {:?} after its deletion", deleted.elapsed());
+    println!(
+        "device key restored {:?} after its deletion",
+        deleted.elapsed()
+    );
     alice_stays_online(&mut bob, Duration::from_secs(2)).await;
     assert_eq!(query(&mut bob, "alice").await["online"], true);
 }
@@ -130,11 +136,12 @@ fn spawn_role(role: &str, url: &str, extra: &[&str]) -> Spawned {
 #[tokio::test]
 async fn roles_wait_for_jetstream_instead_of_exiting() {
     crate::support::init_tracing();
-    let mut nodes =
-        tokio::task::spawn_blocking(|| NatsServer::start_cluster_with(3, Some(shipped_auth_conf())))
-            .await
-            .unwrap()
-            .expect("cluster starts");
+    let mut nodes = tokio::task::spawn_blocking(|| {
+        NatsServer::start_cluster_with(3, Some(shipped_auth_conf()))
+    })
+    .await
+    .unwrap()
+    .expect("cluster starts");
     // One node of three: NATS answers, JetStream has no quorum and times out every request.
     nodes[1].kill();
     nodes[2].kill();
@@ -221,11 +228,12 @@ async fn stream_leader(js: &async_nats::jetstream::Context, stream: &str) -> usi
 #[tokio::test]
 async fn a_paused_stream_leader_delays_sends_briefly_and_loses_none() {
     crate::support::init_tracing();
-    let nodes =
-        tokio::task::spawn_blocking(|| NatsServer::start_cluster_with(3, Some(shipped_auth_conf())))
-            .await
-            .unwrap()
-            .expect("cluster starts");
+    let nodes = tokio::task::spawn_blocking(|| {
+        NatsServer::start_cluster_with(3, Some(shipped_auth_conf()))
+    })
+    .await
+    .unwrap()
+    .expect("cluster starts");
     let urls: Vec<String> = nodes.iter().map(|n| n.url()).collect();
     let bob_parts = cluster_fabric(&urls, 0).await; // provisions the R3 streams
     let js = admin(&urls[0]).await;

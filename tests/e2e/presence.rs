@@ -14,7 +14,11 @@ use tokio_util::sync::CancellationToken;
 pub(crate) struct Presence(CancellationToken);
 
 impl Presence {
-    pub(crate) async fn start(nats: &Nats, gateway_timeout: Duration, offline_grace: Duration) -> Self {
+    pub(crate) async fn start(
+        nats: &Nats,
+        gateway_timeout: Duration,
+        offline_grace: Duration,
+    ) -> Self {
         let stop = CancellationToken::new();
         let config = PresenceConfig {
             gateway_timeout,

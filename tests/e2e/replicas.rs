@@ -20,8 +20,10 @@ use crate::support::fabric::{cluster_fabric, shipped_auth_conf};
 
 const KEYS: usize = 200;
 
-async fn jsz(port: u16) -> Option<Value> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+pub(crate) async fn jsz(port: u16) -> Option<Value> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
     s.write_all(b"GET /jsz?accounts=true&streams=true HTTP/1.0\r\nHost: x\r\n\r\n")
         .await
         .ok()?;
@@ -31,7 +33,7 @@ async fn jsz(port: u16) -> Option<Value> {
 }
 
 /// `(messages, first_seq, last_seq)` of `stream` as this server holds it.
-fn replica_state(jsz: &Value, stream: &str) -> Option<(u64, u64, u64)> {
+pub(crate) fn replica_state(jsz: &Value, stream: &str) -> Option<(u64, u64, u64)> {
     jsz["account_details"].as_array()?.iter().find_map(|a| {
         a["stream_detail"].as_array()?.iter().find_map(|s| {
             (s["name"] == stream).then(|| {
@@ -69,7 +71,10 @@ async fn traffic(kv: async_nats::jetstream::kv::Store, stop: CancellationToken) 
         let _ = match n % 5 {
             0 => kv.delete(&key).await.map(|_| 0).map_err(|e| e.to_string()),
             1 => match kv.entry(&key).await {
-                Ok(Some(e)) => kv.update(&key, v, e.revision).await.map_err(|e| e.to_string()),
+                Ok(Some(e)) => kv
+                    .update(&key, v, e.revision)
+                    .await
+                    .map_err(|e| e.to_string()),
                 _ => kv.put(&key, v).await.map_err(|e| e.to_string()),
             },
             _ => kv.put(&key, v).await.map_err(|e| e.to_string()),
@@ -83,11 +88,12 @@ async fn traffic(kv: async_nats::jetstream::kv::Store, stop: CancellationToken) 
 #[ignore = "an experiment against a given nats-server; see BENCHMARKS.md"]
 async fn kv_replicas_agree_after_a_node_restart() {
     crate::support::init_tracing();
-    let mut nodes =
-        tokio::task::spawn_blocking(|| NatsServer::start_cluster_with(3, Some(shipped_auth_conf())))
-            .await
-            .unwrap()
-            .expect("cluster starts");
+    let mut nodes = tokio::task::spawn_blocking(|| {
+        NatsServer::start_cluster_with(3, Some(shipped_auth_conf()))
+    })
+    .await
+    .unwrap()
+    .expect("cluster starts");
     let urls: Vec<String> = nodes.iter().map(|n| n.url()).collect();
     let _provisioned = cluster_fabric(&urls, 0).await;
     let version = std::process::Command::new(

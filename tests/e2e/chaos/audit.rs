@@ -149,3 +149,38 @@ pub async fn device_keys_gone(t: &Topology, limit: Duration) -> Duration {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// Each node's own `(messages, first, last)` of the fabric's streams, once they agree or after
+/// `limit`: a line per stream saying whether the replicas agree.
+pub async fn replica_report(t: &Topology, limit: Duration) -> Vec<String> {
+    let deadline = Instant::now() + limit;
+    let streams = [
+        "CHAT_MSGS_0",
+        "KV_CHAT_CONVS",
+        "KV_CHAT_PRESENCE",
+        "KV_CHAT_WATERMARKS",
+    ];
+    loop {
+        let mut lines = Vec::new();
+        let mut all_agree = true;
+        for stream in streams {
+            let mut states = Vec::new();
+            for n in &t.nodes {
+                let j = crate::replicas::jsz(n.monitor_port())
+                    .await
+                    .unwrap_or(Value::Null);
+                states.push(crate::replicas::replica_state(&j, stream));
+            }
+            let agree = states.windows(2).all(|w| w[0] == w[1]);
+            all_agree &= agree;
+            lines.push(format!(
+                "{stream}: replicas {} (messages, first, last per node: {states:?})",
+                if agree { "agree" } else { "DIVERGE" }
+            ));
+        }
+        if all_agree || Instant::now() > deadline {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -102,8 +102,12 @@ fn unix_ms() -> u64 {
 
 /// The first sample of metric `name` on `port`, if the process answers.
 async fn metric(port: u16, name: &str) -> Option<f64> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").await.ok()?;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .ok()?;
     let mut out = String::new();
     tokio::time::timeout(Duration::from_secs(3), s.read_to_string(&mut out))
         .await
@@ -118,7 +122,9 @@ async fn metric(port: u16, name: &str) -> Option<f64> {
 async fn acks(t: &Topology) -> f64 {
     let mut sum = 0.0;
     for p in &t.gateway_ports {
-        sum += metric(*p, "chatfabric_gateway_acks_total").await.unwrap_or(0.0);
+        sum += metric(*p, "chatfabric_gateway_acks_total")
+            .await
+            .unwrap_or(0.0);
     }
     sum
 }
@@ -193,8 +199,18 @@ async fn run_fault(t: &mut Topology, probe: &PresenceProbe, fault: Fault, n: usi
     }
     args.extend(
         [
-            "--jwt-secret", "test-secret", "--conversations", "5", "--members", "4", "--rate",
-            "40", "--drain", "8", "--log", "warn",
+            "--jwt-secret",
+            "test-secret",
+            "--conversations",
+            "5",
+            "--members",
+            "4",
+            "--rate",
+            "40",
+            "--drain",
+            "8",
+            "--log",
+            "warn",
         ]
         .map(String::from),
     );
@@ -218,7 +234,10 @@ async fn run_fault(t: &mut Topology, probe: &PresenceProbe, fault: Fault, n: usi
     let deadline = Instant::now() + Duration::from_secs(90);
     while acks(t).await < before + 20.0 {
         assert!(Instant::now() < deadline, "the load never got going");
-        assert!(load.try_wait().ok().flatten().is_none(), "the loadtest ended early");
+        assert!(
+            load.try_wait().ok().flatten().is_none(),
+            "the loadtest ended early"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await; // lead-in with the fabric whole
@@ -305,6 +324,10 @@ async fn chaos() {
         table.push_str(&table_line(r));
         table.push('\n');
     }
+    let replicas = audit::replica_report(&t, Duration::from_secs(20)).await;
+    for line in &replicas {
+        table.push_str(&format!("\n{line}"));
+    }
     println!("\n{table}");
     if let Ok(path) = std::env::var("CHATFABRIC_CHAOS_REPORT") {
         std::fs::write(path, &table).expect("write the report");
@@ -346,5 +369,8 @@ async fn chaos() {
     println!("no device key left {took:?} later");
     t.assert_running();
     let refused = t.role_violations();
-    assert!(refused.is_empty(), "nats-server refused a role: {refused:?}");
+    assert!(
+        refused.is_empty(),
+        "nats-server refused a role: {refused:?}"
+    );
 }

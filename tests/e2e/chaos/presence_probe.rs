@@ -54,11 +54,17 @@ async fn connect(url: &str, user: &str) -> Option<Ws> {
     let token = crate::support::fabric::token(user);
     req.headers_mut()
         .insert("authorization", format!("Bearer {token}").parse().ok()?);
-    let (mut ws, _) = tokio::time::timeout(Duration::from_secs(3), tokio_tungstenite::connect_async(req))
+    let (mut ws, _) = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio_tungstenite::connect_async(req),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let ready = tokio::time::timeout(Duration::from_secs(3), ws.next())
         .await
-        .ok()?
+        .ok()??
         .ok()?;
-    let ready = tokio::time::timeout(Duration::from_secs(3), ws.next()).await.ok()??.ok()?;
     ready.to_text().ok()?.contains("\"ready\"").then_some(ws)
 }
 
@@ -69,7 +75,9 @@ impl PresenceProbe {
         observer.create_group(&WATCHED).await;
         drop(observer);
         let probe = Self {
-            users: Arc::new(Mutex::new(WATCHED.iter().map(|_| UserState::default()).collect())),
+            users: Arc::new(Mutex::new(
+                WATCHED.iter().map(|_| UserState::default()).collect(),
+            )),
             wrongs: Arc::default(),
             watchers: CancellationToken::new(),
             stop: CancellationToken::new(),

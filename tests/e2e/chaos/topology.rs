@@ -251,6 +251,9 @@ impl Topology {
 
     /// Role permissions the nodes refused (must be none).
     pub fn role_violations(&self) -> Vec<String> {
-        self.nodes.iter().flat_map(|n| n.role_violations()).collect()
+        self.nodes
+            .iter()
+            .flat_map(|n| n.role_violations())
+            .collect()
     }
 }
