@@ -303,3 +303,36 @@ async fn a_paused_stream_leader_delays_sends_briefly_and_loses_none() {
         assert!(n.role_violations().is_empty(), "{:?}", n.role_violations());
     }
 }
+
+#[tokio::test]
+async fn an_idle_connection_gets_its_pings_answered() {
+    // Clients (the load generator, the SDK) tell a paused gateway from a quiet one by pinging.
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let nats = Nats::start().await;
+    let g = TestGateway::start(&nats).await;
+    let mut req = g.ws_url().into_client_request().unwrap();
+    let bearer = format!("Bearer {}", crate::support::fabric::token("alice"));
+    req.headers_mut()
+        .insert("authorization", bearer.parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("connect");
+    for _ in 0..3 {
+        ws.send(Message::Ping(b"are you there".to_vec().into()))
+            .await
+            .unwrap();
+        let pong = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Pong(p))) => return p,
+                    Some(Ok(_)) => {}
+                    other => panic!("connection ended: {other:?}"),
+                }
+            }
+        })
+        .await
+        .expect("a pong on an idle connection");
+        assert_eq!(&pong[..], b"are you there");
+    }
+}
