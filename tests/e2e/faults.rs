@@ -209,8 +209,8 @@ async fn roles_wait_for_jetstream_instead_of_exiting() {
     }
 }
 
-/// The stream leader's index among `nodes` (names are `n<i>`).
-async fn stream_leader(js: &async_nats::jetstream::Context, stream: &str) -> usize {
+/// The index of the node leading `stream` (nodes are named `n<i>`).
+pub(crate) async fn stream_leader(js: &async_nats::jetstream::Context, stream: &str) -> usize {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(mut s) = js.get_stream(stream).await {

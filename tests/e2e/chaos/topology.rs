@@ -234,19 +234,7 @@ impl Topology {
 
     /// The index of the node leading `stream` now.
     pub async fn leader_of(&self, stream: &str) -> usize {
-        let js = self.admin().await;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(mut s) = js.get_stream(stream).await {
-                if let Ok(info) = s.info().await {
-                    if let Some(l) = info.cluster.as_ref().and_then(|c| c.leader.clone()) {
-                        return l.trim_start_matches('n').parse().expect("node name");
-                    }
-                }
-            }
-            assert!(Instant::now() < deadline, "{stream} has no leader");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        crate::faults::stream_leader(&self.admin().await, stream).await
     }
 
     /// Role permissions the nodes refused (must be none).
