@@ -11,10 +11,12 @@ use chatfabric_nats::permissions::Role;
 use chatfabric_nats::subject::Partitions;
 use chatfabric_nats::{ConnectOptions, Fabric, StreamSettings};
 use chatfabric_persister::{
-    open_store, open_store_for_reads, HistoryStore, PersisterArgs, StoreArgs,
+    open_store, open_store_for_reads, HistoryStore, PersistError, PersisterArgs, StoreArgs,
 };
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
+
+use crate::startup::{retry, Failure};
 
 /// The development HS256 secret `chatfabric dev` and `chatfabric token` use by default.
 pub(crate) const DEV_SECRET: &str = "chatfabric-dev-secret";
@@ -114,33 +116,40 @@ impl NatsArgs {
         }
     }
 
-    /// Connects as `role` (retrying while the server starts) and provisions streams and buckets.
+    /// Connects as `role` and provisions streams and buckets, retrying each with backoff while
+    /// the server starts or elects leaders, until done or `shutdown` (then `None`).
     pub(crate) async fn connect(
         &self,
         role: Role,
-    ) -> anyhow::Result<(Fabric, tokio::sync::watch::Receiver<u64>)> {
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Option<(Fabric, tokio::sync::watch::Receiver<u64>)>> {
         let opts = ConnectOptions {
             url: self.nats_url.clone(),
             name: format!("chatfabric-{}", role.user()),
             subscription_capacity: self.nats_subscription_capacity,
             role,
         };
-        let mut attempt = 0;
-        let (client, missed) = loop {
-            match chatfabric_nats::connect(&opts).await {
-                Ok(c) => break c,
-                Err(e) if attempt < 10 => {
-                    attempt += 1;
-                    tracing::warn!(error = %e, url = %opts.url, "cannot reach NATS yet; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+        let connected = retry("connecting to NATS", shutdown, || async {
+            chatfabric_nats::connect(&opts).await.map_err(|e| {
+                use async_nats::ConnectErrorKind::{AuthorizationViolation, ServerParse};
+                match e.kind() {
+                    ServerParse | AuthorizationViolation => Failure::Fatal(e),
+                    _ => Failure::Transient(e),
                 }
-                Err(e) => return Err(e).with_context(|| format!("connecting to {}", opts.url)),
-            }
+            })
+        })
+        .await
+        .with_context(|| format!("connecting to {}", opts.url))?;
+        let Some((client, missed)) = connected else {
+            return Ok(None);
         };
-        let fabric = chatfabric_nats::provision(client, self.settings())
-            .await
-            .context("provisioning streams and buckets")?;
-        Ok((fabric, missed))
+        let settings = self.settings();
+        let fabric = retry("provisioning streams and buckets", shutdown, || {
+            let attempt = chatfabric_nats::provision(client.clone(), settings.clone());
+            async { attempt.await.map_err(Failure::Transient) }
+        })
+        .await?;
+        Ok(fabric.map(|f| (f, missed)))
     }
 }
 
@@ -310,10 +319,17 @@ pub(crate) async fn run_gateway(
             .context("opening the history store")?,
     };
     let config = args.config(history)?;
-    let (fabric, missed) = nats.connect(Role::Gateway).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
+    // Not ready (503) until connected and provisioned.
+    let connected = tokio::select! {
+        connected = nats.connect(Role::Gateway, &shutdown) => connected?,
+        () = crate::startup::answer_not_ready(&listener) => unreachable!("answers until dropped"),
+    };
+    let Some((fabric, missed)) = connected else {
+        return Ok(());
+    };
     let mut registry = prometheus_client::registry::Registry::default();
     crate::process::register(&mut registry);
     chatfabric_gateway::run(listener, fabric, config, missed, registry, shutdown).await?;
@@ -335,7 +351,9 @@ pub(crate) async fn run_persister(
             .await
             .context("opening the history store")?,
     };
-    let (fabric, _missed) = nats.connect(Role::Persister).await?;
+    let Some((fabric, _missed)) = nats.connect(Role::Persister, &shutdown).await? else {
+        return Ok(());
+    };
     let config = args.drain_config();
     let mut registry = prometheus_client::registry::Registry::default();
     crate::process::register(&mut registry);
@@ -343,7 +361,28 @@ pub(crate) async fn run_persister(
     if let Some(addr) = metrics_listen {
         crate::metrics::serve(addr, registry, shutdown.clone()).await?;
     }
-    chatfabric_persister::run(fabric, store, config, shutdown).await?;
+    // Start-up (dead-letter stream, watermark bucket, consumers) is retried like provisioning;
+    // once draining, the persister retries by itself and returns only on shutdown or a panic.
+    let drained = retry(
+        "preparing the persister's streams and consumers",
+        &shutdown,
+        || {
+            let attempt = chatfabric_persister::run(
+                fabric.clone(),
+                store.clone(),
+                config.clone(),
+                shutdown.clone(),
+            );
+            async {
+                attempt.await.map_err(|e| match e {
+                    PersistError::Panicked(_) => Failure::Fatal(e),
+                    _ => Failure::Transient(e),
+                })
+            }
+        },
+    )
+    .await;
+    drained?;
     Ok(())
 }
 
@@ -354,7 +393,9 @@ pub(crate) async fn run_presence(
     metrics_listen: Option<SocketAddr>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let (fabric, _missed) = nats.connect(Role::Presence).await?;
+    let Some((fabric, _missed)) = nats.connect(Role::Presence, &shutdown).await? else {
+        return Ok(());
+    };
     let config = args.config();
     let mut registry = prometheus_client::registry::Registry::default();
     crate::process::register(&mut registry);

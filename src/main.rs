@@ -9,6 +9,7 @@ mod cli;
 mod dev;
 mod metrics;
 mod process;
+mod startup;
 
 use anyhow::Context;
 use clap::Parser;

@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use async_nats::jetstream::stream::DirectGetErrorKind;
+use async_nats::jetstream::stream::{DirectGetErrorKind, LastRawMessageErrorKind};
 use chatfabric_nats::wire::StoredMessage;
 use chatfabric_nats::{ConvId, Fabric};
 use chatfabric_persister::{HistoryStore, PageQuery, StoredRecord, MAX_PAGE_LIMIT};
@@ -378,16 +378,20 @@ impl History {
 
     /// A sequence no future message of `conv` can have or precede: the conversation's newest
     /// stored sequence, or the stream's last sequence when the stream holds none of it.
+    ///
+    /// Asked of the stream leader, not by direct get: any replica answers a direct get, and one
+    /// that lags (or, on nats-server 2.9, stays behind after a restart) would name an old head,
+    /// and the page, cached as fixed, would miss the newest messages.
     async fn head(&self, conv: &ConvId) -> Result<u64, HistoryError> {
         let subject = self.fabric.settings.partitions.msg_subject(conv);
         match self
             .fabric
             .stream_for(conv)
-            .direct_get_last_for_subject(subject)
+            .get_last_raw_message_by_subject(&subject)
             .await
         {
             Ok(m) => Ok(m.sequence),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => self
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => self
                 .fabric
                 .stream_for(conv)
                 .get_info()

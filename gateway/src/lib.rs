@@ -86,7 +86,8 @@ pub struct Limits {
     pub max_in_flight: usize,
     /// Time a client has to send `auth` when it did not authenticate on upgrade.
     pub auth_timeout: Duration,
-    /// Time a send may wait for JetStream's acknowledgement before `unavailable`.
+    /// Time a send may take before `unavailable`: within it a lost or refused PubAck (a NATS node
+    /// died, a stream leader election) is retried with the same message id.
     pub publish_timeout: Duration,
     /// WebSocket connections plus event streams this gateway serves at once before answering 503.
     pub max_connections: usize,
@@ -130,7 +131,7 @@ impl Default for Limits {
             burst: 100.0,
             max_in_flight: 64,
             auth_timeout: Duration::from_secs(10),
-            publish_timeout: Duration::from_secs(5),
+            publish_timeout: Duration::from_secs(10),
             max_connections: 100_000,
             close_grace: Duration::from_secs(5),
             read_buffer: 1024,

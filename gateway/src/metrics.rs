@@ -36,6 +36,8 @@ pub struct Metrics {
     pub acks: Counter,
     /// Sends acknowledged as duplicates of an earlier send (retries).
     pub acks_duplicate: Counter,
+    /// Publishes of a send repeated (same message id) after a lost or refused PubAck.
+    pub publish_retries: Counter,
     /// `error` frames by code.
     pub errors: Family<Kind, Counter>,
     /// Connections closed by the gateway, by reason (`slow_consumer`, `flood`, `unauthorized`, ...).
@@ -84,6 +86,7 @@ impl Metrics {
             deliveries: Counter::default(),
             acks: Counter::default(),
             acks_duplicate: Counter::default(),
+            publish_retries: Counter::default(),
             errors: Family::default(),
             closes: Family::default(),
             gap_fills: Counter::default(),
@@ -125,6 +128,11 @@ impl Metrics {
             m.deliveries.clone(),
         );
         r.register("acks", "Sends acknowledged", m.acks.clone());
+        r.register(
+            "publish_retries",
+            "Sends published again with the same id after a lost or refused PubAck",
+            m.publish_retries.clone(),
+        );
         r.register(
             "acks_duplicate",
             "Sends acknowledged as retries of a stored message",

@@ -12,6 +12,10 @@
 //!   than its timeout, e.g. a lost NATS connection); the next heartbeat then fails its expected
 //!   revision, and the gateway re-creates the key and re-asserts every device key, so its users
 //!   come back online instead of staying wrongly offline.
+//! - **Keys removed behind our back.** The gateway watches its own device keys: one deleted while
+//!   the user is still connected here (a presence service buried us on a stale view, an operator
+//!   purged it) is written again at once, and every (re)start of that watch re-asserts them all,
+//!   since deletions may have passed unseen meanwhile.
 //! - **Clean shutdown** deletes the heartbeat: the presence service buries the gateway at once and
 //!   its users go offline after the grace unless they reconnected elsewhere.
 //!
@@ -68,6 +72,8 @@ enum Change {
     Down(UserId),
     /// The presence service buried us while we were alive: write every device key again.
     Reassert,
+    /// `user`'s device key was deleted by someone else: write it again if still connected.
+    Restore(UserId),
 }
 
 /// The users connected to this gateway, mirrored into the presence bucket.
@@ -124,6 +130,12 @@ impl Devices {
             devices.clone(),
             fabric.clone(),
             rx,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+        tokio::spawn(guard_keys(
+            devices.clone(),
+            fabric.presence.clone(),
             metrics.clone(),
             shutdown.clone(),
         ));
@@ -189,6 +201,19 @@ async fn writer(
         let writes: Vec<(UserId, bool)> = match change {
             Change::Up(user) => vec![(user, true)],
             Change::Down(user) => vec![(user, false)],
+            // Checked here, in queue order: a Down queued before it already deleted the key.
+            Change::Restore(user) => {
+                let connected = devices
+                    .counts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains_key(&user);
+                if connected {
+                    vec![(user, true)]
+                } else {
+                    Vec::new()
+                }
+            }
             Change::Reassert => devices
                 .counts
                 .lock()
@@ -221,6 +246,53 @@ async fn writer(
     }
 }
 
+/// Watches this gateway's own device keys and restores any deleted while its user is connected
+/// here. The writer's own deletions come back too; the writer drops those, as the user is gone.
+async fn guard_keys(
+    devices: Arc<Devices>,
+    kv: kv::Store,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let pattern = format!("dev.*.{}", devices.gateway);
+    while !shutdown.is_cancelled() {
+        match kv.watch(&pattern).await {
+            Ok(mut watch) => {
+                // Deletions may have passed while there was no watch.
+                let _ = devices.tx.send(Change::Reassert);
+                loop {
+                    let entry = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        entry = watch.next() => entry,
+                    };
+                    let entry = match entry {
+                        Some(Ok(entry)) => entry,
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "device key watch failed; restarting it");
+                            break;
+                        }
+                        None => break,
+                    };
+                    if entry.operation == kv::Operation::Put {
+                        continue;
+                    }
+                    if let Some(subject::PresenceKey::Device(user, _)) =
+                        subject::parse_presence_key(&entry.key)
+                    {
+                        metrics.presence_reasserts.inc();
+                        let _ = devices.tx.send(Change::Restore(user));
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot watch this gateway's device keys yet"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
 async fn heartbeat(
     devices: Arc<Devices>,
     kv: kv::Store,
@@ -231,6 +303,8 @@ async fn heartbeat(
     let key = subject::gateway_key(&devices.gateway);
     let value = || Bytes::from(format!("{{\"ts\":{}}}", now_ms()));
     let mut revision: Option<u64> = None;
+    // Set when we were buried and have not yet re-asserted our devices (the re-creation failed).
+    let mut reassert = false;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -241,7 +315,12 @@ async fn heartbeat(
         metrics.presence_writes.inc();
         let Some(rev) = revision else {
             match kv.put(&key, value()).await {
-                Ok(rev) => revision = Some(rev),
+                Ok(rev) => {
+                    revision = Some(rev);
+                    if std::mem::take(&mut reassert) {
+                        let _ = devices.tx.send(Change::Reassert);
+                    }
+                }
                 Err(e) => {
                     metrics.presence_write_errors.inc();
                     tracing::warn!(error = %e, "heartbeat failed");
@@ -262,6 +341,7 @@ async fn heartbeat(
                     }
                     Err(e) => {
                         revision = None;
+                        reassert = true;
                         tracing::warn!(error = %e, "heartbeat failed");
                     }
                 }

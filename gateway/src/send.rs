@@ -4,9 +4,16 @@
 //! within the stream's duplicate window is stored once and acknowledged with the original sequence.
 //! The reply goes to the sender only after JetStream acknowledged the write (stored, and replicated
 //! to a quorum on a cluster): an acknowledged message survives the death of any single process.
+//!
+//! A PubAck that does not come (the NATS node died with the publish in its socket, the stream is
+//! electing a leader) is not the client's problem: the gateway publishes again with the same
+//! message id, at most every [`ATTEMPT_TIMEOUT`], until the send's deadline. JetStream stores it
+//! once whichever attempt arrived. Only at the deadline does the client get `unavailable`, which
+//! means "not known to be stored": the client retries with the same client id.
 
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use chatfabric_nats::wire::{self, now_ms, StoredMessage};
@@ -24,8 +31,9 @@ pub enum SendError {
     /// The body exceeds the limit.
     #[error("body exceeds {0} bytes")]
     TooLarge(usize),
-    /// JetStream did not acknowledge in time or refused; retrying with the same client id is safe.
-    #[error("message not stored ({0}); retry with the same client_id")]
+    /// JetStream did not acknowledge within the deadline, or refused: the message is not known to
+    /// be stored (it may be); retrying with the same client id is safe and stores it once.
+    #[error("message not known to be stored ({0}); retry with the same client_id")]
     Unavailable(String),
 }
 
@@ -47,6 +55,23 @@ pub struct Stored {
     pub seq: u64,
     /// True when JetStream recognised the client id as already stored.
     pub duplicate: bool,
+}
+
+/// How long one publish waits for its PubAck before it is sent again (same message id).
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Pause between attempts, so a stream without a leader is not flooded.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// Whether another attempt may succeed: the ack was lost or the stream is between leaders, as
+/// opposed to a message the stream will never take.
+fn retryable(e: &PublishError) -> bool {
+    !matches!(
+        e.kind(),
+        PublishErrorKind::MaxPayloadExceeded
+            | PublishErrorKind::WrongLastMessageId
+            | PublishErrorKind::WrongLastSequence
+    )
 }
 
 /// Checks a send's client id and body against the limits, before anything is published.
@@ -91,16 +116,30 @@ pub async fn publish(
     headers.insert(wire::MSG_ID_HEADER, msg.dedupe_id().as_str());
     let subject = fabric.settings.partitions.msg_subject(&msg.conv);
     let start = Instant::now();
-    let stored = tokio::time::timeout(timeout, async {
-        let ack = fabric
-            .js
-            .publish_with_headers(subject, headers, payload)
-            .await
-            .map_err(|e| SendError::Unavailable(e.to_string()))?;
-        ack.await.map_err(|e| SendError::Unavailable(e.to_string()))
-    })
-    .await
-    .map_err(|_| SendError::Unavailable("timed out waiting for the stream".into()))??;
+    let deadline = start + timeout;
+    let stored = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let attempt = tokio::time::timeout(left.min(ATTEMPT_TIMEOUT), async {
+            fabric
+                .js
+                .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                .await?
+                .await
+        })
+        .await;
+        let error = match attempt {
+            Ok(Ok(ack)) => break ack,
+            Ok(Err(e)) if !retryable(&e) => return Err(SendError::Unavailable(e.to_string())),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "timed out waiting for the stream".to_string(),
+        };
+        if Instant::now() + RETRY_PAUSE >= deadline {
+            return Err(SendError::Unavailable(error));
+        }
+        tracing::debug!(%error, "send not acknowledged yet; publishing again with the same id");
+        metrics.publish_retries.inc();
+        tokio::time::sleep(RETRY_PAUSE).await;
+    };
     metrics
         .publish_latency
         .observe(start.elapsed().as_secs_f64());

@@ -1,9 +1,18 @@
 //! One member connection: a session (connect, authenticate, subscribe), its traffic, and its
 //! resumption from the last seen cursor after every drop, for the whole run.
 //!
-//! Sends whose ack has not arrived when the session drops are written again, with the same
-//! `client_id`, on the next session: the fabric must store them once (an `ack` with
-//! `duplicate: true`), and receivers must see them once.
+//! It behaves like a real client behind a load balancer:
+//!
+//! - **Failover.** A session that fails (refused, closed, broken) is opened again on the next
+//!   gateway of `--gateway`, resuming from the last seen cursor, so any gateway may die.
+//! - **Stalls.** A gateway that answers nothing, not even WebSocket pings, for [`STALL`] (a
+//!   paused process) is given up like a broken one.
+//! - **Retries with the same id.** Sends whose ack has not arrived when the session drops are
+//!   written again, with the same `client_id`, on the next session, and a send answered
+//!   `unavailable` (not known to be stored) is written again at once: the fabric must store each
+//!   once (an `ack` with `duplicate: true` for a retry of a stored one), and receivers must see
+//!   them once.
+//! - **Outages.** The time it was not served is measured (see [`crate::outage`]).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -23,12 +32,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::frames::{sent_nanos, stamped_body, unix_nanos, Reply, Request};
 use crate::ledger::{Arrival, ReceiverLedger};
+use crate::outage::{OutageClock, SLOW_ACK};
 use crate::worker::Shared;
 
 /// How long a session may take to open before it counts as failed.
 const SESSION_TIMEOUT: Duration = Duration::from_secs(15);
 /// Attempts at the first session before the connection gives up (later drops always retry).
 const FIRST_SESSION_ATTEMPTS: u32 = 5;
+/// Silence after which the connection pings the gateway.
+const PING_AFTER: Duration = Duration::from_secs(2);
+/// Silence (no frame, no pong) after which the gateway counts as gone.
+pub(crate) const STALL: Duration = Duration::from_secs(6);
 
 /// A gateway to connect to.
 #[derive(Debug, Clone)]
@@ -90,7 +104,7 @@ pub(crate) struct Pending {
 
 /// Runs a member connection until `finish`; returns what it received.
 pub(crate) async fn run(
-    member: Member,
+    mut member: Member,
     shared: Arc<Shared>,
     mut orders: mpsc::Receiver<Order>,
     finish: CancellationToken,
@@ -101,6 +115,7 @@ pub(crate) async fn run(
     let mut sends = 0u64;
     let mut failures = 0u32;
     let mut first = true;
+    let mut outage = OutageClock::default();
     let token = match shared.token_for(&member.user) {
         Ok(t) => t,
         Err(err) => {
@@ -131,6 +146,8 @@ pub(crate) async fn run(
                 Err(err) => {
                     counters.connect_failures.fetch_add(1, Relaxed);
                     shared.note_error(&format!("{err:#}"));
+                    outage.begin(began);
+                    fail_over(&mut member, &shared);
                     failures += 1;
                     if first && failures >= FIRST_SESSION_ATTEMPTS {
                         shared.given_up.fetch_add(1, Relaxed);
@@ -155,6 +172,7 @@ pub(crate) async fn run(
             counters.reconnects.fetch_add(1, Relaxed);
         }
         shared.open.fetch_add(1, Relaxed);
+        settle(&shared, &mut outage, &pending);
         let end = match &mut session {
             Session::Ws(ws) => {
                 session_loop(
@@ -166,6 +184,7 @@ pub(crate) async fn run(
                     &mut orders,
                     &finish,
                     &mut sends,
+                    &mut outage,
                 )
                 .await
             }
@@ -175,6 +194,10 @@ pub(crate) async fn run(
             }
         };
         shared.open.fetch_sub(1, Relaxed);
+        if matches!(end, End::Closed(_) | End::Broken) {
+            outage.begin(Instant::now());
+            fail_over(&mut member, &shared);
+        }
         match end {
             End::Finish => {
                 // A polite close; the gateway may already be gone, which changes nothing here.
@@ -199,7 +222,27 @@ pub(crate) async fn run(
             }
         }
     }
+    if let Some(span) = outage.end() {
+        shared.record_outage(span);
+    }
     (member.conv_idx, ledger, pending.len() as u64)
+}
+
+/// Moves the member to the next gateway, as a load balancer would after a failure.
+fn fail_over(member: &mut Member, shared: &Shared) {
+    if shared.targets.len() > 1 {
+        member.target = (member.target + 1) % shared.targets.len();
+        shared.counters.failovers.fetch_add(1, Relaxed);
+    }
+}
+
+/// Ends the connection's outage once it is served again: subscribed, nothing waiting long.
+fn settle(shared: &Shared, outage: &mut OutageClock, pending: &HashMap<String, Pending>) {
+    if outage.running() && !pending.values().any(|p| p.written.elapsed() > SLOW_ACK) {
+        if let Some(span) = outage.end() {
+            shared.record_outage(span);
+        }
+    }
 }
 
 /// Opens a session: TCP from the member's source address, WebSocket upgrade with the token,
@@ -292,8 +335,12 @@ async fn session_loop(
     orders: &mut mpsc::Receiver<Order>,
     finish: &CancellationToken,
     sends: &mut u64,
+    outage: &mut OutageClock,
 ) -> End {
     let counters = &shared.counters;
+    let mut heard = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for (client_id, p) in pending.iter() {
         let frame = Request::Send {
             conv: &member.conv,
@@ -311,13 +358,41 @@ async fn session_loop(
             biased;
             _ = finish.cancelled() => return End::Finish,
             frame = ws.next() => match frame {
-                Some(Ok(Message::Text(text))) => on_text(member, shared, &text, ledger, pending),
+                Some(Ok(Message::Text(text))) => {
+                    heard = Instant::now();
+                    if let Some(client_id) = on_text(member, shared, &text, ledger, pending) {
+                        // Not known to be stored: the same client_id again, as a client must.
+                        let Some(p) = pending.get(&client_id) else { continue };
+                        outage.begin(p.written);
+                        let frame = Request::Send { conv: &member.conv, client_id: &client_id, body: &p.body }
+                            .encode();
+                        counters.resent.fetch_add(1, Relaxed);
+                        if ws.send(Message::text(frame)).await.is_err() {
+                            return End::Broken;
+                        }
+                    }
+                    settle(shared, outage, pending);
+                }
                 Some(Ok(Message::Close(frame))) => {
                     return End::Closed(frame.map(|f| u16::from(f.code)).unwrap_or(1005));
                 }
-                Some(Ok(_)) => {}
+                Some(Ok(_)) => heard = Instant::now(),
                 Some(Err(_)) | None => return End::Broken,
             },
+            _ = tick.tick() => {
+                if heard.elapsed() > STALL {
+                    counters.stalls.fetch_add(1, Relaxed);
+                    return End::Broken;
+                }
+                if heard.elapsed() >= PING_AFTER && ws.send(Message::Ping(Default::default())).await.is_err() {
+                    return End::Broken;
+                }
+                if let Some(oldest) = pending.values().map(|p| p.written).min() {
+                    if oldest.elapsed() > SLOW_ACK {
+                        outage.begin(oldest);
+                    }
+                }
+            }
             order = orders.recv() => match order {
                 Some(Order::Send) => {
                     *sends += 1;
@@ -341,24 +416,25 @@ async fn session_loop(
     }
 }
 
-/// Handles a text frame of a live session (WebSocket text, or an SSE event's data).
+/// Handles a text frame of a live session (WebSocket text, or an SSE event's data). Returns the
+/// client id of a send to write again (it was answered `unavailable`).
 pub(crate) fn on_text(
     member: &Member,
     shared: &Shared,
     text: &str,
     ledger: &mut ReceiverLedger,
     pending: &mut HashMap<String, Pending>,
-) {
+) -> Option<String> {
     let counters = &shared.counters;
     let Ok(reply) = Reply::parse(text) else {
         shared.note_error("unreadable frame from the gateway");
-        return;
+        return None;
     };
     match reply.op.as_ref() {
         "msg" => {
             let (Some(seq), Some(prev)) = (reply.seq, reply.prev) else {
                 shared.note_error("msg frame without seq/prev");
-                return;
+                return None;
             };
             match ledger.on_msg(seq, prev) {
                 Arrival::Duplicate => {
@@ -377,7 +453,7 @@ pub(crate) fn on_text(
         }
         "ack" => {
             let Some(p) = reply.client_id.as_deref().and_then(|id| pending.remove(id)) else {
-                return; // the ack of a send already acked before a reconnect
+                return None; // the ack of a send already acked before a reconnect
             };
             counters.acked.fetch_add(1, Relaxed);
             if reply.duplicate == Some(true) {
@@ -389,7 +465,17 @@ pub(crate) fn on_text(
             }
         }
         "error" => {
-            // A failed send echoes its client_id as `ref`: that message was not stored.
+            // A failed send echoes its client_id as `ref`. `unavailable` means "not known to be
+            // stored": retry with the same client_id. Any other code: not stored.
+            let retry = reply.code.as_deref() == Some("unavailable");
+            if let Some(id) = reply
+                .reference
+                .as_deref()
+                .filter(|r| retry && pending.contains_key(*r))
+            {
+                counters.unavailable.fetch_add(1, Relaxed);
+                return Some(id.to_string());
+            }
             if reply
                 .reference
                 .as_deref()
@@ -404,4 +490,5 @@ pub(crate) fn on_text(
         }
         _ => {}
     }
+    None
 }

@@ -106,8 +106,15 @@ counters! {
     ack_duplicates,
     /// `error` replies to sends: the message was not stored.
     send_errors,
-    /// Sends written again after a reconnect because their ack had not arrived.
+    /// Sends written again (same `client_id`): after a reconnect because their ack had not
+    /// arrived, or after an `unavailable` answer.
     resent,
+    /// `unavailable` answers to sends (not known to be stored), each retried with the same id.
+    unavailable,
+    /// Sessions given up because the gateway answered nothing, not even pings, for a while.
+    stalls,
+    /// Sessions that moved to another gateway after a failure.
+    failovers,
     /// Sends the pacer could not hand to a connection (its queue was full or it was down).
     send_backlog,
     /// New `msg` frames (duplicates not included).
@@ -174,6 +181,9 @@ pub(crate) struct Final {
     pub(crate) unacked: u64,
     /// Error messages and how often each came.
     pub(crate) errors: Vec<(String, u64)>,
+    /// Connection outages, `(start unix ms, duration ms)` (see `outage`).
+    #[serde(default)]
+    pub(crate) outages: Vec<(u64, u64)>,
 }
 
 /// The coordinator's handle on one worker.

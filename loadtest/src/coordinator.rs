@@ -573,7 +573,9 @@ impl Collector {
         let mut receipts = ReceiptBook::default();
         let mut unacked = 0;
         let mut errors = std::collections::BTreeMap::<String, u64>::new();
+        let mut outages = Vec::new();
         for fin in std::mem::take(&mut self.finals) {
+            outages.extend(fin.outages);
             acks.acks.extend(fin.acks.acks);
             receipts.merge(fin.receipts);
             unacked += fin.unacked;
@@ -627,6 +629,7 @@ impl Collector {
             cpu,
             timeline: self.timeline,
             marks: self.marks,
+            outages: crate::outage::merge(outages),
             errors: errors.into_iter().collect(),
             notes,
             fabric_processes: self.fabric.labels.clone(),

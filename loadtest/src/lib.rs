@@ -25,6 +25,8 @@
 //! - `frames`: the JSON frames as the load generator writes and reads them, and the timestamped
 //!   message body that gives end-to-end latency without a clock protocol.
 //! - `ledger`: loss, duplicate and order accounting against the fabric's cursors.
+//! - `outage`: how long connections went unserved (broken sessions, unacknowledged sends),
+//!   merged into one outage per fault.
 //! - `stats`: HDR histograms that merge across workers.
 //! - `procstat`: CPU seconds and RSS of the fabric's processes and of our own, from `/proc`.
 //! - `report`, `html`: the human summary, the JSON document and the self-contained HTML report.
@@ -38,6 +40,7 @@ mod coordinator;
 mod frames;
 mod html;
 mod ledger;
+mod outage;
 mod procstat;
 mod publisher;
 mod report;

@@ -167,8 +167,8 @@ pub(crate) async fn run(
     in_flight.len() as u64
 }
 
-/// Posts one message, retrying a request that timed out with the same payload (so the same
-/// `client_id`).
+/// Posts one message, retrying a request that timed out or was answered `unavailable` with the
+/// same payload (so the same `client_id`).
 async fn post(
     client: async_nats::Client,
     shared: Arc<Shared>,
@@ -186,6 +186,12 @@ async fn post(
                 attempt += 1;
                 shared.counters.resent.fetch_add(1, Relaxed);
             }
+            // `unavailable`: not known to be stored; the same client_id again.
+            Ok(m) if attempt < ATTEMPTS && unavailable(&m.payload) => {
+                attempt += 1;
+                shared.counters.unavailable.fetch_add(1, Relaxed);
+                shared.counters.resent.fetch_add(1, Relaxed);
+            }
             reply => {
                 return Outcome {
                     conv_idx,
@@ -196,6 +202,13 @@ async fn post(
             }
         }
     }
+}
+
+fn unavailable(payload: &[u8]) -> bool {
+    std::str::from_utf8(payload)
+        .ok()
+        .and_then(|t| Reply::parse(t).ok())
+        .is_some_and(|r| r.op == "error" && r.code.as_deref() == Some("unavailable"))
 }
 
 fn on_outcome(shared: &Shared, outcome: Outcome) {

@@ -44,6 +44,9 @@ pub(crate) struct Report {
     pub(crate) timeline: Vec<Point>,
     /// `(seconds, label)`: phase changes, for the plots.
     pub(crate) marks: Vec<(f64, String)>,
+    /// Times in which connections went unserved (one per fault in a chaos run).
+    #[serde(default)]
+    pub(crate) outages: Vec<crate::outage::Outage>,
     pub(crate) errors: Vec<(String, u64)>,
     pub(crate) notes: Vec<String>,
     pub(crate) fabric_processes: Vec<String>,
@@ -459,6 +462,26 @@ pub(crate) fn summary(r: &Report) -> String {
             check.measured
         );
     }
+    if !r.outages.is_empty() {
+        let _ = writeln!(
+            o,
+            "\noutages    {} (unserved connections: broken sessions, sends unacked for over 1 s); failovers {}, stalls {}, unavailable {}",
+            r.outages.len(),
+            r.totals.failovers,
+            r.totals.stalls,
+            r.totals.unavailable
+        );
+        for out in r.outages.iter().take(20) {
+            let _ = writeln!(
+                o,
+                "  at {} ms: {:.1} s, {} connections, longest {:.1} s",
+                out.start_unix_ms,
+                out.ms as f64 / 1000.0,
+                out.connections,
+                out.longest_ms as f64 / 1000.0
+            );
+        }
+    }
     if !r.errors.is_empty() {
         let _ = writeln!(o, "\nerrors");
         for (e, n) in r.errors.iter().take(10) {
@@ -592,6 +615,7 @@ pub(crate) mod tests {
             },
             timeline,
             marks: vec![(0.0, "connect".into()), (5.0, "storm".into())],
+            outages: vec![],
             errors: vec![],
             notes: vec![],
             fabric_processes: vec!["chatfabric dev [1]".into()],

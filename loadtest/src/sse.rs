@@ -112,7 +112,9 @@ pub(crate) async fn session_loop(
             _ = finish.cancelled() => return End::Finish,
             event = stream.next() => match event {
                 Ok(Some((kind, data))) => match kind.as_str() {
-                    "msg" => on_text(member, shared, &data, ledger, &mut no_sends),
+                    "msg" => {
+                        on_text(member, shared, &data, ledger, &mut no_sends);
+                    }
                     "error" if data.contains("slow_consumer") => return End::Closed(4008),
                     "error" => return End::Closed(1001),
                     _ => {}

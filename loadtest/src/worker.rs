@@ -58,6 +58,7 @@ pub(crate) struct Shared {
     connect: Mutex<Histogram<u64>>,
     acks: Mutex<HashMap<u32, Vec<(u64, u32)>>>,
     errors: Mutex<BTreeMap<String, u64>>,
+    outages: Mutex<Vec<(u64, u64)>>,
 }
 
 impl Shared {
@@ -90,6 +91,11 @@ impl Shared {
     /// Records an acked message of conversation `conv`.
     pub(crate) fn record_acked(&self, conv: u32, seq: u64, step: u32) {
         lock(&self.acks).entry(conv).or_default().push((seq, step));
+    }
+
+    /// A connection was unserved from `span.0` (unix ms) for `span.1` ms.
+    pub(crate) fn record_outage(&self, span: (u64, u64)) {
+        lock(&self.outages).push(span);
     }
 
     /// Counts an error message (the first [`MAX_ERROR_KINDS`] kinds by text).
@@ -213,6 +219,7 @@ async fn drive(
         connect: Mutex::new(new_histogram()),
         acks: Mutex::new(HashMap::new()),
         errors: Mutex::new(BTreeMap::new()),
+        outages: Mutex::new(Vec::new()),
     });
     let members = members_of(&plan);
     let assigned = members.len() as u64;
@@ -367,6 +374,7 @@ async fn drive(
         receipts,
         unacked,
         errors,
+        outages: std::mem::take(&mut *lock(&shared.outages)),
     };
     events
         .send(Event::Final(Box::new(fin)))

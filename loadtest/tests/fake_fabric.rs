@@ -119,7 +119,11 @@ async fn connection(tcp: tokio::net::TcpStream, fabric: Arc<Mutex<Fabric>>) {
         }
     });
     let _ = tx.send(json!({"op": "ready", "user": "u", "conn": 1}).to_string());
-    while let Some(Ok(Message::Text(text))) = stream.next().await {
+    while let Some(Ok(frame)) = stream.next().await {
+        // Pings (the generator's keep-alive) are answered by tungstenite itself.
+        let Message::Text(text) = frame else {
+            continue;
+        };
         let req: Value = serde_json::from_str(&text).unwrap();
         let mut f = fabric.lock().unwrap();
         match req["op"].as_str().unwrap() {

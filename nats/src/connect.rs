@@ -47,6 +47,15 @@ pub fn with_url_credentials(
     }
 }
 
+/// How often the client pings its server. The client library gives up on a server after two
+/// unanswered pings, so a dead or paused (SIGSTOP) server is left for another node of the cluster
+/// within about three intervals instead of when TCP finally times out.
+pub const PING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long one connection attempt may take. A paused server accepts TCP but never answers; this
+/// bounds what trying it costs before the next node is tried.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A connected client and a counter that moves whenever the client (re)connected or dropped
 /// messages of a subscription. Readers of core NATS subscriptions watch it: after either event,
 /// messages may have been missed and must be fetched from JetStream.
@@ -59,7 +68,8 @@ pub async fn connect(
         .name(&opts.name)
         .custom_inbox_prefix(opts.role.inbox_prefix())
         .subscription_capacity(opts.subscription_capacity)
-        .connection_timeout(Duration::from_secs(5))
+        .connection_timeout(CONNECTION_TIMEOUT)
+        .ping_interval(PING_INTERVAL)
         .event_callback(move |event| {
             let tx = tx.clone();
             async move {

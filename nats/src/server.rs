@@ -236,6 +236,11 @@ impl NatsServer {
         self.port
     }
 
+    /// The monitoring port (`/healthz`, `/jsz`, `/varz`).
+    pub fn monitor_port(&self) -> u16 {
+        self.monitor_port
+    }
+
     /// The server's log file.
     pub fn log_path(&self) -> &Path {
         &self.log
@@ -283,6 +288,30 @@ impl NatsServer {
         }
         if let Some(mut child) = self.child.take() {
             let _ = child.wait();
+        }
+    }
+
+    /// The server process's id (`None` after [`kill`](Self::kill) or [`stop`](Self::stop)).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Freezes the server with SIGSTOP, as a paused VM or a stalled disk would: its sockets stay
+    /// open and nothing answers. [`resume`](Self::resume) thaws it.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a [`pause`](Self::pause)d server with SIGCONT.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .args([signal, &pid.to_string()])
+                .status();
         }
     }
 

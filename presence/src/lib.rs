@@ -68,6 +68,10 @@ pub struct PresenceConfig {
     pub offline_grace: Duration,
     /// How often timers are checked.
     pub tick: Duration,
+    /// A presence watch that delivered nothing for this long (the service writes a probe key
+    /// three times as often) is presumed stalled and replaced by a fresh read of the bucket.
+    /// Capped at half the gateway timeout, so a stall is noticed before anyone is buried for it.
+    pub watch_stale: Duration,
     /// The service's metrics.
     pub metrics: PresenceMetrics,
 }
@@ -78,6 +82,7 @@ impl Default for PresenceConfig {
             gateway_timeout: Duration::from_secs(10),
             offline_grace: Duration::from_secs(3),
             tick: Duration::from_millis(500),
+            watch_stale: Duration::from_secs(3),
             metrics: PresenceMetrics::default(),
         }
     }
@@ -97,8 +102,10 @@ pub struct PresenceMetrics {
     pub transitions: Family<Transition, Counter>,
     /// Transitions lost to another instance (or failed writes).
     pub conflicts: Counter,
-    /// Gateways declared dead by this instance.
+    /// Gateways declared dead by this instance (and burials repeated for keys left behind).
     pub gateways_buried: Counter,
+    /// Watches dropped because they delivered nothing for too long (see `watch_stale`).
+    pub watch_restarts: Counter,
     /// Users tracked.
     pub users: Gauge,
     /// Live gateways.
@@ -127,6 +134,11 @@ impl PresenceMetrics {
             "gateways_buried",
             "Gateways declared dead",
             self.gateways_buried.clone(),
+        );
+        r.register(
+            "watch_restarts",
+            "Presence watches replaced because they went silent",
+            self.watch_restarts.clone(),
         );
         r.register("users", "Users tracked", self.users.clone());
         r.register("gateways", "Live gateways", self.gateways.clone());

@@ -1,5 +1,15 @@
 //! The presence service's loop: watch the presence and conversations buckets, tick the
 //! [`Tracker`], carry out its actions against KV and publish the events.
+//!
+//! **A stale view is the service's own fault until proven otherwise.** A watch can stall without
+//! an error (its NATS node died and the consumer was not re-created); the service would then hear
+//! no heartbeats and bury every live gateway. So the service writes a probe key every
+//! `watch_stale / 3`, and a watch that delivered nothing (not even the probe) for `watch_stale`
+//! is dropped: the session restarts from the bucket's contents, with every gateway counted as
+//! heard from at that moment. `watch_stale` is well below the gateway timeout, so a stalled watch
+//! is replaced before anyone could be buried for it. A burial also checks the gateway's heartbeat
+//! key first (delete only at the revision last seen): a gateway that beat meanwhile keeps its
+//! devices.
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +30,9 @@ type Stored = Option<(PresenceEntry, u64)>;
 
 /// Transitions carried out concurrently (a dead gateway may take thousands of users with it).
 const CONCURRENCY: usize = 64;
+
+/// The key every presence service writes to prove its watch delivers (ignored by the tracker).
+const PROBE_KEY: &str = "probe";
 
 /// Runs until `shutdown`. Watches are restarted with a fresh state when they fail.
 pub(crate) async fn run(fabric: Fabric, config: PresenceConfig, shutdown: CancellationToken) {
@@ -64,12 +77,25 @@ async fn session(
     let mut members = Memberships::default();
     let mut tick = tokio::time::interval(config.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stale = config.watch_stale.min(config.gateway_timeout / 2);
+    let mut probe = tokio::time::interval(stale / 3);
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heard = Instant::now();
     loop {
         let actions = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             entry = presence.next() => {
                 let entry = entry.ok_or("presence watch ended")?.map_err(|e| e.to_string())?;
+                heard = Instant::now();
                 apply(&mut tracker, &entry)
+            }
+            _ = probe.tick() => {
+                let kv = fabric.presence.clone();
+                let value = Bytes::from(now_ms().to_string());
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), kv.put(PROBE_KEY, value)).await;
+                });
+                continue;
             }
             entry = convs.next() => {
                 let entry = entry.ok_or("membership watch ended")?.map_err(|e| e.to_string())?;
@@ -77,6 +103,12 @@ async fn session(
                 continue;
             }
             _ = tick.tick() => {
+                if heard.elapsed() > stale {
+                    metrics.watch_restarts.inc();
+                    return Err(format!(
+                        "presence watch delivered nothing (not even our probe) for {stale:?}"
+                    ));
+                }
                 let actions = tracker.tick(Instant::now(), now_ms());
                 metrics.users.set(tracker.users() as i64);
                 metrics.gateways.set(tracker.gateways() as i64);
@@ -149,15 +181,27 @@ async fn execute(
             revision,
             devices,
         } => {
+            let kv = &fabric.presence;
+            let key = subject::gateway_key(&gateway);
+            // Only a gateway whose heartbeat is still the one we saw last (or, never seen, absent)
+            // is dead: one that beat meanwhile keeps its devices.
+            let dead = if revision > 0 {
+                kv.delete_expect_revision(&key, Some(revision))
+                    .await
+                    .is_ok()
+            } else {
+                match kv.entry(&key).await {
+                    Ok(None) => true,
+                    Ok(Some(e)) => e.operation != Operation::Put,
+                    Err(_) => false,
+                }
+            };
+            if !dead {
+                tracing::info!(%gateway, "gateway silent here but its heartbeat moved (or KV failed); not burying it");
+                return None;
+            }
             tracing::info!(%gateway, devices = devices.len(), "gateway heartbeat timed out; burying it");
             metrics.gateways_buried.inc();
-            let kv = &fabric.presence;
-            if revision > 0 {
-                // Fails if the gateway beat again meanwhile: then it is alive, and stays.
-                let _ = kv
-                    .delete_expect_revision(subject::gateway_key(&gateway), Some(revision))
-                    .await;
-            }
             let deletes = devices.iter().map(|(user, rev)| {
                 kv.delete_expect_revision(subject::device_key(user, &gateway), Some(*rev))
             });

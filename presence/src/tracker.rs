@@ -8,6 +8,11 @@
 //! gateway we have never heard from counts that gateway as heard from now, so a snapshot read in
 //! any order never flaps anyone.
 //!
+//! A gateway that is no longer live but still has device keys (buried, or cleanly stopped with
+//! keys left behind) is buried again every `gateway_timeout` until its keys are gone, so a burial
+//! cut short by NATS trouble never leaves keys (or users online) behind. Every `offline_grace`
+//! all users are re-evaluated, so a transition whose write failed is tried again.
+//!
 //! Published presence (`user.<user>`) follows liveness: live -> online at once; not live ->
 //! offline once `offline_grace` passed without the user becoming live again (a reconnect within
 //! the grace, on any gateway, is invisible). Each write carries the revision it expects, so with
@@ -42,8 +47,9 @@ pub enum Action {
         /// The revision the key must have (`None`: the key must not exist).
         expected: Option<u64>,
     },
-    /// A gateway died: delete its heartbeat (if still at `revision`) and its device keys (each if
-    /// still at its revision, so a gateway that comes back and re-asserts them keeps them).
+    /// A gateway died: delete its heartbeat (if still at `revision`; 0: only if it has none) and,
+    /// if that held, its device keys (each if still at its revision, so a gateway that comes back
+    /// and re-asserts them keeps them).
     Bury {
         /// The gateway.
         gateway: String,
@@ -78,6 +84,10 @@ pub struct Tracker {
     /// Users with at least one device key on each gateway.
     on_gateway: HashMap<String, HashSet<UserId>>,
     users: HashMap<UserId, User>,
+    /// Gateways no longer live whose device keys were last asked to be deleted then.
+    buried: HashMap<String, Instant>,
+    /// When every user was last re-evaluated.
+    reconciled: Option<Instant>,
 }
 
 impl Tracker {
@@ -88,6 +98,8 @@ impl Tracker {
             gateways: HashMap::new(),
             on_gateway: HashMap::new(),
             users: HashMap::new(),
+            buried: HashMap::new(),
+            reconciled: None,
         }
     }
 
@@ -210,19 +222,32 @@ impl Tracker {
             .collect();
         for gateway in dead {
             let revision = self.gateways.remove(&gateway).map_or(0, |g| g.revision);
-            let devices = self
-                .on_gateway
-                .get(&gateway)
-                .into_iter()
-                .flatten()
-                .filter_map(|u| Some((u.clone(), *self.users.get(u)?.devices.get(&gateway)?)))
-                .collect();
-            actions.push(Action::Bury {
-                gateway: gateway.clone(),
-                revision,
-                devices,
-            });
+            actions.push(self.bury(&gateway, revision, now));
             actions.extend(self.evaluate_gateway_users(&gateway, now, wall));
+        }
+        // Device keys of gateways that are gone: bury again until the keys are deleted.
+        self.buried.retain(|g, _| self.on_gateway.contains_key(g));
+        let leftover: Vec<String> = self
+            .on_gateway
+            .keys()
+            .filter(|g| !self.gateways.contains_key(*g))
+            .filter(|g| {
+                self.buried
+                    .get(*g)
+                    .is_none_or(|at| now.duration_since(*at) > self.timing.gateway_timeout)
+            })
+            .cloned()
+            .collect();
+        for gateway in leftover {
+            actions.push(self.bury(&gateway, 0, now));
+        }
+        if self
+            .reconciled
+            .is_none_or(|at| now.duration_since(at) >= self.timing.offline_grace)
+        {
+            self.reconciled = Some(now);
+            let users: Vec<UserId> = self.users.keys().cloned().collect();
+            actions.extend(users.iter().filter_map(|u| self.evaluate(u, now, wall)));
         }
         let grace = self.timing.offline_grace;
         let expired: Vec<UserId> = self
@@ -251,6 +276,24 @@ impl Tracker {
             });
         }
         actions
+    }
+
+    /// Deletes what `gateway` left: its heartbeat (if still at `revision`, 0: if absent) and its
+    /// device keys.
+    fn bury(&mut self, gateway: &str, revision: u64, now: Instant) -> Action {
+        self.buried.insert(gateway.to_string(), now);
+        let devices = self
+            .on_gateway
+            .get(gateway)
+            .into_iter()
+            .flatten()
+            .filter_map(|u| Some((u.clone(), *self.users.get(u)?.devices.get(gateway)?)))
+            .collect();
+        Action::Bury {
+            gateway: gateway.to_string(),
+            revision,
+            devices,
+        }
     }
 
     fn evaluate_gateway_users(&mut self, gateway: &str, now: Instant, wall: u64) -> Vec<Action> {
@@ -421,5 +464,61 @@ mod tests {
         assert!(
             matches!(&a[0], Action::Publish { user, entry, .. } if user == &alice() && !entry.online)
         );
+    }
+
+    fn published(online: bool, rev: u64) -> Option<(PresenceEntry, u64)> {
+        Some((
+            PresenceEntry {
+                online,
+                last_seen: 0,
+            },
+            rev,
+        ))
+    }
+
+    #[test]
+    fn keys_left_by_a_gone_gateway_are_buried_again_until_deleted() {
+        let t0 = Instant::now();
+        let mut t = Tracker::new(TIMING);
+        // Keys of a gateway that stopped (heartbeat deleted) or whose burial failed.
+        t.device_put(&alice(), "g1", 7, t0, 0);
+        t.stored(&alice(), published(true, 8), t0, 0);
+        t.gateway_deleted("g1", t0, 0);
+        let burials = |a: &[Action]| {
+            a.iter()
+                .filter(|a| matches!(a, Action::Bury { gateway, devices, .. } if gateway == "g1" && devices == &vec![(alice(), 7)]))
+                .count()
+        };
+        assert_eq!(burials(&t.tick(t0 + Duration::from_millis(500), 0)), 1);
+        assert_eq!(
+            burials(&t.tick(t0 + Duration::from_secs(5), 0)),
+            0,
+            "not at once again"
+        );
+        assert_eq!(
+            burials(&t.tick(t0 + Duration::from_secs(11), 0)),
+            1,
+            "the key is still there"
+        );
+        t.device_deleted(&alice(), "g1", t0 + Duration::from_secs(12), 0);
+        assert_eq!(burials(&t.tick(t0 + Duration::from_secs(30), 0)), 0, "gone");
+    }
+
+    #[test]
+    fn a_transition_whose_write_was_lost_is_tried_again() {
+        let t0 = Instant::now();
+        let mut t = Tracker::new(TIMING);
+        t.gateway_put("g1", 1, t0, 0);
+        t.device_put(&alice(), "g1", 2, t0, 0);
+        t.stored(&alice(), published(true, 3), t0, 0);
+        t.device_deleted(&alice(), "g1", t0, 0);
+        let offline = t.tick(t0 + Duration::from_secs(3), 0);
+        assert_eq!(online(&offline), Some(false));
+        // The write's outcome never came back (KV failed): the user is still published online.
+        let mut retried = Vec::new();
+        for s in 4..12 {
+            retried.extend(t.tick(t0 + Duration::from_secs(s), 0));
+        }
+        assert_eq!(online(&retried), Some(false), "{retried:?}");
     }
 }

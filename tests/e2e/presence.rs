@@ -11,10 +11,14 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 /// A presence service in this process, stopped on drop.
-struct Presence(CancellationToken);
+pub(crate) struct Presence(CancellationToken);
 
 impl Presence {
-    async fn start(nats: &Nats, gateway_timeout: Duration, offline_grace: Duration) -> Self {
+    pub(crate) async fn start(
+        nats: &Nats,
+        gateway_timeout: Duration,
+        offline_grace: Duration,
+    ) -> Self {
         let stop = CancellationToken::new();
         let config = PresenceConfig {
             gateway_timeout,
@@ -28,7 +32,7 @@ impl Presence {
     }
 
     /// Short timings for tests that do not kill gateways.
-    async fn quick(nats: &Nats) -> Self {
+    pub(crate) async fn quick(nats: &Nats) -> Self {
         Self::start(nats, Duration::from_secs(3), Duration::from_millis(700)).await
     }
 }
@@ -39,11 +43,11 @@ impl Drop for Presence {
     }
 }
 
-fn presence_of(user: &'static str) -> impl Fn(&Value) -> bool {
+pub(crate) fn presence_of(user: &'static str) -> impl Fn(&Value) -> bool {
     move |v| v["op"] == "presence" && v["user"] == user && v.get("conv").is_some()
 }
 
-async fn query(client: &mut Client, user: &str) -> Value {
+pub(crate) async fn query(client: &mut Client, user: &str) -> Value {
     client
         .send(json!({"op":"presence","user":user,"ref":"q"}))
         .await;
@@ -270,7 +274,7 @@ async fn read_receipts_are_shared_by_devices_and_survive_a_restart() {
     );
 }
 
-fn spawn_gateway(nats: &Nats, port: u16, db: &std::path::Path) -> Spawned {
+pub(crate) fn spawn_gateway(nats: &Nats, port: u16, db: &std::path::Path) -> Spawned {
     let listen = format!("127.0.0.1:{port}");
     let url = nats.url_for(Role::Gateway);
     crate::support::spawn_chatfabric([
@@ -286,7 +290,7 @@ fn spawn_gateway(nats: &Nats, port: u16, db: &std::path::Path) -> Spawned {
     ])
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")

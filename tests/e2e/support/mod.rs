@@ -26,6 +26,11 @@ pub fn init_tracing() {
 pub struct Spawned(std::process::Child);
 
 impl Spawned {
+    /// Whether it has exited (and how).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.0.try_wait().ok().flatten()
+    }
+
     /// Kills it with SIGKILL, as a crash would, and reaps it.
     pub fn kill(&mut self) {
         let _ = self.0.kill(); // already exited is fine
