@@ -241,11 +241,6 @@ impl NatsServer {
         self.monitor_port
     }
 
-    /// The server's log file.
-    pub fn log_path(&self) -> &Path {
-        &self.log
-    }
-
     /// Requests of the fabric's own connections (named `chatfabric-<role>...`, logged in as a
     /// role) that the server refused for want of a permission, from its log. A test may try what
     /// a role must not do on a connection of its own name; those are not counted.

@@ -343,6 +343,11 @@ pub fn token(user: &str) -> String {
 
 /// A GET with `user`'s bearer token, returning the body.
 pub async fn http_get_auth(addr: SocketAddr, path: &str, user: &str) -> String {
+    http_get_auth_status(addr, path, user).await.1
+}
+
+/// A GET with `user`'s bearer token, returning the status code and the body.
+pub async fn http_get_auth_status(addr: SocketAddr, path: &str, user: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let req = format!(
@@ -352,7 +357,11 @@ pub async fn http_get_auth(addr: SocketAddr, path: &str, user: &str) -> String {
     s.write_all(req.as_bytes()).await.expect("write");
     let mut out = String::new();
     s.read_to_string(&mut out).await.expect("read");
-    out.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, body.to_string())
 }
