@@ -184,3 +184,13 @@ pub async fn replica_report(t: &Topology, limit: Duration) -> Vec<String> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// Whether the nats-server under test (`NATS_SERVER_BIN`, else the one on PATH) is a 2.9 release.
+pub fn server_is_2_9() -> bool {
+    let bin = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
+    std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("v2.9."))
+        .unwrap_or(false)
+}

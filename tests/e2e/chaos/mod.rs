@@ -348,8 +348,26 @@ async fn chaos() {
         );
     }
 
-    let contents = audit::stream_contents(&t).await;
-    audit::history_matches_stream(&t, &contents).await;
+    // nats-server 2.9 can leave the message stream's replicas apart after leader changes, with
+    // the same messages under different sequences on different nodes (BENCHMARKS.md, "KV replica
+    // divergence"): then no reader can match history to "the" stream. The clients' ledger above
+    // held regardless. On a current server the replicas must agree and history must match.
+    let diverged = replicas
+        .iter()
+        .any(|l| l.starts_with("CHAT_MSGS_") && l.contains("DIVERGE"));
+    if diverged && audit::server_is_2_9() {
+        println!(
+            "history audit skipped: the message stream's replicas diverged (a nats-server 2.9 \
+             defect, fixed in current servers)"
+        );
+    } else {
+        assert!(
+            !diverged,
+            "the message stream's replicas diverged: {replicas:?}"
+        );
+        let contents = audit::stream_contents(&t).await;
+        audit::history_matches_stream(&t, &contents).await;
+    }
 
     // Convergence: the watched users leave; they, and every device key, are gone in bounded time.
     probe.disconnect_watched();
