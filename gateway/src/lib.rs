@@ -8,8 +8,10 @@
 //!   to [`sse`] (event streams) and `api` (REST history and send), whose query strings and bearer
 //!   header [`query`] parses; WebSockets and event streams each hold a `capacity` slot under
 //!   `--max-connections`.
-//! - [`connection`]: one task per WebSocket: authenticate ([`auth`]), read a **frame**, decode and
-//!   **validate** it ([`protocol`], [`rate`]), dispatch.
+//! - [`connection`]: one task per WebSocket: authenticate ([`auth`]), read a **frame**, write
+//!   replies and the outbound queue, close within the grace.
+//! - `session`: the connection's operations: decode and **validate** each frame ([`protocol`],
+//!   [`rate`]) and dispatch it.
 //! - [`membership`]: who may read and write which conversation (KV bucket + moka cache).
 //! - [`ingest`]: the same for bots and devices that speak NATS (`chat.in`, `chat.read`).
 //! - [`send`]: a `send` becomes a stored message on the conversation's **subject** in **JetStream**;
@@ -50,6 +52,7 @@ pub mod query;
 pub mod rate;
 pub mod receipts;
 pub mod send;
+mod session;
 pub mod sse;
 
 use std::sync::atomic::{AtomicU64, Ordering};

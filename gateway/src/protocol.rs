@@ -362,6 +362,16 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4008;
     /// You kept sending past the rate limit. Back off before reconnecting.
     pub const FLOOD: u16 = 4029;
+
+    /// The reason sent with a close the gateway decides on its own (a kick or a flood).
+    pub fn reason(code: u16) -> &'static str {
+        match code {
+            SLOW_CONSUMER => "slow consumer: outbound queue overflowed; reconnect and resume",
+            FLOOD => "rate limit exceeded repeatedly",
+            INTERNAL => "conversation feed interrupted; reconnect and resume",
+            _ => "closed by the gateway",
+        }
+    }
 }
 
 /// A stored message as delivered to clients. Borrowed fields: encoding never copies the body twice.
