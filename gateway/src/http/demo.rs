@@ -14,8 +14,8 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
+use super::reply::{full, json_error, Body};
 use crate::auth::mint_hs256;
-use crate::http::{full, json_error, Body};
 use crate::protocol::ErrorCode;
 
 /// What of the demo a gateway serves. The default serves nothing.
@@ -46,19 +46,19 @@ fn asset(path: &str) -> Option<Asset> {
     let (content_type, bytes): (&str, &[u8]) = match path {
         "/" | "/index.html" => (
             "text/html; charset=utf-8",
-            include_bytes!("../demo/index.html"),
+            include_bytes!("../../demo/index.html"),
         ),
         "/app.js" => (
             "text/javascript; charset=utf-8",
-            include_bytes!("../demo/app.js"),
+            include_bytes!("../../demo/app.js"),
         ),
         "/chatfabric.js" => (
             "text/javascript; charset=utf-8",
-            include_bytes!("../demo/chatfabric.js"),
+            include_bytes!("../../demo/chatfabric.js"),
         ),
         "/style.css" => (
             "text/css; charset=utf-8",
-            include_bytes!("../demo/style.css"),
+            include_bytes!("../../demo/style.css"),
         ),
         _ => return None,
     };
@@ -144,7 +144,7 @@ fn token_for(secret: &[u8], raw: &[u8]) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Authenticator;
+    use crate::auth::Authenticator;
 
     #[test]
     fn mints_tokens_the_gateway_accepts() {
