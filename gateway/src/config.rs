@@ -6,7 +6,8 @@ use std::time::Duration;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::auth::Authenticator;
-use crate::{demo, fanout, membership, presence};
+use crate::http::demo;
+use crate::{fanout, membership, presence};
 
 /// Limits that protect the gateway and other clients from any one connection.
 #[derive(Debug, Clone)]

@@ -35,8 +35,12 @@
 //!    [`outbox`] (bounded in frames and bytes, the fan-out's only way to a connection), which the
 //!    connection's task writes to the **client**. Presence, typing and read events take the same
 //!    way through the conversation actors.
-//! 5. **Bottom**: [`protocol`] (frames, op names, error and close codes), [`metrics`], `config`
-//!    ([`Limits`], [`GatewayConfig`]) and `state` (what the front ends share).
+//! 5. **Bottom**: [`protocol`] (frames, the op table, error and close codes, encoders), [`auth`],
+//!    [`rate`], [`metrics`]: they import no other module of the crate.
+//!
+//! Beside the front ends, `config` ([`Limits`], [`GatewayConfig`]) gathers every layer's
+//! settings and `state` holds what the front ends share (the service, limits, capacity, the
+//! task tracker and shutdown token).
 //!
 //! [`run`] ties them together; `chatfabric gateway` and `chatfabric dev` call it.
 #![forbid(unsafe_code)]
@@ -62,6 +66,7 @@ pub mod service;
 mod state;
 mod ws;
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -165,20 +170,23 @@ pub async fn run(
         shutdown.clone(),
     );
     tracing::info!(gateway = devices.gateway(), "presence id");
-    let state = Arc::new(state::State::new(state::Parts {
+    let state = Arc::new(state::State {
         auth: config.auth,
+        capacity: capacity::Capacity::new(limits.max_connections),
         limits,
         fabric,
         service,
         devices,
         presence: config.presence,
+        send_limits: rate::UserLimits::new(),
         demo: config.demo,
-        unread_concurrency: UNREAD_CONCURRENCY,
+        unread_permits: tokio::sync::Semaphore::new(UNREAD_CONCURRENCY),
         metrics,
         registry,
+        next_conn: AtomicU64::new(0),
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
-    }));
+    });
     tracker.spawn(ingest::run(state.clone()));
     tracing::info!(%addr, "gateway listening");
     http::accept_loop(listener, state).await;

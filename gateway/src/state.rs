@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Authenticator;
 use crate::capacity::Capacity;
 use crate::config::Limits;
-use crate::demo::DemoConfig;
+use crate::http::demo::DemoConfig;
 use crate::metrics::Metrics;
 use crate::presence::{Devices, PresenceConfig};
 use crate::rate::UserLimits;
@@ -42,51 +42,15 @@ pub(crate) struct State {
     pub(crate) metrics: Metrics,
     /// Served on `/metrics`.
     pub(crate) registry: Registry,
-    next_conn: AtomicU64,
+    /// The last connection id handed out (starts at 0).
+    pub(crate) next_conn: AtomicU64,
     /// Cancelled once to stop everything: the accept loop, connections (close 1001), actors.
     pub(crate) shutdown: CancellationToken,
     /// Tracks connection and actor tasks so shutdown can wait for them to finish.
     pub(crate) tracker: TaskTracker,
 }
 
-/// The parts of [`State`] that `run` builds before it.
-pub(crate) struct Parts {
-    pub(crate) auth: Authenticator,
-    pub(crate) limits: Limits,
-    pub(crate) fabric: Fabric,
-    pub(crate) service: Arc<Service>,
-    pub(crate) devices: Arc<Devices>,
-    pub(crate) presence: PresenceConfig,
-    pub(crate) demo: DemoConfig,
-    pub(crate) unread_concurrency: usize,
-    pub(crate) metrics: Metrics,
-    pub(crate) registry: Registry,
-    pub(crate) shutdown: CancellationToken,
-    pub(crate) tracker: TaskTracker,
-}
-
 impl State {
-    /// The state of a gateway with no connection yet.
-    pub(crate) fn new(p: Parts) -> Self {
-        Self {
-            auth: p.auth,
-            capacity: Capacity::new(p.limits.max_connections),
-            limits: p.limits,
-            fabric: p.fabric,
-            service: p.service,
-            devices: p.devices,
-            presence: p.presence,
-            send_limits: UserLimits::new(),
-            demo: p.demo,
-            unread_permits: tokio::sync::Semaphore::new(p.unread_concurrency),
-            metrics: p.metrics,
-            registry: p.registry,
-            next_conn: AtomicU64::new(0),
-            shutdown: p.shutdown,
-            tracker: p.tracker,
-        }
-    }
-
     /// A fresh connection id (WebSocket or event stream).
     pub(crate) fn next_conn(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed) + 1

@@ -34,7 +34,14 @@ impl Hub {
         shutdown: CancellationToken,
     ) -> Self {
         Self {
-            shared: Arc::new(Shared::new(fabric, metrics, config, tracker, shutdown)),
+            shared: Arc::new(Shared {
+                shards: Shared::empty_shards(config.shards),
+                fabric,
+                metrics,
+                config,
+                tracker,
+                shutdown,
+            }),
         }
     }
 

@@ -61,11 +61,11 @@ pub(super) enum Cmd {
 }
 
 /// One shard: conversations to their actors' command queues.
-type Shard = Mutex<HashMap<ConvId, mpsc::Sender<Cmd>>>;
+pub(super) type Shard = Mutex<HashMap<ConvId, mpsc::Sender<Cmd>>>;
 
 /// What the hub and every actor share.
 pub(super) struct Shared {
-    shards: Box<[Shard]>,
+    pub(super) shards: Box<[Shard]>,
     /// Where actors subscribe and read JetStream.
     pub(super) fabric: Fabric,
     pub(super) metrics: Metrics,
@@ -76,24 +76,9 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    /// Empty shards.
-    pub(super) fn new(
-        fabric: Fabric,
-        metrics: Metrics,
-        config: HubConfig,
-        tracker: TaskTracker,
-        shutdown: CancellationToken,
-    ) -> Self {
-        Self {
-            shards: (0..config.shards.max(1))
-                .map(|_| Mutex::new(HashMap::new()))
-                .collect(),
-            fabric,
-            metrics,
-            config,
-            tracker,
-            shutdown,
-        }
+    /// `n` empty shards (at least one).
+    pub(super) fn empty_shards(n: usize) -> Box<[Shard]> {
+        (0..n.max(1)).map(|_| Mutex::new(HashMap::new())).collect()
     }
 
     /// The locked shard of `conv`.

@@ -91,14 +91,13 @@ impl Membership {
         Ok((info, members))
     }
 
-    /// Adds `user` to the group `conv`; `me` must be a member.
-    pub async fn add(
+    /// The description of the group `conv`, for its member `me`: the check before changing its
+    /// members. Membership first: a non-member learns nothing, not even whether `conv` exists.
+    async fn group_of_member(
         &self,
         me: &UserId,
         conv: &ConvId,
-        user: &UserId,
-    ) -> Result<(), MembershipError> {
-        // Membership first: a non-member learns nothing, not even whether `conv` exists.
+    ) -> Result<ConversationInfo, MembershipError> {
         self.require_member(conv, me).await?;
         let info = self.info(conv).await?;
         if info.kind == ConvKind::Direct {
@@ -106,6 +105,17 @@ impl Membership {
                 "direct conversations have fixed members",
             ));
         }
+        Ok(info)
+    }
+
+    /// Adds `user` to the group `conv`; `me` must be a member.
+    pub async fn add(
+        &self,
+        me: &UserId,
+        conv: &ConvId,
+        user: &UserId,
+    ) -> Result<(), MembershipError> {
+        self.group_of_member(me, conv).await?;
         // The limit `create` enforces holds for adds too (adding a member again is a no-op).
         // Concurrent adds to a group at the limit may each see room: it may overshoot by them.
         if !self.is_member(conv, user).await?
@@ -123,13 +133,7 @@ impl Membership {
         conv: &ConvId,
         user: &UserId,
     ) -> Result<(), MembershipError> {
-        self.require_member(conv, me).await?;
-        let info = self.info(conv).await?;
-        if info.kind == ConvKind::Direct {
-            return Err(MembershipError::Forbidden(
-                "direct conversations have fixed members",
-            ));
-        }
+        let info = self.group_of_member(me, conv).await?;
         if me != user && &info.created_by != me {
             return Err(MembershipError::Forbidden(
                 "only the creator may remove other members",

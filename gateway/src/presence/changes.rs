@@ -134,7 +134,13 @@ impl Changes {
         Some(Due::Users(due))
     }
 
-    /// Distinct users queued (for tests and metrics).
+    /// What is queued now, without waiting.
+    #[cfg(test)]
+    pub(super) fn try_next_for_test(&self) -> Option<Due> {
+        self.try_next(usize::MAX)
+    }
+
+    /// Distinct users queued.
     #[cfg(test)]
     fn len(&self) -> usize {
         self.lock().order.len()

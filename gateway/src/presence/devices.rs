@@ -173,3 +173,69 @@ pub(super) async fn writer(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str) -> UserId {
+        UserId::new(name).unwrap()
+    }
+
+    /// What the writer would write for what is queued now.
+    fn due_writes(devices: &Devices, written: &mut HashSet<UserId>) -> Vec<(UserId, bool)> {
+        let due = devices.changes.try_next_for_test();
+        due.map(|d| devices.writes(d, written)).unwrap_or_default()
+    }
+
+    #[test]
+    fn churn_while_the_writer_is_busy_writes_only_the_latest_state() {
+        let devices = Arc::new(Devices::new());
+        let mut written = HashSet::new();
+        let first = devices.connect(&user("ann"));
+        assert_eq!(
+            due_writes(&devices, &mut written),
+            vec![(user("ann"), true)]
+        );
+        // A hundred reconnects, then a second device: the key is up and stays up.
+        for _ in 0..100 {
+            drop(devices.connect(&user("ann")));
+        }
+        let second = devices.connect(&user("ann"));
+        drop(first);
+        assert_eq!(due_writes(&devices, &mut written), vec![]);
+        // Bob comes and goes before the writer looks: nothing to write for him.
+        drop(devices.connect(&user("bob")));
+        drop(second);
+        assert_eq!(
+            due_writes(&devices, &mut written),
+            vec![(user("ann"), false)]
+        );
+        assert!(written.is_empty());
+    }
+
+    #[test]
+    fn a_key_deleted_behind_our_back_is_written_again_while_connected() {
+        let devices = Arc::new(Devices::new());
+        let mut written = HashSet::new();
+        let _ann = devices.connect(&user("ann"));
+        let bob = devices.connect(&user("bob"));
+        due_writes(&devices, &mut written);
+        drop(bob);
+        due_writes(&devices, &mut written);
+        // Both keys deleted by someone else (bob's by our own delete): only ann's comes back.
+        devices.changes.user(&user("ann"), true);
+        devices.changes.user(&user("bob"), true);
+        assert_eq!(
+            due_writes(&devices, &mut written),
+            vec![(user("ann"), true)]
+        );
+        // Buried: every connected user's key again, and a delete for every other we wrote.
+        written.insert(user("carl"));
+        devices.changes.everyone();
+        assert_eq!(
+            due_writes(&devices, &mut written),
+            vec![(user("ann"), true), (user("carl"), false)]
+        );
+    }
+}
