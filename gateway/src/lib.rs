@@ -79,7 +79,6 @@ use tokio_util::task::TaskTracker;
 
 pub use auth::Authenticator;
 pub use config::{GatewayConfig, Limits};
-pub use http::{demo, query, sse};
 
 /// Unread-count computations a gateway runs at once.
 const UNREAD_CONCURRENCY: usize = 16;

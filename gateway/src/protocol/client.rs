@@ -196,7 +196,7 @@ pub enum DecodeError {
     UnknownOp(String),
     /// A known op with missing or invalid fields.
     #[error("{0}")]
-    Invalid(String),
+    Invalid(#[source] serde_json::Error),
 }
 
 impl DecodeError {
@@ -249,7 +249,7 @@ pub fn decode(text: &str) -> Result<ClientFrame, DecodeError> {
                 Ok(o) if ClientOp::from_name(&o.op).is_none() => {
                     Err(DecodeError::UnknownOp(o.op.chars().take(32).collect()))
                 }
-                Ok(_) => Err(DecodeError::Invalid(err.to_string())),
+                Ok(_) => Err(DecodeError::Invalid(err)),
             }
         }
     }
