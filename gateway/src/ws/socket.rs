@@ -1,5 +1,5 @@
 //! One WebSocket connection's socket task: authenticate, read frames, hand them to its
-//! [`Session`](crate::session) (which validates and dispatches them), write.
+//! [`Session`] (which validates and dispatches them), write.
 //!
 //! The connection task is the only writer of its socket. It selects over: inbound frames, its
 //! bounded outbound queue (fed by the fan-out), replies of requests still in flight (sends waiting
