@@ -35,8 +35,7 @@ pub(crate) enum Step {
 /// The authenticated part of a connection.
 pub(crate) struct Session {
     state: Arc<State>,
-    /// Who this connection's requests speak for.
-    caller: Caller,
+    /// The connection's queue and its user, whom its requests speak for.
     outlet: Outlet,
     /// Conversations this connection subscribed to (unsubscribed on close); subscribing to one
     /// of them again, also after `unsubscribe`, is a re-subscribe.
@@ -63,7 +62,6 @@ impl Session {
             presence: RateLimiter::new(limits.presence_rate, limits.presence_burst),
             listing: RateLimiter::new(limits.listing_rate, limits.listing_burst),
             subscribed: Vec::new(),
-            caller: Caller::User(outlet.user.clone()),
             outlet,
             state,
         }
@@ -306,7 +304,10 @@ impl Session {
         Fut: Future<Output = Result<Option<Answer>, ServiceError>> + Send + 'static,
     {
         let state = self.state.clone();
-        let answer = work(state.service.clone(), self.caller.clone());
+        let answer = work(
+            state.service.clone(),
+            Caller::User(self.outlet.user.clone()),
+        );
         Step::Later(Box::pin(async move {
             match answer.await {
                 Ok(answer) => answer.map(|a| a.encode(&state)),
