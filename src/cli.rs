@@ -295,7 +295,7 @@ impl GatewayArgs {
                 heartbeat: Duration::from_millis(self.presence_heartbeat_ms),
                 ..Default::default()
             },
-            demo: chatfabric_gateway::demo::DemoConfig {
+            demo: chatfabric_gateway::http::demo::DemoConfig {
                 page: self.demo_page,
                 dev_tokens: self.dev_tokens.as_ref().map(|s| s.as_bytes().to_vec()),
             },

@@ -2,7 +2,7 @@
 //! and the bearer header. Parsed or refused, never a panic; unknown parameters are ignored.
 #![no_main]
 
-use chatfabric_gateway::query::{bearer, events_query, history_query};
+use chatfabric_gateway::http::query::{bearer, events_query, history_query};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! parsed cursor formats and parses back to itself.
 #![no_main]
 
-use chatfabric_gateway::sse::{format_cursor, parse_cursor};
+use chatfabric_gateway::http::sse::{format_cursor, parse_cursor};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

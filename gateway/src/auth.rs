@@ -20,7 +20,10 @@ pub enum AuthError {
     BadSubject(#[from] chatfabric_nats::IdError),
     /// The configured verification key could not be read.
     #[error("cannot load the token verification key: {0}")]
-    Key(String),
+    Key(#[source] jsonwebtoken::errors::Error),
+    /// The configured algorithm does not verify with a public key.
+    #[error("{0:?} is not a public-key algorithm; use RS256, ES256 or EdDSA")]
+    NotPublicKey(Algorithm),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -76,13 +79,9 @@ impl Authenticator {
             }
             Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(pem),
             Algorithm::EdDSA => DecodingKey::from_ed_pem(pem),
-            other => {
-                return Err(AuthError::Key(format!(
-                    "{other:?} is not a public-key algorithm"
-                )))
-            }
+            other => return Err(AuthError::NotPublicKey(other)),
         }
-        .map_err(|e| AuthError::Key(e.to_string()))?;
+        .map_err(AuthError::Key)?;
         Ok(Self::with_key(key, alg))
     }
 

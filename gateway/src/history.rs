@@ -22,9 +22,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use serde::Serialize;
 
 use crate::metrics::ObserveOnDrop;
-use crate::protocol::ErrorCode;
 
-/// Why a page could not be read.
+/// Why a page could not be read. Cloned: concurrent identical reads share one query, and its
+/// failure.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum HistoryError {
     /// `before` and `after` leave nothing, or `limit` is 0.
@@ -32,17 +32,12 @@ pub enum HistoryError {
     Invalid(&'static str),
     /// The store or JetStream failed.
     #[error("history unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Arc<dyn std::error::Error + Send + Sync>),
 }
 
-impl HistoryError {
-    /// The client-facing error code.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            Self::Invalid(_) => ErrorCode::Invalid,
-            Self::Unavailable(_) => ErrorCode::Unavailable,
-        }
-    }
+/// The store's or JetStream's error, kept as the source.
+fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> HistoryError {
+    HistoryError::Unavailable(Arc::new(e))
 }
 
 /// One message of a history page, as clients receive it.
@@ -209,11 +204,7 @@ impl History {
 
     async fn read(&self, key: &PageKey) -> Result<Vec<HistoryMessage>, HistoryError> {
         let part = self.fabric.settings.partitions.of(&key.conv);
-        let watermark = self
-            .store
-            .watermark(part)
-            .await
-            .map_err(|e| HistoryError::Unavailable(e.to_string()))?;
+        let watermark = self.store.watermark(part).await.map_err(unavailable)?;
         // The store answers for seq <= watermark, JetStream for seq > watermark.
         let store_range = (key.after, key.before.min(watermark + 1));
         let stream_range = (key.after.max(watermark), key.before);
@@ -301,7 +292,7 @@ impl History {
                     },
                 )
                 .await
-                .map_err(|e| HistoryError::Unavailable(e.to_string()))?;
+                .map_err(unavailable)?;
             let complete = got.len() < batch;
             bytes += got.iter().map(|r| encoded_len(&r.msg)).sum::<usize>();
             if query.anchored_after() {
@@ -345,7 +336,7 @@ impl History {
             {
                 Ok(m) => m,
                 Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
-                Err(e) => return Err(HistoryError::Unavailable(e.to_string())),
+                Err(e) => return Err(unavailable(e)),
             };
             if m.sequence >= before {
                 break;
@@ -397,8 +388,8 @@ impl History {
                 .get_info()
                 .await
                 .map(|i| i.state.last_sequence)
-                .map_err(|e| HistoryError::Unavailable(e.to_string())),
-            Err(e) => Err(HistoryError::Unavailable(e.to_string())),
+                .map_err(unavailable),
+            Err(e) => Err(unavailable(e)),
         }
     }
 }

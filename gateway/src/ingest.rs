@@ -20,8 +20,10 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use serde::Deserialize;
 
+use crate::edge;
 use crate::protocol::{self, ErrorCode, ServerFrame, DEFAULT_HISTORY_LIMIT};
-use crate::{send, State};
+use crate::service::{Caller, HistoryRequest, SendRequest, ServiceError};
+use crate::state::State;
 
 /// The queue group all gateways' ingest services share.
 pub const QUEUE_GROUP: &str = "chatfabric-ingest";
@@ -124,7 +126,7 @@ async fn handle(state: &State, msg: async_nats::Message) {
         .send_limits
         .allow(&requester, limits.rate, limits.burst)
     {
-        Err((
+        Err(Refusal::Ingest(
             ErrorCode::RateLimited,
             "too many requests; slow down".to_string(),
         ))
@@ -135,7 +137,8 @@ async fn handle(state: &State, msg: async_nats::Message) {
     };
     let body = match answer {
         Ok(body) => body,
-        Err((code, message)) => {
+        Err(refusal) => {
+            let (code, message) = refusal.into_parts();
             reject(state, code.as_str());
             protocol::encode(&ServerFrame::Error {
                 code,
@@ -159,15 +162,39 @@ fn reject(state: &State, kind: &'static str) {
         .inc();
 }
 
-type Answer = Result<String, (ErrorCode, String)>;
+/// An answer's body, or why there is none.
+type Answer = Result<String, Refusal>;
+
+/// Why a request was refused: by the ingest itself (payload, rate), or by the service.
+enum Refusal {
+    Ingest(ErrorCode, String),
+    Service(ServiceError),
+}
+
+impl From<ServiceError> for Refusal {
+    fn from(e: ServiceError) -> Self {
+        Self::Service(e)
+    }
+}
+
+impl Refusal {
+    fn into_parts(self) -> (ErrorCode, String) {
+        match self {
+            Self::Ingest(code, message) => (code, message),
+            Self::Service(e) => (edge::code(&e), e.to_string()),
+        }
+    }
+}
 
 async fn post(state: &State, conv: ConvId, sender: UserId, msg: &async_nats::Message) -> Answer {
-    let limits = &state.limits;
-    if msg.payload.len() > limits.max_body * 2 + 1024 {
-        return Err((ErrorCode::TooLarge, "payload too large".into()));
+    if msg.payload.len() > state.limits.max_body * 2 + 1024 {
+        return Err(Refusal::Ingest(
+            ErrorCode::TooLarge,
+            "payload too large".into(),
+        ));
     }
     let post = decode_post(&msg.payload).map_err(|e| {
-        (
+        Refusal::Ingest(
             ErrorCode::Invalid,
             format!("payload must be {{\"client_id\":..,\"body\":..}}: {e}"),
         )
@@ -177,65 +204,33 @@ async fn post(state: &State, conv: ConvId, sender: UserId, msg: &async_nats::Mes
         .as_ref()
         .and_then(|h| h.get(MSG_ID_HEADER))
         .map(|v| v.as_str().to_owned());
-    let client_id = post.client_id.or(header_id).ok_or((
+    let client_id = post.client_id.or(header_id).ok_or(Refusal::Ingest(
         ErrorCode::Invalid,
         "client_id (or a Nats-Msg-Id header) is required".to_string(),
     ))?;
-    send::validate(&client_id, &post.body, limits.max_body)
-        .map_err(|e| (e.code(), e.to_string()))?;
-    state
-        .membership
-        .require_member(&conv, &sender)
-        .await
-        .map_err(|e| (e.code(), e.to_string()))?;
-    let reply_id = client_id.clone();
-    let stored = send::publish(
-        &state.fabric,
-        &state.metrics,
-        conv.clone(),
-        sender,
-        client_id,
-        post.body,
-        limits.publish_timeout,
-    )
-    .await
-    .map_err(|e| (e.code(), e.to_string()))?;
-    state.metrics.ingest_accepted.inc();
-    Ok(protocol::encode(&ServerFrame::Ack {
+    let request = SendRequest {
         conv,
-        client_id: reply_id,
-        seq: stored.seq,
-        duplicate: stored.duplicate,
-    }))
+        client_id,
+        body: post.body,
+    };
+    let sent = state.service.send(&Caller::Bot(sender), request).await?;
+    state.metrics.ingest_accepted.inc();
+    Ok(protocol::encode(&edge::ack(sent)))
 }
 
 async fn read(state: &State, conv: ConvId, reader: UserId, msg: &async_nats::Message) -> Answer {
+    let query = decode_read(&msg.payload)
+        .map_err(|e| Refusal::Ingest(ErrorCode::Invalid, e.to_string()))?;
+    let request = HistoryRequest {
+        conv,
+        before: query.before,
+        after: query.after,
+        limit: query.limit.unwrap_or(DEFAULT_HISTORY_LIMIT),
+    };
     // History pages cost more than posts: the per-user history budget of WebSocket and HTTP.
-    let limits = &state.limits;
-    if !state
-        .history_limits
-        .allow(&reader, limits.history_rate, limits.history_burst)
-    {
-        return Err((
-            ErrorCode::RateLimited,
-            "too many history reads; slow down".to_string(),
-        ));
-    }
-    let query = decode_read(&msg.payload).map_err(|e| (ErrorCode::Invalid, e.to_string()))?;
-    state
-        .membership
-        .require_member(&conv, &reader)
-        .await
-        .map_err(|e| (e.code(), e.to_string()))?;
     let page = state
-        .history
-        .page(
-            &conv,
-            query.before,
-            query.after,
-            query.limit.unwrap_or(DEFAULT_HISTORY_LIMIT),
-        )
-        .await
-        .map_err(|e| (e.code(), e.to_string()))?;
-    Ok(protocol::encode_history(&conv, &page, None))
+        .service
+        .history(&Caller::Bot(reader), &request)
+        .await?;
+    Ok(protocol::encode_history(&request.conv, &page, None))
 }

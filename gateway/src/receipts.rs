@@ -23,8 +23,6 @@ use chatfabric_nats::wire::{now_ms, EphemeralEvent, ReadCursor};
 use chatfabric_nats::{ConvId, Fabric, UserId};
 use futures::StreamExt;
 
-use crate::protocol::ErrorCode;
-
 /// Why a receipt or count failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiptError {
@@ -33,21 +31,14 @@ pub enum ReceiptError {
     Ahead(u64, u64),
     /// KV or JetStream could not be reached.
     #[error("receipts unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Other devices kept moving the cursor while this one tried to.
+    #[error("read cursor contended; retry")]
+    Contended,
 }
 
-impl ReceiptError {
-    /// The client-facing error code.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            Self::Ahead(..) => ErrorCode::Invalid,
-            Self::Unavailable(_) => ErrorCode::Unavailable,
-        }
-    }
-}
-
-fn unavailable(e: impl std::fmt::Display) -> ReceiptError {
-    ReceiptError::Unavailable(e.to_string())
+fn unavailable(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> ReceiptError {
+    ReceiptError::Unavailable(e.into())
 }
 
 /// The conversation's newest stored sequence (0 if none).
@@ -122,9 +113,7 @@ pub async fn mark_read(
         }
         // Another device moved the cursor meanwhile: look again.
     }
-    Err(ReceiptError::Unavailable(
-        "read cursor contended; retry".into(),
-    ))
+    Err(ReceiptError::Contended)
 }
 
 /// Messages in `conv` after `user`'s cursor.

@@ -20,32 +20,40 @@ use chatfabric_nats::wire::{self, now_ms, StoredMessage};
 use chatfabric_nats::{ConvId, Fabric, UserId};
 
 use crate::metrics::Metrics;
-use crate::protocol::ErrorCode;
 
 /// Why a send was refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    /// The client id or body is invalid.
-    #[error("{0}")]
-    Invalid(String),
+    /// The client id is empty, too long or not printable ASCII.
+    #[error(
+        "client_id must be 1 to {} printable ASCII characters",
+        wire::MAX_CLIENT_ID_LEN
+    )]
+    InvalidClientId,
+    /// The body is empty.
+    #[error("body is empty")]
+    EmptyBody,
     /// The body exceeds the limit.
     #[error("body exceeds {0} bytes")]
     TooLarge(usize),
+    /// The message could not be encoded (it holds only strings and integers: not expected).
+    #[error("{0}")]
+    Encode(#[source] serde_json::Error),
     /// JetStream did not acknowledge within the deadline, or refused: the message is not known to
     /// be stored (it may be); retrying with the same client id is safe and stores it once.
     #[error("message not known to be stored ({0}); retry with the same client_id")]
-    Unavailable(String),
+    Unavailable(#[source] NotStored),
 }
 
-impl SendError {
-    /// The client-facing error code.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            Self::Invalid(_) => ErrorCode::Invalid,
-            Self::TooLarge(_) => ErrorCode::TooLarge,
-            Self::Unavailable(_) => ErrorCode::Unavailable,
-        }
-    }
+/// Why JetStream did not acknowledge a send.
+#[derive(Debug, thiserror::Error)]
+pub enum NotStored {
+    /// The last attempt's publish failed, or the stream refused the message.
+    #[error("{0}")]
+    Publish(#[source] PublishError),
+    /// No PubAck came within the deadline.
+    #[error("timed out waiting for the stream")]
+    TimedOut,
 }
 
 /// A stored send: the sequence and whether it was a retry of an earlier one.
@@ -77,13 +85,10 @@ fn retryable(e: &PublishError) -> bool {
 /// Checks a send's client id and body against the limits, before anything is published.
 pub fn validate(client_id: &str, body: &str, max_body: usize) -> Result<(), SendError> {
     if !wire::valid_client_id(client_id) {
-        return Err(SendError::Invalid(format!(
-            "client_id must be 1 to {} printable ASCII characters",
-            wire::MAX_CLIENT_ID_LEN
-        )));
+        return Err(SendError::InvalidClientId);
     }
     if body.is_empty() {
-        return Err(SendError::Invalid("body is empty".into()));
+        return Err(SendError::EmptyBody);
     }
     if body.len() > max_body {
         return Err(SendError::TooLarge(max_body));
@@ -110,8 +115,7 @@ pub async fn publish(
         ts: now_ms(),
         body,
     };
-    let payload =
-        Bytes::from(serde_json::to_vec(&msg).map_err(|e| SendError::Invalid(e.to_string()))?);
+    let payload = Bytes::from(serde_json::to_vec(&msg).map_err(SendError::Encode)?);
     let mut headers = HeaderMap::new();
     headers.insert(wire::MSG_ID_HEADER, msg.dedupe_id().as_str());
     let subject = fabric.settings.partitions.msg_subject(&msg.conv);
@@ -129,9 +133,11 @@ pub async fn publish(
         .await;
         let error = match attempt {
             Ok(Ok(ack)) => break ack,
-            Ok(Err(e)) if !retryable(&e) => return Err(SendError::Unavailable(e.to_string())),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "timed out waiting for the stream".to_string(),
+            Ok(Err(e)) if !retryable(&e) => {
+                return Err(SendError::Unavailable(NotStored::Publish(e)))
+            }
+            Ok(Err(e)) => NotStored::Publish(e),
+            Err(_) => NotStored::TimedOut,
         };
         if Instant::now() + RETRY_PAUSE >= deadline {
             return Err(SendError::Unavailable(error));
@@ -160,12 +166,15 @@ mod tests {
     #[test]
     fn validation() {
         assert!(validate("k1", "hi", 10).is_ok());
-        assert!(matches!(validate("", "hi", 10), Err(SendError::Invalid(_))));
+        assert!(matches!(
+            validate("", "hi", 10),
+            Err(SendError::InvalidClientId)
+        ));
         assert!(matches!(
             validate("a b", "hi", 10),
-            Err(SendError::Invalid(_))
+            Err(SendError::InvalidClientId)
         ));
-        assert!(matches!(validate("k", "", 10), Err(SendError::Invalid(_))));
+        assert!(matches!(validate("k", "", 10), Err(SendError::EmptyBody)));
         assert!(matches!(
             validate("k", "12345678901", 10),
             Err(SendError::TooLarge(10))

@@ -5,18 +5,13 @@
 use futures::future::BoxFuture;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::{ConnId, ConvActor, FanoutError, Outlet, Sub, REPLAY_CHUNK};
+use super::actor::{ConvActor, Replay, Sub};
+use super::errors::{BoxError, Expired, FanoutError, FeedError};
+use super::outlet::{ConnId, Outlet};
+use super::shards::REPLAY_CHUNK;
 use crate::outbox::{Outbound, Refused};
 use crate::protocol::{close, encode, encode_msg, ServerFrame};
-
-/// A subscription catching up from JetStream before it joins the live list.
-pub(super) struct Replay {
-    pub(super) outlet: Outlet,
-    /// The last cursor queued to the client.
-    pos: u64,
-    /// Waiting for the client to drain its queue.
-    pub(super) parked: bool,
-}
+use std::sync::Arc;
 
 impl ConvActor {
     /// Queues the `subscribed` frame and what the ring holds after `after`, then adds the
@@ -34,7 +29,7 @@ impl ConvActor {
                 // a cursor still past the head was never one of this conversation's.
                 self.resync()
                     .await
-                    .map_err(|e| FanoutError::Unavailable(e.to_string()))?;
+                    .map_err(|e| FanoutError::Unavailable(Arc::new(e)))?;
                 if after > self.last {
                     return Err(FanoutError::CursorAhead {
                         after,
@@ -66,7 +61,7 @@ impl ConvActor {
         let mut frames = vec![subscribed];
         frames.extend(ring);
         if self.queue(&outlet, Outbound::Batch(frames)) {
-            self.hub.inner.metrics.deliveries.inc_by(replayed);
+            self.shared.metrics.deliveries.inc_by(replayed);
             // A client may resume ahead of our view: deliver only what follows its cursor.
             self.join(outlet, after.max(self.last));
         }
@@ -79,7 +74,7 @@ impl ConvActor {
             Ok(()) => true,
             Err(Refused::Full) => {
                 outlet.outbox.kick(close::SLOW_CONSUMER);
-                self.hub.inner.metrics.close("slow_consumer");
+                self.shared.metrics.close("slow_consumer");
                 false
             }
             Err(Refused::Closed) => false,
@@ -108,31 +103,27 @@ impl ConvActor {
 
     /// Fails unless the messages after `after` are still stored and at most `max_catchup`.
     async fn check_resumable(&self, after: u64) -> Result<(), FanoutError> {
-        let fabric = &self.hub.inner.fabric;
+        let fabric = &self.shared.fabric;
         let first = fabric
             .stream_for(&self.conv)
             .get_info()
             .await
-            .map_err(|e| FanoutError::Unavailable(e.to_string()))?
+            .map_err(|e| unavailable("read the stream's info", e))?
             .state
             .first_sequence;
         if after + 1 < first {
-            return Err(FanoutError::CursorExpired(format!(
-                "the stream keeps messages from {first} on"
-            )));
+            return Err(FanoutError::CursorExpired(Expired::Retention { first }));
         }
-        let max = self.hub.inner.config.max_catchup as u64;
+        let max = self.shared.config.max_catchup as u64;
         // Cursors are stream sequences: a distance within the bound needs no count.
         if self.last - after <= max {
             return Ok(());
         }
         let pending = crate::receipts::messages_after(fabric, &self.conv, after)
             .await
-            .map_err(|e| FanoutError::Unavailable(e.to_string()))?;
+            .map_err(|e| unavailable("count the messages after the cursor", e))?;
         if pending > max {
-            return Err(FanoutError::CursorExpired(format!(
-                "more than {max} messages behind"
-            )));
+            return Err(FanoutError::CursorExpired(Expired::TooFarBehind { max }));
         }
         Ok(())
     }
@@ -183,7 +174,7 @@ impl ConvActor {
         if !frames.is_empty() && !self.queue(&replay.outlet, Outbound::Batch(frames)) {
             return None;
         }
-        self.hub.inner.metrics.deliveries.inc_by(replayed);
+        self.shared.metrics.deliveries.inc_by(replayed);
         if done {
             self.join(replay.outlet, self.last);
         } else {
@@ -198,7 +189,7 @@ impl ConvActor {
         &self,
         pos: &mut u64,
         max_bytes: usize,
-    ) -> Result<(Vec<Utf8Bytes>, bool), String> {
+    ) -> Result<(Vec<Utf8Bytes>, bool), FeedError> {
         let mut frames = Vec::new();
         let mut bytes = 0;
         while frames.len() < REPLAY_CHUNK && bytes < max_bytes {
@@ -216,7 +207,11 @@ impl ConvActor {
                 }
             }
         }
-        self.hub.inner.metrics.fetched.inc_by(frames.len() as u64);
+        self.shared.metrics.fetched.inc_by(frames.len() as u64);
         Ok((frames, *pos >= self.last))
     }
+}
+
+fn unavailable(what: &'static str, e: impl Into<BoxError>) -> FanoutError {
+    FanoutError::Unavailable(Arc::new(FeedError::nats(what)(e)))
 }

@@ -22,11 +22,13 @@ use hyper::body::{Frame, Incoming};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
+use super::query;
+use super::reply::{bearer, json_error, service_error, Abort, Body};
 use crate::fanout::Outlet;
-use crate::http::{bearer, json_error, Abort, Body};
 use crate::outbox::{Outbound, Outbox};
-use crate::protocol::{close, ErrorCode};
-use crate::State;
+use crate::protocol::{close, ErrorCode, ServerOp};
+use crate::service::Caller;
+use crate::state::State;
 
 /// Most conversations one event stream carries (the composite cursor grows with them).
 pub const MAX_CONVERSATIONS: usize = 100;
@@ -64,7 +66,7 @@ pub(crate) async fn events(
     req: Request<Incoming>,
     state: Arc<State>,
 ) -> Result<Response<Body>, http::Error> {
-    let query = match crate::query::events_query(req.uri().query().unwrap_or_default()) {
+    let query = match query::events_query(req.uri().query().unwrap_or_default()) {
         Ok(q) => q,
         Err(e) => return json_error(ErrorCode::Invalid, &e.to_string()),
     };
@@ -82,18 +84,10 @@ pub(crate) async fn events(
         }
     };
     let user = identity.user.clone();
-    let convs = if wanted.is_empty() {
-        match state.membership.conversations_of(&user).await {
-            Ok(list) => list.into_iter().map(|c| c.conv).collect(),
-            Err(e) => return json_error(e.code(), &e.to_string()),
-        }
-    } else {
-        for conv in &wanted {
-            if let Err(e) = state.membership.require_member(conv, &user).await {
-                return json_error(e.code(), &e.to_string());
-            }
-        }
-        wanted
+    let caller = Caller::User(user.clone());
+    let convs = match state.service.followed(&caller, wanted).await {
+        Ok(convs) => convs,
+        Err(e) => return service_error(&e),
     };
     if convs.len() > MAX_CONVERSATIONS {
         return json_error(
@@ -125,11 +119,15 @@ pub(crate) async fn events(
     };
     for conv in &convs {
         let after = resume.get(conv).copied();
-        if let Err(e) = state.hub.subscribe(conv, outlet.clone(), after, None).await {
+        let subscribed = state
+            .service
+            .subscribe(&caller, conv, outlet.clone(), after, None)
+            .await;
+        if let Err(e) = subscribed {
             for c in &convs {
-                state.hub.unsubscribe(c, conn);
+                state.service.unsubscribe(c, conn);
             }
-            return json_error(e.code(), &e.to_string());
+            return service_error(&e);
         }
     }
     drop(outlet);
@@ -147,7 +145,7 @@ pub(crate) async fn events(
         let end = pump(&task_state, &outbox, body_tx, resume, expiry).await;
         outbox.close();
         for c in &convs {
-            task_state.hub.unsubscribe(c, conn);
+            task_state.service.unsubscribe(c, conn);
         }
         drop(held);
         // The stream ended; a client that does not read it to the end loses its connection once
@@ -278,7 +276,7 @@ fn event(cursors: &mut BTreeMap<ConvId, u64>, frame: &str) -> Bytes {
     };
     // Only messages and subscription starts are positions in a conversation; ephemeral events
     // (a `read` frame's `seq` is someone's read cursor) leave the resume cursor alone.
-    if head.op == "msg" || head.op == "subscribed" {
+    if head.op == ServerOp::Msg.name() || head.op == ServerOp::Subscribed.name() {
         if let Some(seq) = head.seq.or(head.cursor) {
             cursors.insert(conv, seq);
         }

@@ -1,5 +1,5 @@
 //! One WebSocket connection's socket task: authenticate, read frames, hand them to its
-//! [`Session`](crate::session) (which validates and dispatches them), write.
+//! [`Session`] (which validates and dispatches them), write.
 //!
 //! The connection task is the only writer of its socket. It selects over: inbound frames, its
 //! bounded outbound queue (fed by the fan-out), replies of requests still in flight (sends waiting
@@ -9,7 +9,6 @@
 
 use std::sync::Arc;
 
-use chatfabric_nats::UserId;
 use futures::stream::{FuturesUnordered, SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
@@ -20,12 +19,14 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::WaitForCancellationFuture;
 use tracing::Instrument;
 
+use super::session::{Reply, Session, Step};
 use crate::auth::Identity;
+use crate::config::Limits;
 use crate::fanout::Outlet;
 use crate::outbox::{Outbound, Outbox};
-use crate::protocol::{self, close, ClientFrame, ServerFrame};
-use crate::session::{Reply, Session, Step};
-use crate::State;
+use crate::protocol::{self, close, ClientFrame, ClientOp, ServerFrame, ServerOp};
+use crate::service::Caller;
+use crate::state::State;
 
 /// The socket type after an HTTP upgrade.
 pub(crate) type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
@@ -60,7 +61,12 @@ async fn run(socket: Socket, identity: Option<Identity>, conn: u64, state: &Arc<
         conn,
         reference: None,
     };
-    let ready = write(&mut sink, state, "ready", protocol::encode(&ready));
+    let ready = write(
+        &mut sink,
+        state,
+        ServerOp::Ready.name(),
+        protocol::encode(&ready),
+    );
     if !matches!(
         tokio::time::timeout(state.limits.close_grace, ready).await,
         Ok(Ok(()))
@@ -85,7 +91,10 @@ async fn run(socket: Socket, identity: Option<Identity>, conn: u64, state: &Arc<
         },
     );
     let mut replies: FuturesUnordered<Reply> = FuturesUnordered::new();
-    replies.push(unread_counts(state.clone(), identity.user.clone()));
+    replies.push(unread_counts(
+        state.clone(),
+        Caller::User(identity.user.clone()),
+    ));
     let expiry = tokio::time::sleep_until(identity.deadline());
     tokio::pin!(expiry);
     // Created once, not per loop turn: each creation would register and unregister a waiter.
@@ -157,7 +166,7 @@ async fn run(socket: Socket, identity: Option<Identity>, conn: u64, state: &Arc<
     };
     outbox.close();
     for conv in &session.subscribed {
-        state.hub.unsubscribe(conv, conn);
+        state.service.unsubscribe(conv, conn);
     }
     if let Some(closing) = closing {
         Box::pin(close_with(sink, stream, closing)).await;
@@ -175,7 +184,7 @@ struct Closing {
 }
 
 impl Closing {
-    fn now((code, reason): (u16, &'static str), limits: &crate::Limits) -> Self {
+    fn now((code, reason): (u16, &'static str), limits: &Limits) -> Self {
         Self {
             code,
             reason,
@@ -223,26 +232,25 @@ async fn write_pending(
 }
 
 /// The `unread` frame sent after `ready`: unread messages per conversation of the user.
-fn unread_counts(state: Arc<State>, user: UserId) -> Reply {
+fn unread_counts(state: Arc<State>, caller: Caller) -> Reply {
     Box::pin(async move {
         // Closed only at shutdown, when nobody waits for the answer.
         let _permit = state.unread_permits.acquire().await.ok()?;
         // Boxed after the permit: in a connect storm thousands of these wait for a permit, and
         // each waits with only this small outer future allocated.
-        Box::pin(count_unread(&state, &user)).await
+        Box::pin(count_unread(&state, &caller)).await
     })
 }
 
-async fn count_unread(state: &State, user: &UserId) -> Option<Utf8Bytes> {
-    let convs = match state.membership.conv_ids_of(user).await {
-        Ok(c) => c,
+async fn count_unread(state: &State, caller: &Caller) -> Option<Utf8Bytes> {
+    let counts = match state.service.unread(caller).await {
+        Ok(counts) => counts,
         Err(e) => {
             tracing::warn!(error = %e, "unread counts unavailable");
             return None;
         }
     };
-    let counts = crate::receipts::unread_counts(&state.fabric, user, convs).await;
-    state.metrics.frame_out("unread");
+    state.metrics.frame_out(ServerOp::Unread.name());
     Some(protocol::encode(&ServerFrame::Unread { counts }).into())
 }
 
@@ -270,7 +278,9 @@ async fn authenticate(
             state
                 .metrics
                 .frames_in
-                .get_or_create(&crate::metrics::Kind { kind: "auth" })
+                .get_or_create(&crate::metrics::Kind {
+                    kind: ClientOp::Auth.name(),
+                })
                 .inc();
             state.auth.verify(&token).map_err(|e| {
                 tracing::debug!(error = %e, "token refused");

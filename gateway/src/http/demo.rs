@@ -14,8 +14,8 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
+use super::reply::{full, json_error, Body};
 use crate::auth::mint_hs256;
-use crate::http::{full, json_error, Body};
 use crate::protocol::ErrorCode;
 
 /// What of the demo a gateway serves. The default serves nothing.
@@ -46,19 +46,19 @@ fn asset(path: &str) -> Option<Asset> {
     let (content_type, bytes): (&str, &[u8]) = match path {
         "/" | "/index.html" => (
             "text/html; charset=utf-8",
-            include_bytes!("../demo/index.html"),
+            include_bytes!("../../demo/index.html"),
         ),
         "/app.js" => (
             "text/javascript; charset=utf-8",
-            include_bytes!("../demo/app.js"),
+            include_bytes!("../../demo/app.js"),
         ),
         "/chatfabric.js" => (
             "text/javascript; charset=utf-8",
-            include_bytes!("../demo/chatfabric.js"),
+            include_bytes!("../../demo/chatfabric.js"),
         ),
         "/style.css" => (
             "text/css; charset=utf-8",
-            include_bytes!("../demo/style.css"),
+            include_bytes!("../../demo/style.css"),
         ),
         _ => return None,
     };
@@ -125,26 +125,43 @@ async fn mint(secret: &[u8], req: Request<Incoming>) -> Result<Response<Body>, h
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::CACHE_CONTROL, "no-store")
             .body(full(body)),
-        Err(message) => json_error(ErrorCode::Invalid, &message),
+        Err(e) => json_error(ErrorCode::Invalid, &e.to_string()),
     }
 }
 
+/// Why a token request was refused.
+#[derive(Debug, thiserror::Error)]
+enum TokenRequestError {
+    /// The body is not `{"user":..}` (with an optional `ttl_secs`).
+    #[error("{0}")]
+    Body(#[source] serde_json::Error),
+    /// The user name is not a valid user id.
+    #[error("{0}")]
+    User(#[source] chatfabric_nats::IdError),
+    /// The validity asked for is out of range.
+    #[error("ttl_secs is 1 to {MAX_TTL_SECS}")]
+    Ttl,
+    /// The token could not be signed.
+    #[error("{0}")]
+    Mint(#[source] crate::auth::AuthError),
+}
+
 /// The answer to a token request body, or why it is invalid.
-fn token_for(secret: &[u8], raw: &[u8]) -> Result<String, String> {
-    let request: TokenRequest = serde_json::from_slice(raw).map_err(|e| e.to_string())?;
-    let user = UserId::new(request.user.trim()).map_err(|e| e.to_string())?;
+fn token_for(secret: &[u8], raw: &[u8]) -> Result<String, TokenRequestError> {
+    let request: TokenRequest = serde_json::from_slice(raw).map_err(TokenRequestError::Body)?;
+    let user = UserId::new(request.user.trim()).map_err(TokenRequestError::User)?;
     let ttl = request.ttl_secs.unwrap_or(DEFAULT_TTL_SECS);
     if !(1..=MAX_TTL_SECS).contains(&ttl) {
-        return Err(format!("ttl_secs is 1 to {MAX_TTL_SECS}"));
+        return Err(TokenRequestError::Ttl);
     }
-    let token = mint_hs256(secret, &user, ttl).map_err(|e| e.to_string())?;
+    let token = mint_hs256(secret, &user, ttl).map_err(TokenRequestError::Mint)?;
     Ok(serde_json::json!({"token": token, "user": user, "expires_in": ttl}).to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Authenticator;
+    use crate::auth::Authenticator;
 
     #[test]
     fn mints_tokens_the_gateway_accepts() {

@@ -5,23 +5,24 @@
 //!   in an `Idempotency-Key` header): the same validation, idempotency and ack point as the
 //!   WebSocket `send`; the answer comes after the PubAck.
 
-use chatfabric_nats::{ConvId, UserId};
-use http::{header, Request, Response};
+use chatfabric_nats::ConvId;
+use http::{header, Request};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use crate::http::{bearer, full, json_error, Body};
+use super::query;
+use super::reply::{bearer, json, json_error, service_error, Reply};
+use crate::edge;
 use crate::protocol::{self, ErrorCode};
-use crate::{send, State};
-
-type Reply = Result<Response<Body>, http::Error>;
+use crate::service::{Caller, HistoryRequest, SendRequest};
+use crate::state::State;
 
 /// The conversation of `/v1/conversations/{conv}/messages`, and the caller.
 fn target(
     req: &Request<Incoming>,
     state: &State,
-) -> Result<(ConvId, UserId), (ErrorCode, &'static str)> {
+) -> Result<(ConvId, Caller), (ErrorCode, &'static str)> {
     let conv = req
         .uri()
         .path()
@@ -38,38 +39,28 @@ fn target(
         }
     };
     let conv = ConvId::new(conv).map_err(|_| (ErrorCode::Invalid, "invalid conversation id"))?;
-    Ok((conv, user))
+    Ok((conv, Caller::User(user)))
 }
 
 /// `GET /v1/conversations/{conv}/messages?before=&after=&limit=`.
 pub(crate) async fn history(req: &Request<Incoming>, state: &State) -> Reply {
-    let (conv, user) = match target(req, state) {
+    let (conv, caller) = match target(req, state) {
         Ok(t) => t,
         Err((code, message)) => return json_error(code, message),
     };
-    let query = match crate::query::history_query(req.uri().query().unwrap_or_default()) {
+    let query = match query::history_query(req.uri().query().unwrap_or_default()) {
         Ok(q) => q,
         Err(e) => return json_error(ErrorCode::Invalid, &e.to_string()),
     };
-    let limits = &state.limits;
-    if !state
-        .history_limits
-        .allow(&user, limits.history_rate, limits.history_burst)
-    {
-        return json_error(ErrorCode::RateLimited, "too many history reads; slow down");
-    }
-    if let Err(e) = state.membership.require_member(&conv, &user).await {
-        return json_error(e.code(), &e.to_string());
-    }
-    match state
-        .history
-        .page(&conv, query.before, query.after, query.limit)
-        .await
-    {
-        Ok(page) => Response::builder()
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(full(protocol::encode_history(&conv, &page, None))),
-        Err(e) => json_error(e.code(), &e.to_string()),
+    let request = HistoryRequest {
+        conv,
+        before: query.before,
+        after: query.after,
+        limit: query.limit,
+    };
+    match state.service.history(&caller, &request).await {
+        Ok(page) => json(protocol::encode_history(&request.conv, &page, None)),
+        Err(e) => service_error(&e),
     }
 }
 
@@ -95,12 +86,15 @@ struct SendBody {
 
 /// `POST /v1/conversations/{conv}/messages`.
 pub(crate) async fn send(req: Request<Incoming>, state: &State) -> Reply {
-    let (conv, user) = match target(&req, state) {
+    let (conv, caller) = match target(&req, state) {
         Ok(t) => t,
         Err((code, message)) => return json_error(code, message),
     };
     let limits = &state.limits;
-    if !state.send_limits.allow(&user, limits.rate, limits.burst) {
+    if !state
+        .send_limits
+        .allow(caller.acting_as(), limits.rate, limits.burst)
+    {
         return json_error(ErrorCode::RateLimited, "too many sends; slow down");
     }
     let key = req
@@ -126,36 +120,13 @@ pub(crate) async fn send(req: Request<Incoming>, state: &State) -> Reply {
             "client_id (or an Idempotency-Key header) is required",
         );
     };
-    if let Err(e) = send::validate(&client_id, &parsed.body, limits.max_body) {
-        return json_error(e.code(), &e.to_string());
-    }
-    if let Err(e) = state.membership.require_member(&conv, &user).await {
-        return json_error(e.code(), &e.to_string());
-    }
-    let timeout = limits.publish_timeout;
-    let reply_id = client_id.clone();
-    match send::publish(
-        &state.fabric,
-        &state.metrics,
-        conv.clone(),
-        user,
+    let request = SendRequest {
+        conv,
         client_id,
-        parsed.body,
-        timeout,
-    )
-    .await
-    {
-        Ok(stored) => {
-            let body = protocol::encode(&protocol::ServerFrame::Ack {
-                conv,
-                client_id: reply_id,
-                seq: stored.seq,
-                duplicate: stored.duplicate,
-            });
-            Response::builder()
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(full(body))
-        }
-        Err(e) => json_error(e.code(), &e.to_string()),
+        body: parsed.body,
+    };
+    match state.service.send(&caller, request).await {
+        Ok(sent) => json(protocol::encode(&edge::ack(sent))),
+        Err(e) => service_error(&e),
     }
 }

@@ -1,0 +1,84 @@
+//! `GET /ws`: the WebSocket upgrade, answered by the gateway itself so that tungstenite gets the
+//! raw socket with the gateway's buffer sizes; the connection then runs in [`crate::ws`].
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+
+use super::reply::{bearer, full, text, Body};
+use crate::state::State;
+use crate::ws;
+
+/// Upgrades to a WebSocket, checking a token in the `Authorization` header first.
+pub(crate) fn upgrade(
+    mut req: Request<Incoming>,
+    state: Arc<State>,
+) -> Result<Response<Body>, http::Error> {
+    let identity = match req.headers().get(header::AUTHORIZATION) {
+        None => None,
+        Some(_) => match bearer(&req).map(|t| state.auth.verify(t)) {
+            Some(Ok(id)) => Some(id),
+            _ => {
+                state.metrics.close("unauthorized");
+                return text(StatusCode::UNAUTHORIZED, "invalid or expired token\n");
+            }
+        },
+    };
+    let headers = req.headers();
+    let is_upgrade = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
+    let version_ok = headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v == "13");
+    // A token in the Authorization header was checked above, before the upgrade; without one the
+    // first frame must be `auth`.
+    let (true, Some(key), true) = (is_upgrade, key, version_ok) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "expected a WebSocket upgrade (version 13)\n",
+        );
+    };
+    let Some(slot) = state.capacity.admit(&state.metrics.connections) else {
+        state.metrics.close("capacity");
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "gateway at capacity; try another\n",
+        );
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let config = state.limits.websocket_config();
+    state.tracker.clone().spawn(async move {
+        // Held until the connection ends, however it ends.
+        let _slot = slot;
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let socket = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                ws::serve(socket, identity, state).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(
+            header::SEC_WEBSOCKET_ACCEPT,
+            derive_accept_key(key.as_bytes()),
+        )
+        .body(full(Bytes::new()))
+}

@@ -1,0 +1,120 @@
+//! Conversations: create, add and remove members, members, the caller's listing, and the
+//! conversations an event stream follows.
+
+use chatfabric_nats::wire::ConversationInfo;
+use chatfabric_nats::{ConvId, UserId};
+
+use super::caller::Caller;
+use super::context::Service;
+use super::error::ServiceError;
+use crate::membership::MAX_LISTING_PAGE;
+
+/// A conversation to create.
+#[derive(Debug, Clone)]
+pub enum NewConversation {
+    /// The direct conversation of the caller and `with` (returned if it exists).
+    Direct {
+        /// The other user.
+        with: UserId,
+    },
+    /// A group of the caller and `members`.
+    Group {
+        /// The members besides the caller.
+        members: Vec<UserId>,
+        /// Its title.
+        title: Option<String>,
+    },
+}
+
+/// A created (or, for a direct one, found) conversation and its members.
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// Its description.
+    pub info: ConversationInfo,
+    /// Its members, sorted.
+    pub members: Vec<UserId>,
+}
+
+impl Service {
+    /// Creates a conversation with the caller in it.
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        new: NewConversation,
+    ) -> Result<Created, ServiceError> {
+        let me = caller.acting_as();
+        let (info, members) = match new {
+            NewConversation::Direct { with } => self.membership.create_direct(me, &with).await?,
+            NewConversation::Group { members, title } => {
+                self.membership.create_group(me, members, title).await?
+            }
+        };
+        Ok(Created { info, members })
+    }
+
+    /// Adds `user` to the group `conv`; returns its members afterwards.
+    pub async fn add_member(
+        &self,
+        caller: &Caller,
+        conv: &ConvId,
+        user: &UserId,
+    ) -> Result<Vec<UserId>, ServiceError> {
+        self.membership.add(caller.acting_as(), conv, user).await?;
+        Ok(self.membership.members(conv).await?)
+    }
+
+    /// Removes `user` from the group `conv`; returns its members afterwards.
+    pub async fn remove_member(
+        &self,
+        caller: &Caller,
+        conv: &ConvId,
+        user: &UserId,
+    ) -> Result<Vec<UserId>, ServiceError> {
+        self.membership
+            .remove(caller.acting_as(), conv, user)
+            .await?;
+        Ok(self.membership.members(conv).await?)
+    }
+
+    /// The members of `conv`, for a member.
+    pub async fn members(
+        &self,
+        caller: &Caller,
+        conv: &ConvId,
+    ) -> Result<Vec<UserId>, ServiceError> {
+        self.require_member(caller, conv).await?;
+        Ok(self.membership.members(conv).await?)
+    }
+
+    /// A page of the caller's conversations after `after` (at most `limit`, default and most
+    /// [`MAX_LISTING_PAGE`]), and the `after` of the next page if there may be one.
+    pub async fn conversations(
+        &self,
+        caller: &Caller,
+        after: Option<&ConvId>,
+        limit: Option<usize>,
+    ) -> Result<(Vec<ConversationInfo>, Option<ConvId>), ServiceError> {
+        let limit = limit.unwrap_or(MAX_LISTING_PAGE);
+        Ok(self
+            .membership
+            .conversations_page(caller.acting_as(), after, limit)
+            .await?)
+    }
+
+    /// The conversations an event stream follows: those named in `wanted`, each checked, or
+    /// with none named, all of the caller's.
+    pub async fn followed(
+        &self,
+        caller: &Caller,
+        wanted: Vec<ConvId>,
+    ) -> Result<Vec<ConvId>, ServiceError> {
+        if wanted.is_empty() {
+            let all = self.membership.conversations_of(caller.acting_as()).await?;
+            return Ok(all.into_iter().map(|c| c.conv).collect());
+        }
+        for conv in &wanted {
+            self.require_member(caller, conv).await?;
+        }
+        Ok(wanted)
+    }
+}
