@@ -7,7 +7,7 @@ use std::collections::HashSet;
 
 use chatfabric_nats::wire::StoredMessage;
 use chatfabric_nats::{ConvId, UserId};
-use chatfabric_persister::{HistoryStore, PageQuery, StoredRecord, Watermark, MAX_PAGE_LIMIT};
+use chatfabric_storage::{HistoryStore, PageQuery, StoredRecord, Watermark, MAX_PAGE_LIMIT};
 
 pub(crate) fn record(conv: &str, seq: u64) -> StoredRecord {
     StoredRecord {

@@ -1,0 +1,5 @@
+//! All integration tests of the history store, in one binary.
+
+mod contract;
+mod fixture;
+mod paging;
