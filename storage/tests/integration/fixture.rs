@@ -23,18 +23,25 @@ async fn open_sqlite(dir: &tempfile::TempDir) -> Arc<dyn HistoryStore> {
     Arc::new(SqliteStore::open(config).await.unwrap())
 }
 
-/// A ScyllaDB store in a fresh keyspace, or `None` when `SCYLLA_URI` is not set.
-pub(crate) async fn scylla_store(test: &str) -> Option<Arc<dyn HistoryStore>> {
-    let uri = std::env::var("SCYLLA_URI").ok().filter(|u| !u.is_empty())?;
+/// The ScyllaDB settings of a fresh keyspace for `test`, on the nodes `SCYLLA_URI` names.
+pub(crate) fn scylla_config(test: &str) -> ScyllaConfig {
+    let uri = std::env::var("SCYLLA_URI")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .expect("SCYLLA_URI names the ScyllaDB nodes (it was set when the tests were built)");
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     let mut keyspace = format!("cf_{}_{nanos}_{test}", std::process::id());
     keyspace.truncate(48);
-    let config = ScyllaConfig {
+    ScyllaConfig {
         keyspace,
         ..ScyllaConfig::new(uri.split(',').map(str::to_string).collect())
-    };
-    Some(Arc::new(ScyllaStore::connect(config).await.unwrap()))
+    }
+}
+
+/// A ScyllaDB store (as its writer) in a fresh keyspace.
+pub(crate) async fn scylla_store(test: &str) -> Arc<dyn HistoryStore> {
+    Arc::new(ScyllaStore::connect(scylla_config(test)).await.unwrap())
 }
