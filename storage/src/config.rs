@@ -11,7 +11,6 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 use crate::pending::PendingSchema;
-
 use crate::scylla::cql::Replication;
 use crate::scylla::{ScyllaConfig, ScyllaStore};
 use crate::sqlite::{SqliteConfig, SqliteStore, Synchronous};
@@ -143,9 +142,10 @@ pub async fn open_store(args: &StoreArgs) -> Result<Arc<dyn HistoryStore>, Store
     })
 }
 
-/// How often a reader that found no schema looks again, per backend: a missing SQLite file costs
-/// one `stat`, a missing ScyllaDB keyspace a new session.
+/// How often a SQLite reader that found no schema looks again: a missing file costs one `stat`,
+/// so on every read.
 const RECHECK_SQLITE: Duration = Duration::ZERO;
+/// How often a ScyllaDB reader that found no schema looks again: each look is a new session.
 const RECHECK_SCYLLA: Duration = Duration::from_secs(1);
 
 /// Opens the configured history store for reads ([`HistoryStore::page`] and
@@ -206,6 +206,7 @@ mod tests {
         #[command(flatten)]
         store: StoreArgs,
     }
+
     #[tokio::test]
     async fn opens_sqlite() {
         let dir = tempfile::tempdir().unwrap();

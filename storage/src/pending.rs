@@ -8,21 +8,18 @@
 //! every call goes to the real store.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chatfabric_nats::ConvId;
+use futures::future::BoxFuture;
 
 use crate::store::{HistoryStore, PageQuery, StoreError, StoredRecord, Watermark};
 
 /// What opens the real store for reads.
-type Opener = Box<
-    dyn Fn() -> Pin<Box<dyn Future<Output = Result<Arc<dyn HistoryStore>, StoreError>> + Send>>
-        + Send
-        + Sync,
->;
+type Opener =
+    Box<dyn Fn() -> BoxFuture<'static, Result<Arc<dyn HistoryStore>, StoreError>> + Send + Sync>;
 
 /// A read-only [`HistoryStore`] over a store whose schema does not exist yet; see the module docs.
 pub struct PendingSchema {
