@@ -116,6 +116,11 @@ impl ScyllaStore {
             .query_unpaged(cql::create_schema_version_table(ks), ())
             .await
             .map_err(execute_err("creating the schema version table"))?;
+        // Every node knows the new table before the version is read and written through it.
+        session
+            .await_schema_agreement()
+            .await
+            .map_err(result_err("waiting for schema agreement"))?;
         let migrations = cql::migrations(ks);
         let found = schema_version(&session, ks).await?;
         for version in plan_migrations(ks, found, migrations.len() as i64)? {
