@@ -10,9 +10,8 @@ use chatfabric_gateway::{fanout::HubConfig, Authenticator, GatewayConfig, Limits
 use chatfabric_nats::permissions::Role;
 use chatfabric_nats::subject::Partitions;
 use chatfabric_nats::{ConnectOptions, Fabric, StreamSettings};
-use chatfabric_persister::{
-    open_store, open_store_for_reads, HistoryStore, PersistError, PersisterArgs, StoreArgs,
-};
+use chatfabric_persister::{PersistError, PersisterArgs};
+use chatfabric_storage::{open_store, open_store_for_reads, HistoryStore, StoreArgs, StoreError};
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -311,17 +310,21 @@ pub(crate) async fn run_gateway(
     history: Option<Arc<dyn HistoryStore>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let history = match history {
-        Some(h) => h,
-        // The gateway only reads history: no writer thread, no checkpoints.
-        None => open_store_for_reads(&args.store)
-            .await
-            .context("opening the history store")?,
-    };
-    let config = args.config(history)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
+    let history = match history {
+        Some(h) => h,
+        // Not ready (503) while the store is not.
+        None => tokio::select! {
+            opened = open_history(&args.store, &shutdown) => match opened? {
+                Some(h) => h,
+                None => return Ok(()),
+            },
+            () = crate::startup::answer_not_ready(&listener) => unreachable!("answers until dropped"),
+        },
+    };
+    let config = args.config(history)?;
     // Not ready (503) until connected and provisioned.
     let connected = tokio::select! {
         connected = nats.connect(Role::Gateway, &shutdown) => connected?,
@@ -334,6 +337,24 @@ pub(crate) async fn run_gateway(
     crate::process::register(&mut registry);
     chatfabric_gateway::run(listener, fabric, config, missed, registry, shutdown).await?;
     Ok(())
+}
+
+/// Opens the history store for a gateway: reads only, no writer thread, no checkpoints, no
+/// migrations. A store without a schema opens at once (it reads as empty until the persister
+/// creates the schema); an older schema is waited for (retried) until the persister of this
+/// version migrated it; anything else fails. `None` when `shutdown` fired first.
+async fn open_history(
+    store: &StoreArgs,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Arc<dyn HistoryStore>>> {
+    let opened = retry("opening the history store", shutdown, || async {
+        open_store_for_reads(store).await.map_err(|e| match e {
+            StoreError::SchemaOutdated { .. } => Failure::Transient(e),
+            _ => Failure::Fatal(e),
+        })
+    })
+    .await;
+    opened.context("opening the history store")
 }
 
 /// Runs one persister until `shutdown`, writing to `store` (else the store its flags name) and

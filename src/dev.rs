@@ -93,7 +93,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  history     {} (SQLite)", history.display());
     println!("  a token     cargo run -- token alice");
     // One store for both roles: they share the file, and one opener means one migration.
-    let store = chatfabric_persister::open_store(&persister.store)
+    let store = chatfabric_storage::open_store(&persister.store)
         .await
         .context("opening the history store")?;
     let persist = {

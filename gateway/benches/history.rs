@@ -23,7 +23,7 @@ use chatfabric_gateway::history::History;
 use chatfabric_nats::server::NatsServer;
 use chatfabric_nats::wire::{StoredMessage, MSG_ID_HEADER};
 use chatfabric_nats::{ConvId, Fabric, StreamSettings, UserId};
-use chatfabric_persister::{HistoryStore, SqliteConfig, SqliteStore, StoredRecord, Watermark};
+use chatfabric_storage::{HistoryStore, SqliteConfig, SqliteStore, StoredRecord, Watermark};
 use criterion::Criterion;
 use futures::StreamExt;
 use tokio::runtime::Runtime;

@@ -117,7 +117,7 @@ pub struct GatewayConfig {
     /// How long a cached membership answer may be used without a watch event.
     pub membership_ttl: Duration,
     /// The history store the persister writes (the gateway only reads it).
-    pub history: Arc<dyn chatfabric_persister::HistoryStore>,
+    pub history: Arc<dyn chatfabric_storage::HistoryStore>,
     /// Bytes of history pages cached (each page weighs what its messages hold).
     pub history_cache_bytes: u64,
     /// Presence heartbeat and typing limits.

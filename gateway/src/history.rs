@@ -17,7 +17,7 @@ use std::sync::Arc;
 use async_nats::jetstream::stream::{DirectGetErrorKind, LastRawMessageErrorKind};
 use chatfabric_nats::wire::StoredMessage;
 use chatfabric_nats::{ConvId, Fabric};
-use chatfabric_persister::{HistoryStore, PageQuery, StoredRecord, MAX_PAGE_LIMIT};
+use chatfabric_storage::{HistoryStore, PageQuery, StoredRecord, MAX_PAGE_LIMIT};
 use prometheus_client::metrics::histogram::Histogram;
 use serde::Serialize;
 

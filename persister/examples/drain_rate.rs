@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use chatfabric_nats::server::NatsServer;
 use chatfabric_nats::wire::{StoredMessage, MSG_ID_HEADER};
 use chatfabric_nats::{ConvId, StreamSettings, UserId};
-use chatfabric_persister::{DrainConfig, HistoryStore, SqliteConfig, SqliteStore};
+use chatfabric_persister::DrainConfig;
+use chatfabric_storage::{HistoryStore, SqliteConfig, SqliteStore};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 

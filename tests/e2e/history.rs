@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use crate::support::{fabric::http_get_auth, Client, Nats, TestGateway};
 use chatfabric_nats::{ConvId, Fabric, UserId};
-use chatfabric_persister::{DrainConfig, HistoryStore, PageQuery};
+use chatfabric_persister::DrainConfig;
+use chatfabric_storage::{HistoryStore, PageQuery};
 use futures::future::join_all;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -213,7 +214,7 @@ async fn a_persister_killed_mid_drain_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("killed.db");
     let store: Arc<dyn HistoryStore> = Arc::new(
-        chatfabric_persister::SqliteStore::open(chatfabric_persister::SqliteConfig::new(&db))
+        chatfabric_storage::SqliteStore::open(chatfabric_storage::SqliteConfig::new(&db))
             .await
             .unwrap(),
     );

@@ -35,7 +35,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::store::HistoryStore;
+use chatfabric_storage::HistoryStore;
 
 pub use poison::PoisonReason;
 

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::poison::{self, Poison};
 use super::{watermark_key, DrainConfig};
 use crate::metrics::{DeadLetterLabel, PartitionLabel};
-use crate::store::{HistoryStore, StoredRecord, Watermark};
+use chatfabric_storage::{HistoryStore, StoredRecord, Watermark};
 
 /// How many acks are in flight at once after a batch is stored.
 const ACK_CONCURRENCY: usize = 128;

@@ -10,9 +10,8 @@ use async_trait::async_trait;
 use chatfabric_nats::ConvId;
 use chatfabric_persister::drain::poison::{DEAD_REASON_HEADER, DEAD_SEQUENCE_HEADER};
 use chatfabric_persister::metrics::PartitionLabel;
-use chatfabric_persister::{
-    DrainConfig, HistoryStore, PageQuery, StoreError, StoredRecord, Watermark,
-};
+use chatfabric_persister::DrainConfig;
+use chatfabric_storage::{HistoryStore, PageQuery, StoreError, StoredRecord, Watermark};
 use futures::StreamExt;
 
 use crate::fixture::{all_of, NatsFixture, RunningDrain, SqliteFixture};

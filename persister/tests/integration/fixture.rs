@@ -11,10 +11,8 @@ use chatfabric_nats::wire::StoredMessage;
 use chatfabric_nats::{provision, ConvId, Fabric, StreamSettings, UserId};
 use chatfabric_persister::drain::watermark_key;
 use chatfabric_persister::metrics::PartitionLabel;
-use chatfabric_persister::{
-    DrainConfig, HistoryStore, Metrics, PageQuery, ScyllaConfig, ScyllaStore, SqliteConfig,
-    SqliteStore, StoredRecord,
-};
+use chatfabric_persister::{DrainConfig, Metrics};
+use chatfabric_storage::{HistoryStore, PageQuery, SqliteConfig, SqliteStore, StoredRecord};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -40,22 +38,6 @@ impl SqliteFixture {
 async fn open_sqlite(dir: &tempfile::TempDir) -> Arc<dyn HistoryStore> {
     let config = SqliteConfig::new(dir.path().join("history.db"));
     Arc::new(SqliteStore::open(config).await.unwrap())
-}
-
-/// A ScyllaDB store in a fresh keyspace, or `None` when `SCYLLA_URI` is not set.
-pub(crate) async fn scylla_store(test: &str) -> Option<Arc<dyn HistoryStore>> {
-    let uri = std::env::var("SCYLLA_URI").ok().filter(|u| !u.is_empty())?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let mut keyspace = format!("cf_{}_{nanos}_{test}", std::process::id());
-    keyspace.truncate(48);
-    let config = ScyllaConfig {
-        keyspace,
-        ..ScyllaConfig::new(uri.split(',').map(str::to_string).collect())
-    };
-    Some(Arc::new(ScyllaStore::connect(config).await.unwrap()))
 }
 
 /// A connection as `user` of the shipped config (password `<user>-dev-password`) with provisioned

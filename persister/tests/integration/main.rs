@@ -1,6 +1,4 @@
 //! All integration tests of the persister, in one binary.
 
-mod contract;
 mod drain;
 mod fixture;
-mod paging;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use chatfabric_nats::wire::StoredMessage;
 use chatfabric_nats::ConvId;
-use chatfabric_persister::{HistoryStore, PageQuery, SqliteConfig, SqliteStore};
+use chatfabric_storage::{HistoryStore, PageQuery, SqliteConfig, SqliteStore};
 use futures::StreamExt;
 use serde_json::{json, Value};
 

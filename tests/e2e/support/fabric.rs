@@ -7,7 +7,7 @@ use chatfabric_gateway::{fanout::HubConfig, Authenticator, GatewayConfig, Limits
 use chatfabric_nats::permissions::Role;
 use chatfabric_nats::server::{NatsServer, ServerOptions};
 use chatfabric_nats::{ConnectOptions, Fabric, StreamSettings, UserId};
-use chatfabric_persister::{HistoryStore, SqliteConfig, SqliteStore};
+use chatfabric_storage::{HistoryStore, SqliteConfig, SqliteStore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 

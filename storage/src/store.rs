@@ -1,7 +1,7 @@
 //! The history store: where the persister puts messages and where the gateway reads history pages.
 //!
 //! [`HistoryStore`] is the contract; [`crate::sqlite`] and [`crate::scylla`] implement it. The
-//! contract test suite (`tests/contract.rs`) runs the same checks against both.
+//! contract test suite (`tests/integration/contract.rs`) runs the same checks against both.
 
 use async_trait::async_trait;
 use chatfabric_nats::wire::StoredMessage;
@@ -151,19 +151,44 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
-    /// The database was written by a newer chatfabric with a schema this version does not know.
+    /// The store was written by a newer chatfabric with a schema this version does not know.
     #[error(
-        "database schema version {found} is newer than this build supports ({supported}); \
-         upgrade chatfabric or point it at another database"
+        "history schema version {found} of {store} is newer than this build supports \
+         ({supported}); upgrade chatfabric or point it at another store"
     )]
     SchemaTooNew {
-        /// `PRAGMA user_version` of the file.
+        /// The SQLite file or the ScyllaDB keyspace.
+        store: String,
+        /// The store's schema version (SQLite: `PRAGMA user_version`).
         found: i64,
         /// The newest version this build knows.
         supported: i64,
     },
-    /// A write to a store opened for reads only (`SqliteStore::open_for_reads`): a bug in the
-    /// caller, which should have opened the store with `open_store`.
+    /// A reader found no history schema: no writer (`chatfabric persister`) has created it yet.
+    #[error(
+        "{store} holds no history schema yet; the persister creates it when it starts (check \
+         that the persister runs and points at the same store)"
+    )]
+    SchemaMissing {
+        /// The SQLite file or the ScyllaDB keyspace.
+        store: String,
+    },
+    /// A reader found an older schema than it reads: the writer has not migrated it yet.
+    #[error(
+        "history schema version {found} of {store} is older than this build reads ({expected}); \
+         the persister of this version migrates it when it starts (upgrade the persister first)"
+    )]
+    SchemaOutdated {
+        /// The SQLite file or the ScyllaDB keyspace.
+        store: String,
+        /// The store's schema version.
+        found: i64,
+        /// The version this build reads.
+        expected: i64,
+    },
+    /// A write to a store opened for reads only
+    /// ([`open_store_for_reads`](crate::open_store_for_reads)): a bug in the caller, which should
+    /// have opened the store with [`open_store`](crate::open_store).
     #[error("the history store was opened for reads only; writes go through the persister")]
     ReadOnly,
     /// The store's worker thread or task is gone (it panicked or the store was dropped).

@@ -1,6 +1,6 @@
 //! SQLite history store: `write_batch` throughput and `page` latency.
 //!
-//! `cargo bench -p chatfabric-persister --bench store -- --measurement-time 5`
+//! `cargo bench -p chatfabric-storage --bench store -- --measurement-time 5`
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use chatfabric_nats::wire::StoredMessage;
 use chatfabric_nats::{ConvId, UserId};
-use chatfabric_persister::{
+use chatfabric_storage::{
     HistoryStore, PageQuery, SqliteConfig, SqliteStore, StoredRecord, Watermark,
 };
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};

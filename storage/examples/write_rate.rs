@@ -2,7 +2,7 @@
 //! criterion's statistics: writes `TOTAL` fresh messages in 256-message batches from `WRITERS`
 //! concurrent callers and prints messages per second of wall time and of process CPU time.
 //!
-//! `cargo run --release -p chatfabric-persister --example write_rate -- [TOTAL] [WRITERS] [CONVS]`
+//! `cargo run --release -p chatfabric-storage --example write_rate -- [TOTAL] [WRITERS] [CONVS]`
 //!
 //! CPU time is the steadier figure on a shared machine: other processes stretch wall time but
 //! not the CPU this process burns per message.
@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use chatfabric_nats::wire::StoredMessage;
 use chatfabric_nats::{ConvId, UserId};
-use chatfabric_persister::{HistoryStore, SqliteConfig, SqliteStore, StoredRecord, Watermark};
+use chatfabric_storage::{HistoryStore, SqliteConfig, SqliteStore, StoredRecord, Watermark};
 
 const BATCH: u64 = 256;
 

@@ -6,6 +6,10 @@
 //! messages, and the watermark only after every message was acknowledged at the configured
 //! consistency: a reader that trusts the watermark never finds a hole below it, provided it reads
 //! at a consistency that overlaps the writes' (e.g. `LOCAL_QUORUM` for both).
+//!
+//! The writer ([`ScyllaStore::connect`]) creates the keyspace and migrates its schema, recording
+//! the version in the `schema_version` table; a reader ([`ScyllaStore::connect_for_reads`]) only
+//! checks that version (see [`crate::schema`]).
 
 pub mod cql;
 
@@ -20,6 +24,7 @@ use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::Consistency;
 
+use crate::schema::{check_readable, plan_migrations};
 use crate::store::{
     bound_to_i64, record_columns, record_from_columns, HistoryStore, PageQuery, RecordColumns,
     StoreError, StoredRecord, Watermark,
@@ -97,43 +102,64 @@ fn result_err<E: std::fmt::Display>(op: &'static str) -> impl Fn(E) -> StoreErro
 }
 
 impl ScyllaStore {
-    /// Connects, creates the keyspace and tables if missing, and prepares the statements.
+    /// Connects as the store's writer (the persister): creates the keyspace and tables if
+    /// missing, migrates them to this build's schema version and records it, then prepares the
+    /// statements. Refuses a keyspace whose schema is newer ([`StoreError::SchemaTooNew`]).
     pub async fn connect(config: ScyllaConfig) -> Result<Self, StoreError> {
+        let session = open_session(&config).await?;
         let ks = &config.keyspace;
-        if !cql::valid_keyspace(ks) {
-            return Err(StoreError::Config(format!(
-                "keyspace {ks:?} must be 1-48 letters, digits or '_', starting with a letter"
-            )));
-        }
-        if config.nodes.is_empty() {
-            return Err(StoreError::Config(
-                "no ScyllaDB contact points given".into(),
-            ));
-        }
-        let session = SessionBuilder::new()
-            .known_nodes(&config.nodes)
-            .build()
-            .await
-            .map_err(|source| StoreError::ScyllaConnect {
-                nodes: config.nodes.join(","),
-                source: Box::new(source),
-            })?;
         session
             .query_unpaged(cql::create_keyspace(ks, &config.replication), ())
             .await
             .map_err(execute_err("creating the keyspace"))?;
-        for table in cql::create_tables(ks) {
+        session
+            .query_unpaged(cql::create_schema_version_table(ks), ())
+            .await
+            .map_err(execute_err("creating the schema version table"))?;
+        // Every node knows the new table before the version is read and written through it.
+        session
+            .await_schema_agreement()
+            .await
+            .map_err(result_err("waiting for schema agreement"))?;
+        let migrations = cql::migrations(ks);
+        let found = schema_version(&session, ks).await?;
+        for version in plan_migrations(ks, found, migrations.len() as i64)? {
+            for statement in &migrations[version] {
+                session
+                    .query_unpaged(statement.as_str(), ())
+                    .await
+                    .map_err(execute_err("migrating the schema"))?;
+            }
+            let reached = i32::try_from(version + 1).unwrap_or(i32::MAX);
             session
-                .query_unpaged(table, ())
+                .query_unpaged(cql::write_schema_version(ks), (reached,))
                 .await
-                .map_err(execute_err("creating a table"))?;
+                .map_err(execute_err("recording the schema version"))?;
+            tracing::info!(keyspace = %ks, version = reached, "migrated history schema");
         }
         session
             .await_schema_agreement()
             .await
             .map_err(result_err("waiting for schema agreement"))?;
+        Self::prepared(session, &config).await
+    }
 
-        let text = Statements::new(ks);
+    /// Connects as a reader (the gateway): creates and migrates nothing, and reads only a
+    /// keyspace at exactly this build's schema version; else [`StoreError::SchemaMissing`],
+    /// [`StoreError::SchemaOutdated`] or [`StoreError::SchemaTooNew`].
+    /// [`write_batch`](HistoryStore::write_batch) still works (the session could write); the
+    /// gateway never calls it.
+    pub async fn connect_for_reads(config: ScyllaConfig) -> Result<Self, StoreError> {
+        let session = open_session(&config).await?;
+        let ks = &config.keyspace;
+        let found = schema_version(&session, ks).await?;
+        check_readable(ks, found, cql::migrations(ks).len() as i64)?;
+        Self::prepared(session, &config).await
+    }
+
+    /// Prepares every statement on `session`.
+    async fn prepared(session: Session, config: &ScyllaConfig) -> Result<Self, StoreError> {
+        let text = Statements::new(&config.keyspace);
         let prepare = |cql: String| {
             let session = &session;
             async move {
@@ -206,6 +232,60 @@ impl ScyllaStore {
         rows.map(|row| row.map(columns).map_err(result_err("reading a page")))
             .collect()
     }
+}
+
+/// Checks the configuration and opens a session to the contact points.
+async fn open_session(config: &ScyllaConfig) -> Result<Session, StoreError> {
+    let ks = &config.keyspace;
+    if !cql::valid_keyspace(ks) {
+        return Err(StoreError::Config(format!(
+            "keyspace {ks:?} must be 1-48 letters, digits or '_', starting with a letter"
+        )));
+    }
+    if config.nodes.is_empty() {
+        return Err(StoreError::Config(
+            "no ScyllaDB contact points given".into(),
+        ));
+    }
+    SessionBuilder::new()
+        .known_nodes(&config.nodes)
+        .build()
+        .await
+        .map_err(|source| StoreError::ScyllaConnect {
+            nodes: config.nodes.join(","),
+            source: Box::new(source),
+        })
+}
+
+/// The schema version keyspace `ks` is at (0: no keyspace or no schema); see
+/// [`cql::found_version`].
+async fn schema_version(session: &Session, ks: &str) -> Result<i64, StoreError> {
+    const OP: &str = "reading the schema version";
+    // Unquoted CQL names are stored in lowercase.
+    let tables: Vec<String> = session
+        .query_unpaged(cql::LIST_TABLES, (ks.to_lowercase(),))
+        .await
+        .map_err(execute_err(OP))?
+        .into_rows_result()
+        .map_err(result_err(OP))?
+        .rows::<(String,)>()
+        .map_err(result_err(OP))?
+        .map(|row| row.map(|(name,)| name).map_err(result_err(OP)))
+        .collect::<Result<_, _>>()?;
+    let row = if tables.iter().any(|t| t == "schema_version") {
+        session
+            .query_unpaged(cql::read_schema_version(ks), ())
+            .await
+            .map_err(execute_err(OP))?
+            .into_rows_result()
+            .map_err(result_err(OP))?
+            .maybe_first_row::<(i32,)>()
+            .map_err(result_err(OP))?
+            .map(|(version,)| version)
+    } else {
+        None
+    };
+    Ok(cql::found_version(&tables, row))
 }
 
 /// Maps a selected row to the columns both backends share.

@@ -3,7 +3,7 @@
 //! in order (property test on the SQLite store).
 
 use chatfabric_nats::ConvId;
-use chatfabric_persister::{HistoryStore, PageQuery};
+use chatfabric_storage::{HistoryStore, PageQuery};
 use proptest::prelude::*;
 
 use crate::contract::record;

@@ -1,5 +1,5 @@
 //! Memory and CPU check of a gateway under the hostile patterns of issue 9 (a benchmark program,
-//! not a test): `cargo run --release -p chatfabric-gateway --example hostile`.
+//! not a test): `cargo run --release --example hostile`.
 //!
 //! Starts a nats-server, a persister (in this process) and a gateway with default limits in a
 //! child process (this program again, with `serve`), so the gateway's RSS and CPU are its own.
@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 use chatfabric_gateway::{auth, fanout::HubConfig, Authenticator, GatewayConfig, Limits};
 use chatfabric_nats::wire::{ConvKind, ConversationInfo, Membership};
 use chatfabric_nats::{subject, ConnectOptions, ConvId, Fabric, StreamSettings, UserId};
-use chatfabric_persister::{DrainConfig, HistoryStore, SqliteConfig, SqliteStore};
+use chatfabric_persister::DrainConfig;
+use chatfabric_storage::{HistoryStore, SqliteConfig, SqliteStore};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;

@@ -7,7 +7,13 @@
 //! messages     ((conv, bucket), seq DESC)  one row per message
 //! conv_buckets (conv, bucket DESC)         which buckets of a conversation hold messages
 //! watermarks   (part, seq DESC)            stored watermarks; the newest row is the watermark
+//! schema_version (component)               the schema version of the keyspace (one row)
 //! ```
+//!
+//! **Schema versions** are counted like SQLite's `user_version`: [`migrations`] lists the CQL
+//! of each version, and the writer records the version it reached in `schema_version`. A
+//! keyspace with the version 1 tables but no row was created before versions were recorded, and
+//! counts as version 1 ([`found_version`]).
 //!
 //! **Buckets are sequence ranges**, `bucket = seq >> BUCKET_BITS`, not time ranges: history is
 //! paged by sequence (`before`/`after` cursors), and a cursor maps to its bucket with no lookup.
@@ -113,6 +119,51 @@ pub fn create_tables(ks: &str) -> [String; 3] {
     ]
 }
 
+/// The CQL of each schema version, in order: `migrations(ks)[v - 1]` brings a keyspace from
+/// version `v - 1` to `v`. Append only.
+pub fn migrations(ks: &str) -> Vec<Vec<String>> {
+    vec![create_tables(ks).to_vec()]
+}
+
+/// The tables of schema version 1, which every later version keeps.
+const V1_TABLES: [&str; 3] = ["messages", "conv_buckets", "watermarks"];
+
+/// The table holding the keyspace's schema version.
+pub fn create_schema_version_table(ks: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {ks}.schema_version (component text PRIMARY KEY, version int)"
+    )
+}
+
+/// The schema version row: no bind markers.
+pub fn read_schema_version(ks: &str) -> String {
+    format!("SELECT version FROM {ks}.schema_version WHERE component = 'history'")
+}
+
+/// Records the schema version: `(version)`.
+pub fn write_schema_version(ks: &str) -> String {
+    format!("INSERT INTO {ks}.schema_version (component, version) VALUES ('history', ?)")
+}
+
+/// The tables of a keyspace: `(keyspace name, lowercase)`.
+pub const LIST_TABLES: &str = "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ?";
+
+/// The schema version of a keyspace holding `tables` and the version row `row`: the row when
+/// there is one; else 1 when every version 1 table exists (a keyspace from before versions were
+/// recorded), else 0 (no schema, or a writer still creating it).
+pub fn found_version(tables: &[String], row: Option<i32>) -> i64 {
+    match row {
+        Some(version) => i64::from(version),
+        None if V1_TABLES
+            .iter()
+            .all(|t| tables.iter().any(|have| have == t)) =>
+        {
+            1
+        }
+        None => 0,
+    }
+}
+
 /// Every statement the store prepares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Statements {
@@ -215,6 +266,35 @@ mod tests {
         for bad in ["", "1abc", "a-b", "a;DROP", "a.b", &"k".repeat(49)] {
             assert!(!valid_keyspace(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_version_comes_from_the_row_else_from_the_tables() {
+        let tables = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(found_version(&[], None), 0, "no keyspace");
+        assert_eq!(found_version(&tables(&["schema_version"]), None), 0);
+        assert_eq!(
+            found_version(&tables(&["messages", "conv_buckets"]), None),
+            0,
+            "a writer still creating the tables"
+        );
+        let v1 = tables(&["conv_buckets", "messages", "watermarks"]);
+        assert_eq!(
+            found_version(&v1, None),
+            1,
+            "created before versions were recorded"
+        );
+        assert_eq!(found_version(&v1, Some(1)), 1);
+        assert_eq!(found_version(&v1, Some(7)), 7, "the row wins");
+        assert_eq!(migrations("ks").len(), 1);
+    }
+
+    #[test]
+    fn version_statements_name_the_keyspace() {
+        assert!(create_schema_version_table("ks").contains("ks.schema_version"));
+        assert!(read_schema_version("ks").starts_with("SELECT version FROM ks.schema_version"));
+        assert_eq!(write_schema_version("ks").matches('?').count(), 1);
+        assert_eq!(LIST_TABLES.matches('?').count(), 1);
     }
 
     #[test]
