@@ -1,8 +1,11 @@
-//! CPU seconds and resident memory of processes, read from Linux's `/proc`.
+//! CPU seconds and resident memory of processes, read from Linux's `/proc`: one process, the
+//! fabric's processes (`--fabric-pid`) together, and the whole machine.
 //!
 //! `/proc/<pid>/stat` counts CPU time in `USER_HZ` ticks, which the kernel fixes at 100 per second
 //! for every architecture we run on; reading it that way keeps this crate free of `unsafe` FFI to
 //! `sysconf`.
+
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -81,6 +84,45 @@ pub(crate) fn machine_cpu() -> Option<(f64, f64)> {
     // idle and iowait are not busy.
     let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
     Some(((total - idle) as f64 / USER_HZ, total as f64 / USER_HZ))
+}
+
+/// The fabric's processes, as given by `--fabric-pid`.
+pub(crate) struct Fabric {
+    /// Their process ids.
+    pub(crate) pids: Vec<u32>,
+    /// Their labels in reports (see [`describe`]), in the same order.
+    pub(crate) labels: Vec<String>,
+}
+
+impl Fabric {
+    /// The processes `pids`, labelled from their command lines.
+    pub(crate) fn new(pids: &[u32]) -> Fabric {
+        Fabric {
+            pids: pids.to_vec(),
+            labels: pids.iter().map(|&p| describe(p)).collect(),
+        }
+    }
+
+    /// One reading per pid (zero for a process that is gone).
+    pub(crate) fn sample(&self) -> Vec<ProcSample> {
+        self.pids
+            .iter()
+            .map(|p| sample(&p.to_string()).unwrap_or_default())
+            .collect()
+    }
+}
+
+/// CPU seconds at one moment: the fabric's, the load generator's, and the machine's.
+#[derive(Debug, Clone)]
+pub(crate) struct CpuSnapshot {
+    /// When it was taken.
+    pub(crate) at: Instant,
+    /// One reading per fabric process.
+    pub(crate) fabric: Vec<ProcSample>,
+    /// CPU seconds of the load generator: this process and its worker processes.
+    pub(crate) loadtest_secs: f64,
+    /// The machine's busy and total CPU seconds ([`machine_cpu`]).
+    pub(crate) machine: Option<(f64, f64)>,
 }
 
 #[cfg(test)]
