@@ -175,6 +175,63 @@ pub struct LoadtestArgs {
     /// Internal: run as a worker process, driven over stdin/stdout by a coordinator.
     #[arg(long, hide = true)]
     pub worker: bool,
+
+    /// A measurement to make instead of a load test.
+    #[command(subcommand)]
+    pub tool: Option<Tool>,
+}
+
+/// Measurements `chatfabric loadtest` makes besides load tests.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Tool {
+    /// The floor of delivery on this machine: one `write(2)` per frame to loopback sockets, at a
+    /// delivery rate, and its CPU per write.
+    Floor(FloorArgs),
+}
+
+/// `chatfabric loadtest floor`: what one `write(2)` per delivery costs, to set the fabric's CPU
+/// per delivery against (see BENCHMARKS.md).
+#[derive(Debug, Clone, clap::Args)]
+pub struct FloorArgs {
+    /// Loopback TCP sockets written to round-robin (the connections of the run compared with).
+    #[arg(
+        long,
+        env = "CHATFABRIC_LOADTEST_FLOOR_SOCKETS",
+        default_value_t = 1000
+    )]
+    pub sockets: usize,
+
+    /// Bytes of each frame: a delivered WebSocket frame of the run compared with.
+    #[arg(
+        long,
+        env = "CHATFABRIC_LOADTEST_FLOOR_FRAME_BYTES",
+        default_value_t = 300
+    )]
+    pub frame_bytes: usize,
+
+    /// Writes per second over all sockets (the deliveries per second of the run compared with).
+    #[arg(
+        long,
+        env = "CHATFABRIC_LOADTEST_FLOOR_RATE",
+        default_value_t = 10_000.0
+    )]
+    pub rate: f64,
+
+    /// Seconds of writing.
+    #[arg(long, env = "CHATFABRIC_LOADTEST_FLOOR_SECS", default_value_t = 10.0)]
+    pub secs: f64,
+
+    /// Pin the writer process to this CPU (with `taskset -c`), as the fabric is pinned.
+    #[arg(long, env = "CHATFABRIC_LOADTEST_FLOOR_WRITER_CPU")]
+    pub writer_cpu: Option<usize>,
+
+    /// Write the figures as JSON to this file.
+    #[arg(long, env = "CHATFABRIC_LOADTEST_FLOOR_JSON")]
+    pub json: Option<PathBuf>,
+
+    /// Internal: be the writer, connecting to the reader at this address.
+    #[arg(long, hide = true)]
+    pub writer: Option<std::net::SocketAddr>,
 }
 
 /// A named scenario: a preset of defaults for [`LoadtestArgs`].

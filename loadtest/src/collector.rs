@@ -297,6 +297,7 @@ impl Collector {
                 e2e: Latency::of(&acc.e2e),
                 ack: Latency::of(&acc.ack),
                 lost: accounting.lost_per_step.get(i).copied().unwrap_or(0),
+                order_violations: acc.counters.order_violations,
             })
             .collect();
         if unacked > 0 {

@@ -103,6 +103,8 @@ counters! {
     send_backlog,
     /// New `msg` frames (duplicates not included).
     delivered,
+    /// Bytes of those frames' text (the WebSocket payload, or the SSE event's data).
+    delivered_bytes,
     /// `msg` frames seen before.
     duplicates,
     /// `msg` frames whose `prev` broke the chain.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tokio::sync::mpsc;
 
-use crate::args::LoadtestArgs;
+use crate::args::{LoadtestArgs, Tool};
 use crate::collector::Collector;
 use crate::control::Command;
 use crate::link::{self, WorkerLink};
@@ -21,7 +21,8 @@ use crate::progress::Progress;
 use crate::report::{CpuReport, RssReport};
 use crate::settings::Settings;
 
-/// Runs a load test (or, with `--worker`, serves as one of its worker processes).
+/// Runs a load test (or, with `--worker`, serves as one of its worker processes; or, with
+/// `floor`, measures the floor of delivery).
 ///
 /// ```no_run
 /// # async fn demo() -> anyhow::Result<()> {
@@ -38,6 +39,9 @@ use crate::settings::Settings;
 pub async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
     if args.worker {
         return link::serve_worker().await;
+    }
+    if let Some(Tool::Floor(floor)) = args.tool {
+        return crate::floor::run(floor).await;
     }
     let settings = Settings::resolve(&args)?;
     let mut notes = crate::preflight::notes(&settings);

@@ -52,8 +52,11 @@
 //!    - `render`: the text summary and, next to it, the self-contained HTML report.
 //!    - `collector`: merges the workers' ticks into the timeline and steps, and their final
 //!      accounting into the report.
-//! 6. `coordinator`: [`run`] walks the phases: conversations, workers, connect, rate schedule,
-//!    drain, report.
+//! 6. The entry points:
+//!    - `floor`: `chatfabric loadtest floor`, one `write(2)` per delivery to loopback sockets:
+//!      the floor the fabric's CPU per delivery is set against.
+//!    - `coordinator`: [`run`] walks the phases of a load test: conversations, workers, connect,
+//!      rate schedule, drain, report.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
@@ -62,6 +65,7 @@ mod collector;
 mod connection;
 mod control;
 mod coordinator;
+mod floor;
 mod frames;
 mod ledger;
 mod link;
@@ -81,5 +85,5 @@ mod sse;
 mod stats;
 mod worker;
 
-pub use args::{LoadtestArgs, Scenario};
+pub use args::{FloorArgs, LoadtestArgs, Scenario, Tool};
 pub use coordinator::run;

@@ -86,6 +86,20 @@ pub(crate) fn machine_cpu() -> Option<(f64, f64)> {
     Some(((total - idle) as f64 / USER_HZ, total as f64 / USER_HZ))
 }
 
+/// CPUs of the machine (the `cpuN` lines of `/proc/stat`), whatever this process's affinity:
+/// the machine's busy share is over all of them.
+pub(crate) fn machine_cores() -> Option<usize> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cores = stat
+        .lines()
+        .filter(|l| {
+            l.strip_prefix("cpu")
+                .is_some_and(|n| n.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .count();
+    (cores > 0).then_some(cores)
+}
+
 /// The fabric's processes, as given by `--fabric-pid`.
 pub(crate) struct Fabric {
     /// Their process ids.
@@ -145,5 +159,7 @@ mod tests {
         assert!(me.rss_bytes > 0);
         let (busy, total) = machine_cpu().unwrap();
         assert!(total >= busy && total > 0.0);
+        let cores = machine_cores().unwrap();
+        assert!(cores >= std::thread::available_parallelism().unwrap().get());
     }
 }

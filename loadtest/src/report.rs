@@ -74,12 +74,19 @@ pub(crate) struct StepReport {
     pub(crate) ack: Latency,
     /// Deliveries of messages sent in this step that never arrived.
     pub(crate) lost: u64,
+    /// `msg` frames received in this step whose `prev` broke the chain.
+    #[serde(default)]
+    pub(crate) order_violations: u64,
 }
 
 impl StepReport {
-    /// The step held: the generator kept its schedule, p99 under `p99_ms`, nothing lost.
+    /// The step held: the generator kept its schedule, p99 under `p99_ms`, nothing lost,
+    /// nothing out of order.
     pub(crate) fn passes(&self, p99_ms: f64) -> bool {
-        self.sent_per_s >= self.rate * 0.95 && self.e2e.p99_ms < p99_ms && self.lost == 0
+        self.sent_per_s >= self.rate * 0.95
+            && self.e2e.p99_ms < p99_ms
+            && self.lost == 0
+            && self.order_violations == 0
     }
 }
 
@@ -129,6 +136,9 @@ pub(crate) struct CpuReport {
     /// CPU seconds of the `--fabric-pid` processes (None without any).
     pub(crate) fabric_secs: Option<f64>,
     pub(crate) fabric_us_per_delivery: Option<f64>,
+    /// Of `fabric_secs`, each `--fabric-pid` process's, in their order.
+    #[serde(default)]
+    pub(crate) process_secs: Vec<f64>,
     pub(crate) loadtest_secs: f64,
     pub(crate) loadtest_us_per_delivery: Option<f64>,
     /// Share of the machine's CPU that was busy (all processes).
@@ -149,14 +159,21 @@ impl CpuReport {
             (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => Some((b1 - b0) / (t1 - t0)),
             _ => None,
         };
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
+        // The machine's, not this process's: the load generator may be pinned to one CPU.
+        let cores = crate::procstat::machine_cores()
+            .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
             .unwrap_or(1);
         let mut cpu = CpuReport {
             window_secs,
             deliveries,
             fabric_secs,
             fabric_us_per_delivery: fabric_secs.and_then(per),
+            process_secs: start
+                .fabric
+                .iter()
+                .zip(&end.fabric)
+                .map(|(a, b)| b.cpu_secs - a.cpu_secs)
+                .collect(),
             loadtest_secs,
             loadtest_us_per_delivery: per(loadtest_secs),
             machine_busy,
@@ -364,6 +381,7 @@ pub(crate) mod tests {
                 e2e: lat(3.0),
                 ack: lat(1.0),
                 lost: 0,
+                order_violations: 0,
             },
             StepReport {
                 rate: 12000.0,
@@ -374,6 +392,7 @@ pub(crate) mod tests {
                 e2e: lat(80.0),
                 ack: lat(4.0),
                 lost: 0,
+                order_violations: 0,
             },
         ];
         let timeline = (0..30)

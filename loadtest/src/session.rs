@@ -101,6 +101,9 @@ pub(crate) fn on_text(
                         counters.order_violations.fetch_add(1, Relaxed);
                     }
                     counters.delivered.fetch_add(1, Relaxed);
+                    counters
+                        .delivered_bytes
+                        .fetch_add(text.len() as u64, Relaxed);
                     if let Some(sent) = reply.body.as_deref().and_then(sent_nanos) {
                         shared.record_e2e(unix_nanos().saturating_sub(sent) / 1000);
                     }

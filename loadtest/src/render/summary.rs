@@ -118,6 +118,12 @@ pub(crate) fn summary(r: &Report) -> String {
         cpu.fabric_us_per_delivery.map(|v| format!("{v:.2}")).unwrap_or("?".into()),
         cpu.loadtest_us_per_delivery.map(|v| format!("{v:.2}")).unwrap_or("?".into()),
     );
+    if cpu.deliveries > 0 {
+        for (label, secs) in r.fabric_processes.iter().zip(&cpu.process_secs) {
+            let us = secs * 1e6 / cpu.deliveries as f64;
+            let _ = writeln!(o, "             {label}: {us:.2} us/delivery");
+        }
+    }
     let _ = writeln!(o, "bottleneck {}", cpu.bottleneck);
     if let Some(rss) = &r.rss {
         let _ = writeln!(
