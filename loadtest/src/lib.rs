@@ -48,7 +48,8 @@
 //!      in-process). Worker processes exist because one process may hold at most 20,000 file
 //!      descriptors on our machines.
 //! 5. The results:
-//!    - `report`: what a run measured and the verdicts against the targets (the JSON document).
+//!    - `report`: what a run measured (the JSON document).
+//!    - `targets`: the performance targets, and what a report says about each.
 //!    - `render`: the text summary and, next to it, the self-contained HTML report.
 //!    - `collector`: merges the workers' ticks into the timeline and steps, and their final
 //!      accounting into the report.
@@ -83,6 +84,7 @@ mod setup;
 mod shared;
 mod sse;
 mod stats;
+mod targets;
 mod worker;
 
 pub use args::{FloorArgs, LoadtestArgs, Scenario, Tool};

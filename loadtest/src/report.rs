@@ -9,15 +9,6 @@ use crate::procstat::{CpuSnapshot, Fabric, ProcSample};
 use crate::settings::Settings;
 use crate::stats::Latency;
 
-/// Targets (see BENCHMARKS.md).
-const TARGET_US_PER_DELIVERY: f64 = 5.0;
-const TARGET_DELIVERIES_PER_S: f64 = 200_000.0;
-const TARGET_RSS_PER_CONN: f64 = 4096.0;
-const TARGET_ACK_P99_MS: f64 = 5.0;
-const TARGET_ACK_RATE: f64 = 10_000.0;
-/// Below this delivery rate, CPU per delivery mostly measures idle work (timers, heartbeats).
-const MIN_DELIVERIES_PER_S: f64 = 1_000.0;
-
 /// Everything a run measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Report {
@@ -236,15 +227,6 @@ pub(crate) struct Point {
     pub(crate) fabric_rss_bytes: u64,
 }
 
-/// One target and what this run says about it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct TargetCheck {
-    pub(crate) target: String,
-    pub(crate) measured: String,
-    /// None: this run does not measure it.
-    pub(crate) met: Option<bool>,
-}
-
 impl Report {
     /// The highest step that held (ramp capacity), if any.
     pub(crate) fn capacity(&self) -> Option<&StepReport> {
@@ -253,82 +235,6 @@ impl Report {
             .iter()
             .filter(|s| s.passes(p99))
             .max_by(|a, b| a.rate.total_cmp(&b.rate))
-    }
-
-    /// The run against the project's performance targets.
-    pub(crate) fn targets(&self) -> Vec<TargetCheck> {
-        let mut out = Vec::new();
-        let busy_enough =
-            self.cpu.deliveries as f64 / self.cpu.window_secs.max(1e-9) >= MIN_DELIVERIES_PER_S;
-        out.push(TargetCheck {
-            target: format!("<= {TARGET_US_PER_DELIVERY} us server CPU per delivery"),
-            measured: match (self.cpu.fabric_us_per_delivery, busy_enough) {
-                (Some(us), true) => format!("{us:.2} us"),
-                (Some(us), false) => format!(
-                    "{us:.2} us, but under {MIN_DELIVERIES_PER_S:.0} deliveries/s idle costs dominate"
-                ),
-                (None, _) => "not measured (give --fabric-pid and send messages)".into(),
-            },
-            met: self
-                .cpu
-                .fabric_us_per_delivery
-                .filter(|_| busy_enough)
-                .map(|us| us <= TARGET_US_PER_DELIVERY),
-        });
-        let best = self.capacity();
-        out.push(TargetCheck {
-            target: format!(
-                ">= {TARGET_DELIVERIES_PER_S:.0} deliveries/s at p99 < {} ms, zero loss",
-                self.settings.p99_target_ms
-            ),
-            measured: match best {
-                Some(s) => format!(
-                    "{:.0} deliveries/s (step {:.0} msg/s, p99 {:.1} ms)",
-                    s.delivered_per_s, s.rate, s.e2e.p99_ms
-                ),
-                None => "no step held".into(),
-            },
-            met: best.map(|s| s.delivered_per_s >= TARGET_DELIVERIES_PER_S),
-        });
-        out.push(TargetCheck {
-            target: format!(
-                "<= {} KiB RSS per idle subscribed connection",
-                TARGET_RSS_PER_CONN / 1024.0
-            ),
-            measured: match &self.rss {
-                Some(r) => format!(
-                    "{:.0} B over {} connections",
-                    r.bytes_per_connection, r.connections
-                ),
-                None => "not measured (give --fabric-pid)".into(),
-            },
-            met: self
-                .rss
-                .as_ref()
-                .map(|r| r.bytes_per_connection <= TARGET_RSS_PER_CONN),
-        });
-        let at_rate = self
-            .steps
-            .iter()
-            .filter(|s| s.sent_per_s >= TARGET_ACK_RATE * 0.95)
-            .min_by(|a, b| a.rate.total_cmp(&b.rate));
-        out.push(TargetCheck {
-            target: format!(
-                "send->ack p99 <= {TARGET_ACK_P99_MS} ms at {TARGET_ACK_RATE:.0} msg/s in"
-            ),
-            measured: match at_rate {
-                Some(s) => format!("{:.2} ms at {:.0} msg/s", s.ack.p99_ms, s.sent_per_s),
-                None => {
-                    let top = self.steps.iter().map(|s| s.sent_per_s).fold(0.0, f64::max);
-                    format!(
-                        "not reached (highest rate {top:.0} msg/s; ack p99 {:.2} ms)",
-                        self.ack.p99_ms
-                    )
-                }
-            },
-            met: at_rate.map(|s| s.ack.p99_ms <= TARGET_ACK_P99_MS),
-        });
-        out
     }
 
     /// Zero loss, duplicates and order violations, and every connection subscribed.
@@ -451,25 +357,6 @@ pub(crate) mod tests {
             notes: vec![],
             fabric_processes: vec!["chatfabric dev [1]".into()],
         }
-    }
-
-    #[test]
-    fn capacity_is_the_highest_step_that_held_and_targets_follow() {
-        let r = sample_report();
-        assert_eq!(
-            r.capacity().map(|s| s.rate),
-            Some(1000.0),
-            "12k missed p99 < 50 ms"
-        );
-        let t = r.targets();
-        assert_eq!(t[0].met, Some(true), "5.0 us is within 5 us");
-        assert_eq!(t[1].met, Some(false), "10k deliveries/s is short of 200k");
-        assert_eq!(t[2].met, None, "no RSS without --fabric-pid sampling");
-        assert_eq!(t[3].met, Some(true), "ack p99 4 ms at ~12k msg/s");
-        // An idle run's CPU per delivery is mostly idle work: no verdict.
-        let mut idle = sample_report();
-        idle.cpu.deliveries = 100;
-        assert_eq!(idle.targets()[0].met, None);
     }
 
     #[test]

@@ -88,7 +88,7 @@ pub(crate) fn render(report: &Report) -> String {
         })
         .collect();
     let mut targets = String::new();
-    for t in report.targets() {
+    for t in crate::targets::check(report) {
         let (class, word) = match t.met {
             Some(true) => ("met", "met"),
             Some(false) => ("missed", "missed"),

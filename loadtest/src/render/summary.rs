@@ -141,7 +141,7 @@ pub(crate) fn summary(r: &Report) -> String {
         }
     }
     let _ = writeln!(o, "\ntargets");
-    for check in r.targets() {
+    for check in crate::targets::check(r) {
         let _ = writeln!(
             o,
             "  {:<7} {:<60} {}",
