@@ -7,6 +7,7 @@
 #   scripts/bench.sh              # the full run: S1 20 s per shape, 5 s ramp steps (~4 minutes)
 #   scripts/bench.sh quick        # shorter runs and steps, to try it (~2 minutes)
 #   BENCH_PERF=1 scripts/bench.sh # then one more S1 100 x 10 under `perf record -g`, summarised
+#   scripts/bench.sh table DIR    # print the table of an earlier run again
 #
 # Scenarios (~100-byte bodies, zero loss, zero duplicates and zero reorders checked in every run):
 #   S1     1,000 msg/s in for 20 s over 100 conversations x 10 members (10,000 deliveries/s), and
@@ -27,8 +28,9 @@ mode=${1:-full}
 case "$mode" in
   full) s1_secs=20 step_secs=5 idle_secs=5 floor_secs=10 drain=3 ;;
   quick) s1_secs=6 step_secs=2 idle_secs=2 floor_secs=4 drain=2 ;;
+  table) ;;
   *)
-    echo "usage: $0 [full|quick]" >&2
+    echo "usage: $0 [full|quick|table DIR]" >&2
     exit 2
     ;;
 esac
@@ -36,6 +38,87 @@ fabric_cpu=${BENCH_FABRIC_CPU:-1}
 load_cpu=${BENCH_LOAD_CPU:-0}
 rooms_rate=${BENCH_ROOMS_RATE:-100}
 ramp=1000,1500,2000,3000,4000,6000,8000
+
+# The table, from the JSON reports of a run directory.
+table() { # <dir> <mode>
+  python3 - "$1" "$2" <<'PY' | tee "$1/table.md"
+import json, os, sys
+
+out, mode = sys.argv[1], sys.argv[2]
+rep = lambda name: json.load(open(os.path.join(out, name + ".json")))
+idle, s1, rooms, ramp, floor = (rep(n) for n in ("idle", "s1-100x10", "s1-10x100", "s2-ramp", "floor"))
+load = [open(os.path.join(out, f)).read().split("load average:")[1].strip()
+        for f in ("load-before.txt", "load-after.txt")]
+
+
+def us(r):
+    return r["cpu"]["fabric_us_per_delivery"] or 0.0
+
+
+def name(label):
+    """`chatfabric --log warn [pid]` is the dev process: gateway, persister and presence."""
+    program = label.split()[0]
+    return "dev" if program == "chatfabric" else program
+
+
+def split(r):
+    """CPU per delivery of each fabric process, labelled by its program name."""
+    n = max(r["cpu"]["deliveries"], 1)
+    return ", ".join(f'{name(label)} {secs * 1e6 / n:.1f}'
+                     for label, secs in zip(r["fabric_processes"], r["cpu"]["process_secs"]))
+
+
+def held(step):
+    return (step["sent_per_s"] >= 0.95 * step["rate"] and step["e2e"]["p99_ms"] < 50
+            and step["lost"] == 0 and step["order_violations"] == 0)
+
+
+floor_us = floor["writer_us_per_write"]
+steps = ramp["steps"]
+top = max((s for s in steps if held(s)), key=lambda s: s["rate"], default=None)
+at2k = next(s for s in steps if s["rate"] == 2000)
+runs = (idle, s1, rooms, ramp)
+lost = sum(r["accounting"]["lost"] for r in runs)
+dup = sum(r["accounting"]["duplicates"] for r in runs)
+order = sum(r["accounting"]["order_violations"] for r in runs)
+rss = idle["rss"]
+print(f"\n## chatfabric delivery benchmark ({mode}): fabric on one pinned CPU, generator on the other\n")
+print("| figure | measured | issue 12 target |")
+print("|---|---|---|")
+print(f'| fabric CPU per delivery, S1 100 x 10 ({s1["deliveries_per_s"]:,.0f} deliveries/s) '
+      f'| **{us(s1):.1f} us** ({split(s1)}) | <= 15 us |')
+print(f'| fabric CPU per delivery, S1 10 x 100 ({rooms["deliveries_per_s"]:,.0f} deliveries/s) '
+      f'| **{us(rooms):.1f} us** ({split(rooms)}) | <= 15 us |')
+print(f'| floor: CPU per write(2), {floor["sockets"]} sockets, {floor["frame_bytes"]} B frames, '
+      f'{floor["writes_per_s"]:,.0f} writes/s | **{floor_us:.1f} us** (reader {floor["reader_us_per_write"]:.1f} us) | |')
+print(f'| fabric / floor | **{us(s1) / floor_us:.2f}x** (100 x 10), **{us(rooms) / floor_us:.2f}x** (10 x 100) | <= 1.5x |')
+if top:
+    missed = [f'{x["rate"]:,.0f}' for x in steps if x["rate"] < top["rate"] and not held(x)]
+    below = f'; below it not held: {", ".join(missed)} msg/s' if missed else ""
+    print(f'| highest S2 step held | **{top["rate"]:,.0f} msg/s** = {top["delivered_per_s"]:,.0f} deliveries/s, '
+          f'p99 {top["e2e"]["p99_ms"]:.1f} ms{below}; {us(ramp):.1f} us/delivery over the ramp | >= 8,000 msg/s |')
+else:
+    print(f'| highest S2 step held | **none** | >= 8,000 msg/s |')
+for s in steps:
+    print(f'| &nbsp; S2 {s["rate"]:,.0f} msg/s | sent {s["sent_per_s"]:,.0f}/s, delivered {s["delivered_per_s"]:,.0f}/s, '
+          f'e2e p99 {s["e2e"]["p99_ms"]:.1f} ms, lost {s["lost"]}, reorders {s["order_violations"]}: '
+          f'{"held" if held(s) else "not held"} | |')
+print(f'| idle RSS per connection ({rss["connections"]:,} subscribed) | **{rss["bytes_per_connection"] / 1024:.1f} KiB** ('
+      + ", ".join(f'{name(p[0])} +{(p[2] - p[1]) / rss["connections"] / 1024:.1f}' for p in rss["processes"])
+      + ') | <= 4 KiB |')
+print(f'| send -> ack at 2,000 msg/s (S2 step) | p50 **{at2k["ack"]["p50_ms"]:.2f} ms**, p99 **{at2k["ack"]["p99_ms"]:.2f} ms** '
+      f'(sent {at2k["sent_per_s"]:,.0f}/s) | p99 <= 5 ms |')
+print(f'| delivery, all runs | lost {lost}, duplicates {dup}, reorders {order} | 0 |')
+print(f'\nload average before {load[0]}, after {load[1]}; bottleneck lines: S1 100 x 10: {s1["cpu"]["bottleneck"]}; '
+      f'S2: {ramp["cpu"]["bottleneck"]}')
+print(f"reports: {out}")
+PY
+}
+
+if [ "$mode" = table ]; then
+  table "${2:?usage: $0 table DIR}" "$(cat "$2/mode" 2>/dev/null || echo full)"
+  exit 0
+fi
 
 # What a fresh machine lacks: nats-server (Debian puts it in /usr/sbin), taskset, python3.
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -59,6 +142,7 @@ cargo build --release --quiet -p chatfabric --bin chatfabric
 bin=target/release/chatfabric
 out=target/bench/$(date -u +%Y%m%d-%H%M%S)
 mkdir -p "$out"
+echo "$mode" >"$out/mode"
 say() { echo "$*" >&2; }
 
 free_port() {
@@ -174,77 +258,21 @@ if [ "${BENCH_PERF:-0}" = 1 ]; then
     load perf --conversations 100 --members 10 --rate 1000 --duration "$s1_secs"
     wait "$perf_job" || true
     stop_fabric
-    perf report -i "$out/perf.data" --no-children --sort comm,dso --stdio 2>/dev/null |
-      grep -v '^#' | grep -v '^$' | head -20 >"$out/perf-dso.txt" || true
-    perf report -i "$out/perf.data" --no-children --sort sym --stdio -g none \
-      --percent-limit 0.7 2>/dev/null | grep -v '^#' | grep -v '^$' | head -40 >"$out/perf-sym.txt" || true
-    say "perf summaries: $out/perf-dso.txt, $out/perf-sym.txt"
+    # Where the samples are (process and library), what the syscalls cost with what they call,
+    # and the costliest functions of the dev process itself.
+    report() { perf report -i "$out/perf.data" -g none --stdio "$@" 2>/dev/null | grep -v '^#' | grep -v '^$' || true; }
+    {
+      echo "## samples by process and library"
+      report --no-children --sort comm,dso | head -12
+      echo "## inclusive (children), >= 5 %"
+      report --children --sort sym --percent-limit 5 | head -40
+      echo "## the dev process's own functions (self), >= 0.4 %"
+      report --no-children --comm tokio-rt-worker --sort dso,sym --percent-limit 0.4 | head -40
+    } >"$out/perf-summary.txt"
+    say "perf summary: $out/perf-summary.txt"
   else
     say "perf is not installed: no profile"
   fi
 fi
 
-python3 - "$out" "$mode" <<'PY' | tee "$out/table.md"
-import json, os, sys
-
-out, mode = sys.argv[1], sys.argv[2]
-rep = lambda name: json.load(open(os.path.join(out, name + ".json")))
-idle, s1, rooms, ramp, floor = (rep(n) for n in ("idle", "s1-100x10", "s1-10x100", "s2-ramp", "floor"))
-load = [open(os.path.join(out, f)).read().split("load average:")[1].strip()
-        for f in ("load-before.txt", "load-after.txt")]
-
-
-def us(r):
-    return r["cpu"]["fabric_us_per_delivery"] or 0.0
-
-
-def split(r):
-    """CPU per delivery of each fabric process, labelled by its program name."""
-    n = max(r["cpu"]["deliveries"], 1)
-    return ", ".join(f'{label.split()[0]} {secs * 1e6 / n:.1f}'
-                     for label, secs in zip(r["fabric_processes"], r["cpu"]["process_secs"]))
-
-
-def held(step):
-    return (step["sent_per_s"] >= 0.95 * step["rate"] and step["e2e"]["p99_ms"] < 50
-            and step["lost"] == 0 and step["order_violations"] == 0)
-
-
-floor_us = floor["writer_us_per_write"]
-steps = ramp["steps"]
-top = max((s for s in steps if held(s)), key=lambda s: s["rate"], default=None)
-at2k = next(s for s in steps if s["rate"] == 2000)
-runs = (idle, s1, rooms, ramp)
-lost = sum(r["accounting"]["lost"] for r in runs)
-dup = sum(r["accounting"]["duplicates"] for r in runs)
-order = sum(r["accounting"]["order_violations"] for r in runs)
-rss = idle["rss"]
-print(f"\n## chatfabric delivery benchmark ({mode}): fabric on one pinned CPU, generator on the other\n")
-print("| figure | measured | issue 12 target |")
-print("|---|---|---|")
-print(f'| fabric CPU per delivery, S1 100 x 10 ({s1["deliveries_per_s"]:,.0f} deliveries/s) '
-      f'| **{us(s1):.1f} us** ({split(s1)}) | <= 15 us |')
-print(f'| fabric CPU per delivery, S1 10 x 100 ({rooms["deliveries_per_s"]:,.0f} deliveries/s) '
-      f'| **{us(rooms):.1f} us** ({split(rooms)}) | <= 15 us |')
-print(f'| floor: CPU per write(2), {floor["sockets"]} sockets, {floor["frame_bytes"]} B frames, '
-      f'{floor["writes_per_s"]:,.0f} writes/s | **{floor_us:.1f} us** (reader {floor["reader_us_per_write"]:.1f} us) | |')
-print(f'| fabric / floor | **{us(s1) / floor_us:.2f}x** (100 x 10), **{us(rooms) / floor_us:.2f}x** (10 x 100) | <= 1.5x |')
-if top:
-    print(f'| highest S2 step held | **{top["rate"]:,.0f} msg/s** = {top["delivered_per_s"]:,.0f} deliveries/s, '
-          f'p99 {top["e2e"]["p99_ms"]:.1f} ms, {us(ramp):.1f} us/delivery over the ramp | >= 8,000 msg/s |')
-else:
-    print(f'| highest S2 step held | **none** | >= 8,000 msg/s |')
-for s in steps:
-    print(f'| &nbsp; S2 {s["rate"]:,.0f} msg/s | sent {s["sent_per_s"]:,.0f}/s, delivered {s["delivered_per_s"]:,.0f}/s, '
-          f'e2e p99 {s["e2e"]["p99_ms"]:.1f} ms, lost {s["lost"]}, reorders {s["order_violations"]}: '
-          f'{"held" if held(s) else "not held"} | |')
-print(f'| idle RSS per connection ({rss["connections"]:,} subscribed) | **{rss["bytes_per_connection"] / 1024:.1f} KiB** ('
-      + ", ".join(f'{p[0].split()[0]} +{(p[2] - p[1]) / rss["connections"] / 1024:.1f}' for p in rss["processes"])
-      + ') | <= 4 KiB |')
-print(f'| send -> ack at 2,000 msg/s (S2 step) | p50 **{at2k["ack"]["p50_ms"]:.2f} ms**, p99 **{at2k["ack"]["p99_ms"]:.2f} ms** '
-      f'(sent {at2k["sent_per_s"]:,.0f}/s) | p99 <= 5 ms |')
-print(f'| delivery, all runs | lost {lost}, duplicates {dup}, reorders {order} | 0 |')
-print(f'\nload average before {load[0]}, after {load[1]}; bottleneck lines: S1 100 x 10: {s1["cpu"]["bottleneck"]}; '
-      f'S2: {ramp["cpu"]["bottleneck"]}')
-print(f"reports: {out}")
-PY
+table "$out" "$mode"
