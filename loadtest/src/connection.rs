@@ -15,14 +15,13 @@
 //! - **Outages.** The time it was not served is measured (see [`crate::outage`]).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use futures::{SinkExt, StreamExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -30,10 +29,12 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::frames::{sent_nanos, stamped_body, unix_nanos, Reply, Request};
-use crate::ledger::{Arrival, ReceiverLedger};
+use crate::frames::{stamped_body, unix_nanos, Reply, Request};
+use crate::ledger::ReceiverLedger;
 use crate::outage::{OutageClock, SLOW_ACK};
-use crate::worker::Shared;
+use crate::plan::Member;
+use crate::session::{dial, on_text, settle, End, Pending};
+use crate::shared::{Order, Shared};
 
 /// How long a session may take to open before it counts as failed.
 const SESSION_TIMEOUT: Duration = Duration::from_secs(15);
@@ -44,62 +45,10 @@ const PING_AFTER: Duration = Duration::from_secs(2);
 /// Silence (no frame, no pong) after which the gateway counts as gone.
 pub(crate) const STALL: Duration = Duration::from_secs(6);
 
-/// A gateway to connect to.
-#[derive(Debug, Clone)]
-pub(crate) struct Target {
-    /// The WebSocket URL (sent in the upgrade request).
-    pub(crate) url: String,
-    /// Where its host:port resolved.
-    pub(crate) addr: SocketAddr,
-}
-
-/// Who a connection is and where it goes.
-#[derive(Debug, Clone)]
-pub(crate) struct Member {
-    /// Global connection index (unique over all workers), used in client ids.
-    pub(crate) index: usize,
-    /// The user it authenticates as.
-    pub(crate) user: String,
-    /// The conversation it subscribes (and sends) to.
-    pub(crate) conv: Arc<str>,
-    /// The conversation's index in the plan.
-    pub(crate) conv_idx: u32,
-    /// Index into the worker's targets.
-    pub(crate) target: usize,
-    /// Local address to connect from.
-    pub(crate) source: Option<IpAddr>,
-    /// Receives over server-sent events instead of WebSocket (and never sends).
-    pub(crate) sse: bool,
-}
-
-/// What the worker tells a connection to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Order {
-    /// Send one message now.
-    Send,
-    /// Drop the session abruptly and resume.
-    Drop,
-}
-
-/// Why a session ended.
-pub(crate) enum End {
-    Finish,
-    Dropped,
-    Closed(u16),
-    Broken,
-}
-
 /// An open session of either kind.
 enum Session {
     Ws(Box<WebSocketStream<TcpStream>>),
     Sse(crate::sse::EventStream),
-}
-
-/// A send waiting for its ack.
-pub(crate) struct Pending {
-    written: Instant,
-    step: u32,
-    body: String,
 }
 
 /// Runs a member connection until `finish`; returns what it received.
@@ -236,15 +185,6 @@ fn fail_over(member: &mut Member, shared: &Shared) {
     }
 }
 
-/// Ends the connection's outage once it is served again: subscribed, nothing waiting long.
-fn settle(shared: &Shared, outage: &mut OutageClock, pending: &HashMap<String, Pending>) {
-    if outage.running() && !pending.values().any(|p| p.written.elapsed() > SLOW_ACK) {
-        if let Some(span) = outage.end() {
-            shared.record_outage(span);
-        }
-    }
-}
-
 /// Opens a session: TCP from the member's source address, WebSocket upgrade with the token,
 /// `ready`, then `subscribe` (resuming after `after`). Returns the subscription's cursor.
 async fn open(
@@ -277,27 +217,6 @@ async fn open(
     ws.send(Message::text(subscribe)).await?;
     let cursor = expect(&mut ws, "subscribed").await?;
     Ok((ws, cursor))
-}
-
-/// A TCP connection to the member's gateway from its source address.
-pub(crate) async fn dial(shared: &Shared, member: &Member) -> anyhow::Result<TcpStream> {
-    let target = &shared.targets[member.target];
-    let socket = if target.addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    if let Some(source) = member.source {
-        socket
-            .bind(SocketAddr::new(source, 0))
-            .with_context(|| format!("binding source address {source}"))?;
-    }
-    let stream = socket
-        .connect(target.addr)
-        .await
-        .with_context(|| format!("connecting to {}", target.addr))?;
-    stream.set_nodelay(true)?;
-    Ok(stream)
 }
 
 /// Waits for a reply with `op`; returns its cursor (0 when it has none).
@@ -414,81 +333,4 @@ async fn session_loop(
             },
         }
     }
-}
-
-/// Handles a text frame of a live session (WebSocket text, or an SSE event's data). Returns the
-/// client id of a send to write again (it was answered `unavailable`).
-pub(crate) fn on_text(
-    member: &Member,
-    shared: &Shared,
-    text: &str,
-    ledger: &mut ReceiverLedger,
-    pending: &mut HashMap<String, Pending>,
-) -> Option<String> {
-    let counters = &shared.counters;
-    let Ok(reply) = Reply::parse(text) else {
-        shared.note_error("unreadable frame from the gateway");
-        return None;
-    };
-    match reply.op.as_ref() {
-        "msg" => {
-            let (Some(seq), Some(prev)) = (reply.seq, reply.prev) else {
-                shared.note_error("msg frame without seq/prev");
-                return None;
-            };
-            match ledger.on_msg(seq, prev) {
-                Arrival::Duplicate => {
-                    counters.duplicates.fetch_add(1, Relaxed);
-                }
-                arrival => {
-                    if arrival == Arrival::OutOfOrder {
-                        counters.order_violations.fetch_add(1, Relaxed);
-                    }
-                    counters.delivered.fetch_add(1, Relaxed);
-                    if let Some(sent) = reply.body.as_deref().and_then(sent_nanos) {
-                        shared.record_e2e(unix_nanos().saturating_sub(sent) / 1000);
-                    }
-                }
-            }
-        }
-        "ack" => {
-            let Some(p) = reply.client_id.as_deref().and_then(|id| pending.remove(id)) else {
-                return None; // the ack of a send already acked before a reconnect
-            };
-            counters.acked.fetch_add(1, Relaxed);
-            if reply.duplicate == Some(true) {
-                counters.ack_duplicates.fetch_add(1, Relaxed);
-            }
-            shared.record_ack(p.written.elapsed());
-            if let Some(seq) = reply.seq {
-                shared.record_acked(member.conv_idx, seq, p.step);
-            }
-        }
-        "error" => {
-            // A failed send echoes its client_id as `ref`. `unavailable` means "not known to be
-            // stored": retry with the same client_id. Any other code: not stored.
-            let retry = reply.code.as_deref() == Some("unavailable");
-            if let Some(id) = reply
-                .reference
-                .as_deref()
-                .filter(|r| retry && pending.contains_key(*r))
-            {
-                counters.unavailable.fetch_add(1, Relaxed);
-                return Some(id.to_string());
-            }
-            if reply
-                .reference
-                .as_deref()
-                .and_then(|r| pending.remove(r))
-                .is_some()
-            {
-                counters.send_errors.fetch_add(1, Relaxed);
-            } else {
-                counters.errors.fetch_add(1, Relaxed);
-            }
-            shared.note_error(&reply.error_text());
-        }
-        _ => {}
-    }
-    None
 }

@@ -1,8 +1,11 @@
-//! CPU seconds and resident memory of processes, read from Linux's `/proc`.
+//! CPU seconds and resident memory of processes, read from Linux's `/proc`: one process, the
+//! fabric's processes (`--fabric-pid`) together, and the whole machine.
 //!
 //! `/proc/<pid>/stat` counts CPU time in `USER_HZ` ticks, which the kernel fixes at 100 per second
 //! for every architecture we run on; reading it that way keeps this crate free of `unsafe` FFI to
 //! `sysconf`.
+
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -83,6 +86,59 @@ pub(crate) fn machine_cpu() -> Option<(f64, f64)> {
     Some(((total - idle) as f64 / USER_HZ, total as f64 / USER_HZ))
 }
 
+/// CPUs of the machine (the `cpuN` lines of `/proc/stat`), whatever this process's affinity:
+/// the machine's busy share is over all of them.
+pub(crate) fn machine_cores() -> Option<usize> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cores = stat
+        .lines()
+        .filter(|l| {
+            l.strip_prefix("cpu")
+                .is_some_and(|n| n.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .count();
+    (cores > 0).then_some(cores)
+}
+
+/// The fabric's processes, as given by `--fabric-pid`.
+pub(crate) struct Fabric {
+    /// Their process ids.
+    pub(crate) pids: Vec<u32>,
+    /// Their labels in reports (see [`describe`]), in the same order.
+    pub(crate) labels: Vec<String>,
+}
+
+impl Fabric {
+    /// The processes `pids`, labelled from their command lines.
+    pub(crate) fn new(pids: &[u32]) -> Fabric {
+        Fabric {
+            pids: pids.to_vec(),
+            labels: pids.iter().map(|&p| describe(p)).collect(),
+        }
+    }
+
+    /// One reading per pid (zero for a process that is gone).
+    pub(crate) fn sample(&self) -> Vec<ProcSample> {
+        self.pids
+            .iter()
+            .map(|p| sample(&p.to_string()).unwrap_or_default())
+            .collect()
+    }
+}
+
+/// CPU seconds at one moment: the fabric's, the load generator's, and the machine's.
+#[derive(Debug, Clone)]
+pub(crate) struct CpuSnapshot {
+    /// When it was taken.
+    pub(crate) at: Instant,
+    /// One reading per fabric process.
+    pub(crate) fabric: Vec<ProcSample>,
+    /// CPU seconds of the load generator: this process and its worker processes.
+    pub(crate) loadtest_secs: f64,
+    /// The machine's busy and total CPU seconds ([`machine_cpu`]).
+    pub(crate) machine: Option<(f64, f64)>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +159,7 @@ mod tests {
         assert!(me.rss_bytes > 0);
         let (busy, total) = machine_cpu().unwrap();
         assert!(total >= busy && total > 0.0);
+        let cores = machine_cores().unwrap();
+        assert!(cores >= std::thread::available_parallelism().unwrap().get());
     }
 }

@@ -6,7 +6,7 @@
 //! WebSocket sender: its acks are expected at every receiver of the conversation, and its bodies
 //! carry the send time, so their deliveries count in the end-to-end latency.
 //!
-//! Publishers are members of the groups the run creates (see [`conversations_of`]), never
+//! Publishers are members of the groups the run creates (see `plan`), never
 //! subscribe, and are paced by the worker's timer like WebSocket senders: one `Order::Send`, one
 //! request. A request that times out is retried with the same `client_id`, as a bot would; the
 //! fabric must store it once.
@@ -23,9 +23,9 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::Order;
 use crate::frames::{stamped_body, unix_nanos, Reply};
-use crate::worker::Shared;
+use crate::plan::Publisher;
+use crate::shared::{Order, Shared};
 
 /// How long one request waits for its reply before it is retried.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -34,34 +34,6 @@ const ATTEMPTS: u32 = 3;
 /// Requests one publisher has in flight at most; further orders wait in its queue (and, once that
 /// is full, count as send backlog).
 const MAX_IN_FLIGHT: usize = 256;
-
-/// The user id of publisher `k`.
-pub(crate) fn publisher_id(run_id: &str, k: usize) -> String {
-    format!("{run_id}-bot{k}")
-}
-
-/// The active conversations publisher `k` of `publishers` posts into (round-robin), among
-/// `conversations`. With no more publishers than conversations each conversation has exactly one
-/// publisher; with more, each publisher has exactly one conversation. Either way every
-/// conversation gets at most `publishers.div_ceil(conversations)` extra members.
-pub(crate) fn conversations_of(
-    k: usize,
-    publishers: usize,
-    conversations: usize,
-) -> impl Iterator<Item = usize> {
-    let groups = publishers.min(conversations).max(1);
-    (k % groups..conversations).step_by(groups)
-}
-
-/// The publishers of active conversation `conv`: the inverse of [`conversations_of`].
-pub(crate) fn publishers_of(
-    conv: usize,
-    publishers: usize,
-    conversations: usize,
-) -> impl Iterator<Item = usize> {
-    let groups = publishers.min(conversations).max(1);
-    (conv % groups..publishers).step_by(groups)
-}
 
 /// The payload of a post request.
 #[derive(Debug, Serialize)]
@@ -74,17 +46,6 @@ struct Post<'a> {
 fn post_payload(client_id: &str, body: &str) -> Bytes {
     // Only strings: serialization cannot fail.
     Bytes::from(serde_json::to_vec(&Post { client_id, body }).unwrap_or_default())
-}
-
-/// One publisher of a worker.
-#[derive(Debug, Clone)]
-pub(crate) struct Publisher {
-    /// Its index over all publishers of the run (unique, used in client ids).
-    pub(crate) index: usize,
-    /// Its user id, the `<bot>` token of its subjects.
-    pub(crate) user: String,
-    /// `(conversation index, id)` of the conversations it posts into, in turn.
-    pub(crate) convs: Vec<(u32, Arc<str>)>,
 }
 
 /// Connects a publisher to NATS: its own connection, named after it, with its replies under
@@ -260,62 +221,13 @@ fn on_outcome(shared: &Shared, outcome: Outcome) {
 mod tests {
     use super::*;
 
-    /// `(publisher, conversation)` pairs.
-    type Pairs = Vec<(usize, usize)>;
-
-    /// Every (publisher, conversation) pair, from both directions.
-    fn pairs(publishers: usize, conversations: usize) -> (Pairs, Pairs) {
-        let mut by_publisher: Vec<_> = (0..publishers)
-            .flat_map(|k| conversations_of(k, publishers, conversations).map(move |c| (k, c)))
-            .collect();
-        let mut by_conv: Vec<_> = (0..conversations)
-            .flat_map(|c| publishers_of(c, publishers, conversations).map(move |k| (k, c)))
-            .collect();
-        by_publisher.sort_unstable();
-        by_conv.sort_unstable();
-        (by_publisher, by_conv)
-    }
-
-    #[test]
-    fn publishers_cover_every_conversation_and_memberships_match() {
-        for (p, c) in [
-            (5, 10),
-            (5, 12),
-            (10, 10),
-            (12, 5),
-            (1, 3),
-            (3, 1),
-            (7, 100),
-        ] {
-            let (by_publisher, by_conv) = pairs(p, c);
-            assert_eq!(by_publisher, by_conv, "{p} publishers, {c} conversations");
-            for k in 0..p {
-                assert!(
-                    conversations_of(k, p, c).next().is_some(),
-                    "publisher {k} of {p} over {c} posts somewhere"
-                );
-            }
-            for conv in 0..c {
-                let n = publishers_of(conv, p, c).count();
-                assert!(n >= 1 && n <= p.div_ceil(c), "conversation {conv}: {n}");
-            }
-        }
-        // Fewer publishers than conversations: each conversation has exactly one.
-        assert_eq!(pairs(5, 12).0.len(), 12);
-        assert_eq!(conversations_of(1, 5, 12).collect::<Vec<_>>(), [1, 6, 11]);
-        // More: each publisher has exactly one.
-        assert_eq!(pairs(12, 5).0.len(), 12);
-        assert_eq!(publishers_of(1, 12, 5).collect::<Vec<_>>(), [1, 6, 11]);
-        assert_eq!(pairs(0, 5).0.len(), 0);
-    }
-
     #[test]
     fn post_payload_is_what_the_ingest_service_reads() {
         let body = stamped_body(7, 30);
         let payload = post_payload("b3-1", &body);
         let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
         assert_eq!(v, serde_json::json!({"client_id": "b3-1", "body": body}));
-        assert_eq!(publisher_id("lt1", 3), "lt1-bot3");
+        assert_eq!(crate::plan::publisher_id("lt1", 3), "lt1-bot3");
         // The ingest service answers with the gateway's own ack and error frames.
         use chatfabric_gateway::protocol::{self, ErrorCode, ServerFrame};
         let ack = protocol::encode(&ServerFrame::Ack {

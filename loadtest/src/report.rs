@@ -1,25 +1,13 @@
-//! The report: what a run measured, the verdicts against the performance targets, and the human
-//! summary. The same [`Report`] is written as JSON and rendered as HTML.
-
-use std::fmt::Write as _;
+//! The report: what a run measured and the verdicts against the performance targets. The same
+//! [`Report`] is written as JSON, and `render` turns it into the text summary and the HTML page.
 
 use serde::{Deserialize, Serialize};
 
-use crate::args::Settings;
 use crate::control::Counters;
-use crate::coordinator::{CpuSnapshot, Fabric};
 use crate::ledger::Accounting;
-use crate::procstat::ProcSample;
+use crate::procstat::{CpuSnapshot, Fabric, ProcSample};
+use crate::settings::Settings;
 use crate::stats::Latency;
-
-/// Targets (see BENCHMARKS.md).
-const TARGET_US_PER_DELIVERY: f64 = 5.0;
-const TARGET_DELIVERIES_PER_S: f64 = 200_000.0;
-const TARGET_RSS_PER_CONN: f64 = 4096.0;
-const TARGET_ACK_P99_MS: f64 = 5.0;
-const TARGET_ACK_RATE: f64 = 10_000.0;
-/// Below this delivery rate, CPU per delivery mostly measures idle work (timers, heartbeats).
-const MIN_DELIVERIES_PER_S: f64 = 1_000.0;
 
 /// Everything a run measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,12 +65,19 @@ pub(crate) struct StepReport {
     pub(crate) ack: Latency,
     /// Deliveries of messages sent in this step that never arrived.
     pub(crate) lost: u64,
+    /// `msg` frames received in this step whose `prev` broke the chain.
+    #[serde(default)]
+    pub(crate) order_violations: u64,
 }
 
 impl StepReport {
-    /// The step held: the generator kept its schedule, p99 under `p99_ms`, nothing lost.
+    /// The step held: the generator kept its schedule, p99 under `p99_ms`, nothing lost,
+    /// nothing out of order.
     pub(crate) fn passes(&self, p99_ms: f64) -> bool {
-        self.sent_per_s >= self.rate * 0.95 && self.e2e.p99_ms < p99_ms && self.lost == 0
+        self.sent_per_s >= self.rate * 0.95
+            && self.e2e.p99_ms < p99_ms
+            && self.lost == 0
+            && self.order_violations == 0
     }
 }
 
@@ -132,6 +127,9 @@ pub(crate) struct CpuReport {
     /// CPU seconds of the `--fabric-pid` processes (None without any).
     pub(crate) fabric_secs: Option<f64>,
     pub(crate) fabric_us_per_delivery: Option<f64>,
+    /// Of `fabric_secs`, each `--fabric-pid` process's, in their order.
+    #[serde(default)]
+    pub(crate) process_secs: Vec<f64>,
     pub(crate) loadtest_secs: f64,
     pub(crate) loadtest_us_per_delivery: Option<f64>,
     /// Share of the machine's CPU that was busy (all processes).
@@ -152,14 +150,21 @@ impl CpuReport {
             (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => Some((b1 - b0) / (t1 - t0)),
             _ => None,
         };
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
+        // The machine's, not this process's: the load generator may be pinned to one CPU.
+        let cores = crate::procstat::machine_cores()
+            .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
             .unwrap_or(1);
         let mut cpu = CpuReport {
             window_secs,
             deliveries,
             fabric_secs,
             fabric_us_per_delivery: fabric_secs.and_then(per),
+            process_secs: start
+                .fabric
+                .iter()
+                .zip(&end.fabric)
+                .map(|(a, b)| b.cpu_secs - a.cpu_secs)
+                .collect(),
             loadtest_secs,
             loadtest_us_per_delivery: per(loadtest_secs),
             machine_busy,
@@ -222,15 +227,6 @@ pub(crate) struct Point {
     pub(crate) fabric_rss_bytes: u64,
 }
 
-/// One target and what this run says about it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct TargetCheck {
-    pub(crate) target: String,
-    pub(crate) measured: String,
-    /// None: this run does not measure it.
-    pub(crate) met: Option<bool>,
-}
-
 impl Report {
     /// The highest step that held (ramp capacity), if any.
     pub(crate) fn capacity(&self) -> Option<&StepReport> {
@@ -241,82 +237,6 @@ impl Report {
             .max_by(|a, b| a.rate.total_cmp(&b.rate))
     }
 
-    /// The run against the project's performance targets.
-    pub(crate) fn targets(&self) -> Vec<TargetCheck> {
-        let mut out = Vec::new();
-        let busy_enough =
-            self.cpu.deliveries as f64 / self.cpu.window_secs.max(1e-9) >= MIN_DELIVERIES_PER_S;
-        out.push(TargetCheck {
-            target: format!("<= {TARGET_US_PER_DELIVERY} us server CPU per delivery"),
-            measured: match (self.cpu.fabric_us_per_delivery, busy_enough) {
-                (Some(us), true) => format!("{us:.2} us"),
-                (Some(us), false) => format!(
-                    "{us:.2} us, but under {MIN_DELIVERIES_PER_S:.0} deliveries/s idle costs dominate"
-                ),
-                (None, _) => "not measured (give --fabric-pid and send messages)".into(),
-            },
-            met: self
-                .cpu
-                .fabric_us_per_delivery
-                .filter(|_| busy_enough)
-                .map(|us| us <= TARGET_US_PER_DELIVERY),
-        });
-        let best = self.capacity();
-        out.push(TargetCheck {
-            target: format!(
-                ">= {TARGET_DELIVERIES_PER_S:.0} deliveries/s at p99 < {} ms, zero loss",
-                self.settings.p99_target_ms
-            ),
-            measured: match best {
-                Some(s) => format!(
-                    "{:.0} deliveries/s (step {:.0} msg/s, p99 {:.1} ms)",
-                    s.delivered_per_s, s.rate, s.e2e.p99_ms
-                ),
-                None => "no step held".into(),
-            },
-            met: best.map(|s| s.delivered_per_s >= TARGET_DELIVERIES_PER_S),
-        });
-        out.push(TargetCheck {
-            target: format!(
-                "<= {} KiB RSS per idle subscribed connection",
-                TARGET_RSS_PER_CONN / 1024.0
-            ),
-            measured: match &self.rss {
-                Some(r) => format!(
-                    "{:.0} B over {} connections",
-                    r.bytes_per_connection, r.connections
-                ),
-                None => "not measured (give --fabric-pid)".into(),
-            },
-            met: self
-                .rss
-                .as_ref()
-                .map(|r| r.bytes_per_connection <= TARGET_RSS_PER_CONN),
-        });
-        let at_rate = self
-            .steps
-            .iter()
-            .filter(|s| s.sent_per_s >= TARGET_ACK_RATE * 0.95)
-            .min_by(|a, b| a.rate.total_cmp(&b.rate));
-        out.push(TargetCheck {
-            target: format!(
-                "send->ack p99 <= {TARGET_ACK_P99_MS} ms at {TARGET_ACK_RATE:.0} msg/s in"
-            ),
-            measured: match at_rate {
-                Some(s) => format!("{:.2} ms at {:.0} msg/s", s.ack.p99_ms, s.sent_per_s),
-                None => {
-                    let top = self.steps.iter().map(|s| s.sent_per_s).fold(0.0, f64::max);
-                    format!(
-                        "not reached (highest rate {top:.0} msg/s; ack p99 {:.2} ms)",
-                        self.ack.p99_ms
-                    )
-                }
-            },
-            met: at_rate.map(|s| s.ack.p99_ms <= TARGET_ACK_P99_MS),
-        });
-        out
-    }
-
     /// Zero loss, duplicates and order violations, and every connection subscribed.
     pub(crate) fn delivery_ok(&self) -> bool {
         let a = &self.accounting;
@@ -324,190 +244,15 @@ impl Report {
     }
 }
 
-fn verdict(met: Option<bool>) -> &'static str {
-    match met {
-        Some(true) => "MET",
-        Some(false) => "MISSED",
-        None => "-",
-    }
-}
-
-fn lat(l: &Latency) -> String {
-    format!(
-        "p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2} ms  (n={})",
-        l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms, l.count
-    )
-}
-
-/// The human summary printed at the end of a run.
-pub(crate) fn summary(r: &Report) -> String {
-    let s = &r.settings;
-    let mut o = String::new();
-    let scenario = s
-        .scenario
-        .map(|sc| format!("{sc:?}"))
-        .unwrap_or_else(|| "custom".into());
-    let _ = writeln!(o, "\n== chatfabric loadtest: {scenario} ({}) ==", s.run_id);
-    let _ = writeln!(
-        o,
-        "{} conversations x {} members + {} idle = {} connections over {} gateway(s), {}, payload {} B",
-        s.conversations, s.members, s.idle, s.total_conns(), s.gateways.len(), if s.workers == 0 { "in-process worker".to_string() } else { format!("{} worker processes", s.workers) }, s.payload
-    );
-    let c = &r.connect;
-    let _ = writeln!(
-        o,
-        "connect    {}/{} subscribed in {:.1} s ({:.0}/s), {} failed attempts, {} gave up; session setup {}",
-        c.subscribed, c.connections, c.secs, c.per_s, c.failed_attempts, c.given_up, lat(&c.latency)
-    );
-    let t = &r.totals;
-    let _ = writeln!(
-        o,
-        "traffic    sent {} acked {} (retried {}, dup acks {}, send errors {}, unacked {}), delivered {} = {:.0} deliveries/s",
-        t.sent, t.acked, t.resent, t.ack_duplicates, t.send_errors, r.unacked, t.delivered, r.deliveries_per_s
-    );
-    let _ = writeln!(o, "e2e        {}", lat(&r.e2e));
-    let _ = writeln!(o, "send->ack  {}", lat(&r.ack));
-    if s.nats_publishers > 0 {
-        let _ = writeln!(
-            o,
-            "nats       {} publishers on {}: sent {} ({:.1} % of the rate), acked {}; send->ack {}",
-            s.nats_publishers,
-            s.nats_url,
-            t.nats_sent,
-            s.nats_share() * 100.0,
-            t.nats_acked,
-            lat(&r.nats_ack)
-        );
-    }
-    let a = &r.accounting;
-    let _ = writeln!(
-        o,
-        "delivery   expected {} lost {} ({} receivers with loss of {}), duplicates {}, order violations {} => {}",
-        a.expected_deliveries,
-        a.lost,
-        a.receivers_with_loss,
-        a.receivers,
-        a.duplicates,
-        a.order_violations,
-        if r.delivery_ok() { "OK" } else { "FAILED" }
-    );
-    let _ = writeln!(
-        o,
-        "closes     reconnects {}, slow consumer (4008) {}, going away (1001) {}, other {}; send backlog {}",
-        t.reconnects, t.slow_consumer_closes, t.going_away_closes, t.other_closes, t.send_backlog
-    );
-    if r.steps.len() > 1 {
-        let _ = writeln!(o, "\n  step msg/s | sent/s    deliv/s | e2e p50   p99   p99.9 ms | ack p99 ms | lost | held");
-        for st in &r.steps {
-            let _ =
-                writeln!(
-                o,
-                "  {:>10.0} | {:>7.0} {:>10.0} | {:>7.2} {:>6.2} {:>7.2} | {:>10.2} | {:>4} | {}",
-                st.rate,
-                st.sent_per_s,
-                st.delivered_per_s,
-                st.e2e.p50_ms,
-                st.e2e.p99_ms,
-                st.e2e.p999_ms,
-                st.ack.p99_ms,
-                st.lost,
-                if st.passes(s.p99_target_ms) { "yes" } else { "no" }
-            );
-        }
-        match r.capacity() {
-            Some(best) => {
-                let _ = writeln!(
-                    o,
-                    "  capacity: {:.0} msg/s in = {:.0} deliveries/s with p99 < {} ms and zero loss",
-                    best.rate, best.delivered_per_s, s.p99_target_ms
-                );
-            }
-            None => {
-                let _ = writeln!(o, "  capacity: no step held");
-            }
-        }
-    }
-    let cpu = &r.cpu;
-    let _ = writeln!(
-        o,
-        "\ncpu        over {:.1} s and {} deliveries: fabric {} us/delivery, load generator {} us/delivery",
-        cpu.window_secs,
-        cpu.deliveries,
-        cpu.fabric_us_per_delivery.map(|v| format!("{v:.2}")).unwrap_or("?".into()),
-        cpu.loadtest_us_per_delivery.map(|v| format!("{v:.2}")).unwrap_or("?".into()),
-    );
-    let _ = writeln!(o, "bottleneck {}", cpu.bottleneck);
-    if let Some(rss) = &r.rss {
-        let _ = writeln!(
-            o,
-            "rss        {:.0} B per connection ({} connections; valid against a freshly started fabric)",
-            rss.bytes_per_connection, rss.connections
-        );
-        for (label, before, after) in &rss.processes {
-            let _ = writeln!(
-                o,
-                "             {label}: {:.1} -> {:.1} MiB",
-                *before as f64 / 1048576.0,
-                *after as f64 / 1048576.0
-            );
-        }
-    }
-    let _ = writeln!(o, "\ntargets");
-    for check in r.targets() {
-        let _ = writeln!(
-            o,
-            "  {:<7} {:<60} {}",
-            verdict(check.met),
-            check.target,
-            check.measured
-        );
-    }
-    if !r.outages.is_empty() {
-        let _ = writeln!(
-            o,
-            "\noutages    {} (unserved connections: broken sessions, sends unacked for over 1 s); failovers {}, stalls {}, unavailable {}",
-            r.outages.len(),
-            r.totals.failovers,
-            r.totals.stalls,
-            r.totals.unavailable
-        );
-        for out in r.outages.iter().take(20) {
-            let _ = writeln!(
-                o,
-                "  at {} ms: {:.1} s, {} connections, longest {:.1} s",
-                out.start_unix_ms,
-                out.ms as f64 / 1000.0,
-                out.connections,
-                out.longest_ms as f64 / 1000.0
-            );
-        }
-    }
-    if !r.errors.is_empty() {
-        let _ = writeln!(o, "\nerrors");
-        for (e, n) in r.errors.iter().take(10) {
-            let _ = writeln!(o, "  {n:>8} x {e}");
-        }
-    }
-    for note in &r.notes {
-        let _ = writeln!(o, "note: {note}");
-    }
-    o
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::args::Step;
+    use crate::settings::Step;
 
     /// A report as a two-step ramp with a storm would produce it.
     pub(crate) fn sample_report() -> Report {
         let settings = Settings {
             scenario: Some(crate::args::Scenario::Ramp),
-            gateways: vec!["ws://127.0.0.1:8080/ws".into()],
-            jwt_secret: String::new(),
-            source_addrs: vec![],
-            conversations: 10,
-            members: 10,
             steps: vec![
                 Step {
                     rate: 1000.0,
@@ -518,20 +263,10 @@ pub(crate) mod tests {
                     secs: 10.0,
                 },
             ],
-            payload: 100,
-            sse_share: 0.0,
-            nats_publishers: 0,
-            nats_url: String::new(),
-            churn: 0.0,
-            idle: 0,
-            idle_room_size: 100,
             storm_at: Some(5.0),
             connect_rate: 1000.0,
-            drain: 5.0,
-            workers: 0,
             fabric_pids: vec![1],
-            p99_target_ms: 50.0,
-            run_id: "t".into(),
+            ..crate::settings::tests::resolve(&["--run-id", "t"]).unwrap()
         };
         let lat = |p99| Latency {
             count: 10,
@@ -552,6 +287,7 @@ pub(crate) mod tests {
                 e2e: lat(3.0),
                 ack: lat(1.0),
                 lost: 0,
+                order_violations: 0,
             },
             StepReport {
                 rate: 12000.0,
@@ -562,6 +298,7 @@ pub(crate) mod tests {
                 e2e: lat(80.0),
                 ack: lat(4.0),
                 lost: 0,
+                order_violations: 0,
             },
         ];
         let timeline = (0..30)
@@ -620,27 +357,6 @@ pub(crate) mod tests {
             notes: vec![],
             fabric_processes: vec!["chatfabric dev [1]".into()],
         }
-    }
-
-    #[test]
-    fn capacity_is_the_highest_step_that_held_and_targets_follow() {
-        let r = sample_report();
-        assert_eq!(
-            r.capacity().map(|s| s.rate),
-            Some(1000.0),
-            "12k missed p99 < 50 ms"
-        );
-        let t = r.targets();
-        assert_eq!(t[0].met, Some(true), "5.0 us is within 5 us");
-        assert_eq!(t[1].met, Some(false), "10k deliveries/s is short of 200k");
-        assert_eq!(t[2].met, None, "no RSS without --fabric-pid sampling");
-        assert_eq!(t[3].met, Some(true), "ack p99 4 ms at ~12k msg/s");
-        let text = summary(&r);
-        assert!(text.contains("capacity: 1000 msg/s"), "{text}");
-        // An idle run's CPU per delivery is mostly idle work: no verdict.
-        let mut idle = sample_report();
-        idle.cpu.deliveries = 100;
-        assert_eq!(idle.targets()[0].met, None);
     }
 
     #[test]

@@ -11,44 +11,15 @@ use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::args::Settings;
 use crate::frames::{mint_token, Reply, Request};
-use crate::publisher::{publisher_id, publishers_of};
+use crate::plan::users_of;
+use crate::settings::Settings;
 
 /// Groups one admin connection creates, all in flight at once: under the gateway's default
 /// burst of 100 frames.
 const CREATES_PER_ADMIN: usize = 50;
 /// Admin connections working at once.
 const PARALLEL_ADMINS: usize = 16;
-
-/// The conversation index and user id of connection `i` (see the worker's numbering).
-pub(crate) fn member_at(s: &Settings, i: usize) -> (usize, String) {
-    let active = s.member_conns();
-    if i < active {
-        let (conv, m) = (i / s.members, i % s.members);
-        (conv, format!("{}-c{conv}-m{m}", s.run_id))
-    } else {
-        let k = i - active;
-        let (room, m) = (k / s.idle_room_size, k % s.idle_room_size);
-        (s.conversations + room, format!("{}-i{room}-m{m}", s.run_id))
-    }
-}
-
-/// The users of conversation `conv` (active ones first, then the quiet ones); an active
-/// conversation's members are followed by its NATS publishers.
-fn users_of(s: &Settings, conv: usize) -> Vec<String> {
-    if conv < s.conversations {
-        let members = (conv * s.members..(conv + 1) * s.members).map(|i| member_at(s, i).1);
-        let publishers = publishers_of(conv, s.nats_publishers, s.conversations)
-            .map(|k| publisher_id(&s.run_id, k));
-        members.chain(publishers).collect()
-    } else {
-        let room = conv - s.conversations;
-        let start = s.member_conns() + room * s.idle_room_size;
-        let range = start..(start + s.idle_room_size).min(s.total_conns());
-        range.map(|i| member_at(s, i).1).collect()
-    }
-}
 
 /// Resolves the host and port of a `ws://` URL.
 pub(crate) async fn resolve(url: &str) -> anyhow::Result<SocketAddr> {
@@ -153,62 +124,4 @@ async fn create_batch(
         tracing::debug!("admin connection already closed");
     }
     Ok(ids)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::args::Step;
-
-    #[test]
-    fn users_are_numbered_by_conversation_then_idle_room() {
-        let s = Settings {
-            scenario: None,
-            gateways: vec![],
-            jwt_secret: String::new(),
-            source_addrs: vec![],
-            conversations: 2,
-            members: 3,
-            steps: vec![Step {
-                rate: 0.0,
-                secs: 0.0,
-            }],
-            payload: 1,
-            sse_share: 0.0,
-            nats_publishers: 0,
-            nats_url: String::new(),
-            churn: 0.0,
-            idle: 5,
-            idle_room_size: 4,
-            storm_at: None,
-            connect_rate: 1.0,
-            drain: 0.0,
-            workers: 0,
-            fabric_pids: vec![],
-            p99_target_ms: 50.0,
-            run_id: "r".into(),
-        };
-        assert_eq!(users_of(&s, 1), ["r-c1-m0", "r-c1-m1", "r-c1-m2"]);
-        assert_eq!(
-            users_of(&s, 2),
-            ["r-i0-m0", "r-i0-m1", "r-i0-m2", "r-i0-m3"]
-        );
-        assert_eq!(
-            users_of(&s, 3),
-            ["r-i1-m0"],
-            "the last quiet room holds the rest"
-        );
-        assert_eq!(member_at(&s, 10), (3, "r-i1-m0".to_string()));
-        // NATS publishers join the active conversations only.
-        let s = Settings {
-            nats_publishers: 3,
-            ..s
-        };
-        assert_eq!(
-            users_of(&s, 0),
-            ["r-c0-m0", "r-c0-m1", "r-c0-m2", "r-bot0", "r-bot2"]
-        );
-        assert_eq!(users_of(&s, 1), ["r-c1-m0", "r-c1-m1", "r-c1-m2", "r-bot1"]);
-        assert_eq!(users_of(&s, 2).len(), 4);
-    }
 }

@@ -12,10 +12,11 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::{dial, on_text, End, Member, Order};
 use crate::frames::Reply;
 use crate::ledger::ReceiverLedger;
-use crate::worker::Shared;
+use crate::plan::Member;
+use crate::session::{dial, on_text, End};
+use crate::shared::{Order, Shared};
 
 /// An open event stream.
 pub(crate) struct EventStream {
@@ -242,17 +243,6 @@ impl Decoder {
     }
 }
 
-/// Whether connection `i` of `members` active-member connections is an SSE receiver, for a
-/// share `share` in [0, 1): the SSE members are spread evenly over the conversations.
-pub(crate) fn is_sse(i: usize, members: usize, share: f64) -> bool {
-    i < members && ((i + 1) as f64 * share).floor() > (i as f64 * share).floor()
-}
-
-/// The members that send: every active member that is not an SSE receiver.
-pub(crate) fn senders(members: usize, share: f64) -> impl Iterator<Item = usize> {
-    (0..members).filter(move |&i| !is_sse(i, members, share))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,22 +289,5 @@ mod tests {
             ("msg", Some(7))
         );
         assert!(d.ended);
-    }
-
-    #[test]
-    fn sse_members_are_spread_and_never_send() {
-        let members = 100;
-        let sse: Vec<usize> = (0..members).filter(|&i| is_sse(i, members, 0.2)).collect();
-        assert_eq!(sse.len(), 20);
-        assert!(
-            sse.windows(2).all(|w| w[1] - w[0] == 5),
-            "evenly spread: {sse:?}"
-        );
-        assert_eq!(senders(members, 0.2).count(), 80);
-        assert!(
-            !is_sse(150, members, 0.2),
-            "idle connections stay WebSocket"
-        );
-        assert_eq!(senders(members, 0.0).count(), 100);
     }
 }

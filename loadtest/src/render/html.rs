@@ -3,7 +3,8 @@
 
 use std::fmt::Write as _;
 
-use crate::report::{summary, Report};
+use crate::render::summary::summary;
+use crate::report::{Point, Report};
 
 const WIDTH: f64 = 900.0;
 const HEIGHT: f64 = 260.0;
@@ -11,6 +12,57 @@ const LEFT: f64 = 70.0;
 const RIGHT: f64 = 20.0;
 const TOP: f64 = 30.0;
 const BOTTOM: f64 = 35.0;
+
+/// A timeline value to plot.
+type Metric = fn(&Point) -> f64;
+
+/// A line of a plot: name, color, value.
+type Line = (&'static str, &'static str, Metric);
+
+/// The plots, in page order: title, y axis label, log scale, and their lines.
+const PLOTS: &[(&str, &str, bool, &[Line])] = &[
+    (
+        "End-to-end latency percentiles (per second)",
+        "ms (log)",
+        true,
+        &[
+            ("p50", "#1b9e77", |p| p.e2e.p50_ms),
+            ("p90", "#7570b3", |p| p.e2e.p90_ms),
+            ("p99", "#d95f02", |p| p.e2e.p99_ms),
+            ("max", "#e7298a", |p| p.e2e.max_ms),
+            ("ack p99", "#666666", |p| p.ack.p99_ms),
+        ],
+    ),
+    (
+        "Throughput",
+        "per second",
+        false,
+        &[
+            ("delivered/s", "#1b9e77", |p| p.delivered_per_s),
+            ("sent/s", "#d95f02", |p| p.sent_per_s),
+            ("acked/s", "#7570b3", |p| p.acked_per_s),
+        ],
+    ),
+    (
+        "Connections",
+        "connections",
+        false,
+        &[
+            ("open", "#1b9e77", |p| p.open as f64),
+            ("connects/s", "#d95f02", |p| p.connects_per_s),
+            ("connect failures", "#e7298a", |p| p.connect_failures as f64),
+        ],
+    ),
+    (
+        "CPU (cores busy)",
+        "cores",
+        false,
+        &[
+            ("fabric", "#d95f02", |p| p.fabric_cores),
+            ("load generator", "#7570b3", |p| p.loadtest_cores),
+        ],
+    ),
+];
 
 /// One line of a plot.
 struct Series<'a> {
@@ -21,61 +73,22 @@ struct Series<'a> {
 
 /// Renders `report` as an HTML document.
 pub(crate) fn render(report: &Report) -> String {
-    let tl = &report.timeline;
-    let series = |name, color, f: &dyn Fn(&crate::report::Point) -> f64| Series {
-        name,
-        color,
-        points: tl.iter().map(|p| (p.t, f(p))).collect(),
-    };
-    let latency = chart(
-        "End-to-end latency percentiles (per second)",
-        "ms (log)",
-        &[
-            series("p50", "#1b9e77", &|p| p.e2e.p50_ms),
-            series("p90", "#7570b3", &|p| p.e2e.p90_ms),
-            series("p99", "#d95f02", &|p| p.e2e.p99_ms),
-            series("max", "#e7298a", &|p| p.e2e.max_ms),
-            series("ack p99", "#666666", &|p| p.ack.p99_ms),
-        ],
-        true,
-        &report.marks,
-    );
-    let throughput = chart(
-        "Throughput",
-        "per second",
-        &[
-            series("delivered/s", "#1b9e77", &|p| p.delivered_per_s),
-            series("sent/s", "#d95f02", &|p| p.sent_per_s),
-            series("acked/s", "#7570b3", &|p| p.acked_per_s),
-        ],
-        false,
-        &report.marks,
-    );
-    let connections = chart(
-        "Connections",
-        "connections",
-        &[
-            series("open", "#1b9e77", &|p| p.open as f64),
-            series("connects/s", "#d95f02", &|p| p.connects_per_s),
-            series("connect failures", "#e7298a", &|p| {
-                p.connect_failures as f64
-            }),
-        ],
-        false,
-        &report.marks,
-    );
-    let cpu = chart(
-        "CPU (cores busy)",
-        "cores",
-        &[
-            series("fabric", "#d95f02", &|p| p.fabric_cores),
-            series("load generator", "#7570b3", &|p| p.loadtest_cores),
-        ],
-        false,
-        &report.marks,
-    );
+    let plots: String = PLOTS
+        .iter()
+        .map(|&(title, y_label, log, lines)| {
+            let series: Vec<Series<'_>> = lines
+                .iter()
+                .map(|&(name, color, value)| Series {
+                    name,
+                    color,
+                    points: report.timeline.iter().map(|p| (p.t, value(p))).collect(),
+                })
+                .collect();
+            chart(title, y_label, &series, log, &report.marks)
+        })
+        .collect();
     let mut targets = String::new();
-    for t in report.targets() {
+    for t in crate::targets::check(report) {
         let (class, word) = match t.met {
             Some(true) => ("met", "met"),
             Some(false) => ("missed", "missed"),
@@ -111,7 +124,7 @@ svg {{ display: block; margin: 1em 0; }}
 <h2>Targets</h2>
 <table><tr><th>target</th><th>measured</th><th>verdict</th></tr>{targets}</table>
 <h2>Plots</h2>
-{latency}{throughput}{connections}{cpu}
+{plots}
 <h2>Summary</h2>
 <pre>{summary}</pre>
 </body></html>
