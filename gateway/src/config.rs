@@ -96,7 +96,7 @@ impl Limits {
     pub(crate) fn websocket_config(&self) -> WebSocketConfig {
         WebSocketConfig::default()
             .read_buffer_size(self.read_buffer)
-            // Frames are flushed as soon as a batch of queued frames is written.
+            // tungstenite writes only pongs and the close frame, each at once into the outbox.
             .write_buffer_size(0)
             .max_write_buffer_size(self.max_frame.max(64 * 1024) * 4)
             .max_message_size(Some(self.max_frame))

@@ -220,6 +220,8 @@ async fn pump(
                     }
                     Bytes::from(all)
                 }
+                // Only a WebSocket's outbox carries replies and tungstenite's bytes.
+                Outbound::Reply(_) | Outbound::Raw(_) => continue,
             },
         };
         let send = body.send(chunk);

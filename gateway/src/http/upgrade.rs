@@ -7,11 +7,13 @@ use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
 use super::reply::{bearer, full, text, Body};
+use crate::outbox::Outbox;
 use crate::state::State;
 use crate::ws;
 
@@ -59,18 +61,26 @@ pub(crate) fn upgrade(
     state.tracker.clone().spawn(async move {
         // Held until the connection ends, however it ends.
         let _slot = slot;
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let socket = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
-                ws::serve(socket, identity, state).await;
-            }
-            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-        }
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => return tracing::debug!(error = %e, "upgrade failed"),
+        };
+        // The accept loop serves plain TCP, so this is the socket itself: the outbox writes to
+        // it directly (see outbox).
+        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+            return tracing::warn!("upgraded connection is not a TCP socket");
+        };
+        let socket = Arc::new(parts.io.into_inner());
+        let limits = &state.limits;
+        let outbox = Arc::new(Outbox::for_socket(
+            socket.clone(),
+            limits.queue,
+            limits.queue_bytes,
+            state.metrics.queued_bytes.clone(),
+        ));
+        let io = ws::SocketIo::new(socket, parts.read_buf, outbox.clone());
+        let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+        ws::serve(socket, outbox, identity, state).await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)

@@ -1,17 +1,18 @@
 //! One WebSocket connection's socket task: authenticate, read frames, hand them to its
 //! [`Session`] (which validates and dispatches them), write.
 //!
-//! The connection task is the only writer of its socket. It selects over: inbound frames, its
-//! bounded outbound queue (fed by the fan-out), replies of requests still in flight (sends waiting
-//! for their PubAck, subscriptions being set up), a kick (slow consumer, flood), token expiry and
-//! shutdown. Requests in flight are capped; past the cap the task stops reading, which pushes back on
-//! the client through TCP instead of buffering.
+//! Every write goes through the connection's [`Outbox`]: the fan-out's frames, which it writes
+//! straight to the socket when nothing is queued, replies, and tungstenite's pongs and close
+//! frames. The task selects over: inbound frames, writing what the socket did not take at once,
+//! replies of requests still in flight (sends waiting for their PubAck, subscriptions being set
+//! up), a kick (slow consumer, flood), token expiry and shutdown. Requests in flight are capped,
+//! and no request is read while a reply waits for the socket; so a client that does not read is
+//! pushed back on through TCP instead of buffered for.
 
 use std::sync::Arc;
 
 use futures::stream::{FuturesUnordered, SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -19,6 +20,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::WaitForCancellationFuture;
 use tracing::Instrument;
 
+use super::io::SocketIo;
 use super::session::{Reply, Session, Step};
 use crate::auth::Identity;
 use crate::config::Limits;
@@ -29,19 +31,34 @@ use crate::service::Caller;
 use crate::state::State;
 
 /// The socket type after an HTTP upgrade.
-pub(crate) type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+pub(crate) type Socket = WebSocketStream<SocketIo>;
 type Sink = SplitSink<Socket, Message>;
 
-/// Runs a connection until it closes. `identity` is set when the upgrade carried a valid token.
-pub(crate) async fn serve(socket: Socket, identity: Option<Identity>, state: Arc<State>) {
+/// Runs a connection until it closes. `outbox` writes to the socket; `identity` is set when the
+/// upgrade carried a valid token.
+pub(crate) async fn serve(
+    socket: Socket,
+    outbox: Arc<Outbox>,
+    identity: Option<Identity>,
+    state: Arc<State>,
+) {
     let conn = state.next_conn();
     state.metrics.connections_total.inc();
     let span = tracing::info_span!("connection", conn, user = tracing::field::Empty);
-    run(socket, identity, conn, &state).instrument(span).await;
+    run(socket, outbox, identity, conn, &state)
+        .instrument(span)
+        .await;
 }
 
-async fn run(socket: Socket, identity: Option<Identity>, conn: u64, state: &Arc<State>) {
+async fn run(
+    socket: Socket,
+    outbox: Arc<Outbox>,
+    identity: Option<Identity>,
+    conn: u64,
+    state: &Arc<State>,
+) {
     let (mut sink, mut stream) = socket.split();
+    let limits = &state.limits;
     let identity = match identity {
         Some(id) => id,
         // Boxed, like the other one-off steps below: a future's size is that of its largest
@@ -49,8 +66,8 @@ async fn run(socket: Socket, identity: Option<Identity>, conn: u64, state: &Arc<
         None => match Box::pin(authenticate(&mut stream, state)).await {
             Ok(id) => id,
             Err(close) => {
-                let closing = Closing::now(close, &state.limits);
-                Box::pin(close_with(sink, stream, closing)).await;
+                let closing = Closing::now(close, limits);
+                Box::pin(close_with(sink, stream, &outbox, closing)).await;
                 return;
             }
         },
@@ -61,27 +78,16 @@ async fn run(socket: Socket, identity: Option<Identity>, conn: u64, state: &Arc<
         conn,
         reference: None,
     };
-    let ready = write(
-        &mut sink,
-        state,
-        ServerOp::Ready.name(),
-        protocol::encode(&ready),
-    );
-    if !matches!(
-        tokio::time::timeout(state.limits.close_grace, ready).await,
-        Ok(Ok(()))
-    ) {
+    state.metrics.frame_out(ServerOp::Ready.name());
+    if outbox
+        .push_unbounded(Outbound::Reply(protocol::encode(&ready).into()))
+        .is_err()
+    {
         return;
     }
 
     // Counted as a connected device (for presence) until this task ends.
     let _device = state.devices.connect(&identity.user);
-    let limits = &state.limits;
-    let outbox = Arc::new(Outbox::new(
-        limits.queue,
-        limits.queue_bytes,
-        state.metrics.queued_bytes.clone(),
-    ));
     let mut session = Session::new(
         state.clone(),
         Outlet {
@@ -102,19 +108,23 @@ async fn run(socket: Socket, identity: Option<Identity>, conn: u64, state: &Arc<
     tokio::pin!(shutdown);
 
     let closing: Option<Closing> = loop {
-        let pending = tokio::select! {
+        let reply = tokio::select! {
             close = close_requested(state, &outbox, shutdown.as_mut(), expiry.as_mut()) => {
                 break Some(Closing::now(close, limits));
             }
-            out = outbox.recv() => Pending::Queued(out),
-            Some(reply) = replies.next(), if !replies.is_empty() => match reply {
-                Some(frame) => Pending::Reply(frame),
+            written = outbox.flush_some() => match written {
+                Ok(()) => continue,
+                Err(_) => break None,
+            },
+            // One reply at a time waits for the socket; the others wait where they are.
+            Some(reply) = replies.next(), if !replies.is_empty() && !outbox.reply_queued() => match reply {
+                Some(frame) => frame,
                 None => continue,
             },
-            inbound = stream.next(), if replies.len() < limits.max_in_flight => {
+            inbound = stream.next(), if replies.len() < limits.max_in_flight && !outbox.reply_queued() => {
                 match inbound {
                     Some(Ok(Message::Text(text))) => match session.on_text(&text) {
-                        Step::Reply(frame) => Pending::Reply(frame),
+                        Step::Reply(frame) => frame,
                         Step::Later(fut) => {
                             replies.push(fut);
                             continue;
@@ -127,7 +137,10 @@ async fn run(socket: Socket, identity: Option<Identity>, conn: u64, state: &Arc<
                     }
                     Some(Ok(Message::Close(_))) | None => {
                         // tungstenite queued the reply to the client's close: send it.
-                        let _ = tokio::time::timeout(limits.close_grace, sink.flush()).await;
+                        let _ = tokio::time::timeout(limits.close_grace, async {
+                            let _ = sink.flush().await;
+                            outbox.flush_all().await
+                        }).await;
                         break None;
                     }
                     // tungstenite answers pings itself; they count against the rate limit.
@@ -147,21 +160,8 @@ async fn run(socket: Socket, identity: Option<Identity>, conn: u64, state: &Arc<
                 }
             }
         };
-        // Every write races the reasons to close: a client that stopped reading blocks the write,
-        // and must not hold the connection open past the close grace.
-        let write = write_pending(&mut sink, &outbox, pending);
-        tokio::pin!(write);
-        tokio::select! {
-            written = &mut write => if written.is_err() { break None },
-            close = close_requested(state, &outbox, shutdown.as_mut(), expiry.as_mut()) => {
-                // Give the client until the deadline to read on, so the close code reaches it
-                // after the data (the usual slow-consumer case).
-                let closing = Closing::now(close, limits);
-                match tokio::time::timeout_at(closing.deadline, write).await {
-                    Ok(Ok(())) => break Some(closing),
-                    _ => break None,
-                }
-            }
+        if outbox.push_unbounded(Outbound::Reply(reply)).is_err() {
+            break None;
         }
     };
     outbox.close();
@@ -169,7 +169,7 @@ async fn run(socket: Socket, identity: Option<Identity>, conn: u64, state: &Arc<
         state.service.unsubscribe(conv, conn);
     }
     if let Some(closing) = closing {
-        Box::pin(close_with(sink, stream, closing)).await;
+        Box::pin(close_with(sink, stream, &outbox, closing)).await;
     }
 }
 
@@ -209,25 +209,6 @@ async fn close_requested(
             state.metrics.close("unauthorized");
             (close::UNAUTHORIZED, "token expired")
         }
-    }
-}
-
-/// What the connection loop writes next.
-enum Pending {
-    /// A reply to one of the client's requests.
-    Reply(Utf8Bytes),
-    /// An item of the outbound queue (plus whatever else is queued by then).
-    Queued(Outbound),
-}
-
-async fn write_pending(
-    sink: &mut Sink,
-    queue: &Outbox,
-    pending: Pending,
-) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    match pending {
-        Pending::Reply(frame) => send_reply(sink, frame).await,
-        Pending::Queued(first) => write_outbound(sink, queue, first).await,
     }
 }
 
@@ -291,80 +272,23 @@ async fn authenticate(
     }
 }
 
-async fn write(
-    sink: &mut Sink,
-    state: &State,
-    kind: &'static str,
-    frame: String,
-) -> Result<(), ()> {
-    state.metrics.frame_out(kind);
-    sink.send(Message::Text(frame.into())).await.map_err(|_| ())
-}
-
-/// Reply frames larger than this go out in fragments of this size, so the socket's write buffer
-/// (which keeps its largest size) never holds a whole large reply, such as the listing of a user
-/// in thousands of conversations.
-const FRAGMENT: usize = 64 * 1024;
-
-/// Writes one reply, fragmented past [`FRAGMENT`] bytes.
-async fn send_reply(
-    sink: &mut Sink,
-    frame: Utf8Bytes,
-) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-    if frame.len() <= FRAGMENT {
-        return sink.send(Message::Text(frame)).await;
-    }
-    let bytes = bytes::Bytes::from(frame);
-    for start in (0..bytes.len()).step_by(FRAGMENT) {
-        let end = (start + FRAGMENT).min(bytes.len());
-        let opcode = OpCode::Data(if start == 0 {
-            Data::Text
-        } else {
-            Data::Continue
-        });
-        let fragment = Frame::message(bytes.slice(start..end), opcode, end == bytes.len());
-        sink.feed(Message::Frame(fragment)).await?;
-    }
-    sink.flush().await
-}
-
-/// Writes one queue item plus whatever else is already queued, then flushes once.
-async fn write_outbound(
-    sink: &mut Sink,
-    queue: &Outbox,
-    first: Outbound,
-) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    let mut item = Some(first);
-    let mut budget = 64;
-    while let Some(out) = item.take() {
-        match out {
-            Outbound::Frame(f) => sink.feed(Message::Text(f)).await?,
-            Outbound::Batch(frames) => {
-                for f in frames {
-                    sink.feed(Message::Text(f)).await?;
-                }
-            }
-        }
-        budget -= 1;
-        if budget > 0 {
-            item = queue.try_recv();
-        }
-    }
-    sink.flush().await
-}
-
 /// Sends the close frame, then reads and drops what the client still sends until its close reply
 /// (closing TCP with unread data would reset the connection, and the client would lose the close
 /// frame), all by the close's deadline; then the connection is dropped.
-async fn close_with(mut sink: Sink, mut stream: SplitStream<Socket>, closing: Closing) {
+async fn close_with(
+    mut sink: Sink,
+    mut stream: SplitStream<Socket>,
+    outbox: &Outbox,
+    closing: Closing,
+) {
     let frame = CloseFrame {
         code: CloseCode::from(closing.code),
         reason: closing.reason.into(),
     };
     let _ = tokio::time::timeout_at(closing.deadline, async {
-        if sink.send(Message::Close(Some(frame))).await.is_err() {
+        if sink.send(Message::Close(Some(frame))).await.is_err()
+            || outbox.flush_all().await.is_err()
+        {
             return;
         }
         if !closing.unreadable {

@@ -1,7 +1,12 @@
 //! A connection's bounded outbound queue and its close request, in one small allocation.
 //!
 //! The fan-out pushes shared frames with [`Outbox::push`], which never waits: a full queue is the
-//! slow-consumer signal. The queue is bounded twice: in items (`--queue`) and in bytes
+//! slow-consumer signal. A WebSocket connection's outbox owns the socket's write side
+//! ([`Outbox::for_socket`]): when nothing is queued, a push writes the frame straight to the
+//! socket with one non-blocking vectored write from the fan-out's task (no copy, no wake-up of
+//! the connection task); only what the socket does not take is queued, and the connection task
+//! writes it when the socket is writable ([`Outbox::flush_some`]). Every write happens under the
+//! queue's lock and in queue order, so frames never interleave or reorder. The queue is bounded twice: in items (`--queue`) and in bytes
 //! (`--queue-bytes`), so neither many small frames nor a few large ones can grow a connection's
 //! memory past its budget. Replays do not push past [`Outbox::has_room`] (half the budget): they
 //! wait for [`Outbox::room`], so a long resume streams at the reader's pace and leaves the other
@@ -11,12 +16,17 @@
 //! allocates a 32-slot block up front, and a cancellation token another node).
 
 use std::collections::VecDeque;
+use std::io;
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use prometheus_client::metrics::gauge::Gauge;
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+mod wire;
 
 /// What travels through a connection's outbound queue.
 #[derive(Debug)]
@@ -26,6 +36,11 @@ pub enum Outbound {
     /// Frames that must be written in order without interleaving: a `subscribed` reply followed by
     /// replayed messages, or one chunk of a replay. One queue slot; its bytes all count.
     Batch(Vec<Utf8Bytes>),
+    /// A reply to one of the client's requests (WebSocket only), fragmented when large. Never
+    /// refused and not counted against the budget: requests in flight are capped instead.
+    Reply(Utf8Bytes),
+    /// Bytes already framed by tungstenite (pongs, the close frame).
+    Raw(Bytes),
 }
 
 impl Outbound {
@@ -34,6 +49,7 @@ impl Outbound {
         match self {
             Self::Frame(f) => f.len(),
             Self::Batch(frames) => frames.iter().map(|f| f.len()).sum(),
+            Self::Reply(_) | Self::Raw(_) => 0,
         }
     }
 }
@@ -53,6 +69,12 @@ struct Queue {
     /// The bytes of `items`.
     bytes: usize,
     closed: bool,
+    /// Socket mode: the bytes of the first item already written.
+    written: usize,
+    /// Socket mode: a write failed; the connection is gone.
+    failed: bool,
+    /// Socket mode: the replies among `items`.
+    replies: usize,
 }
 
 /// A bounded single-reader queue plus a close request.
@@ -70,6 +92,8 @@ pub struct Outbox {
     max_bytes: usize,
     /// The gateway-wide count of queued bytes.
     queued: Gauge,
+    /// The WebSocket this outbox writes to; `None` for an event stream, whose task reads the queue.
+    socket: Option<Arc<TcpStream>>,
 }
 
 /// Queue capacity kept after a burst drained; more is released, so a connection that once lagged
@@ -90,7 +114,20 @@ impl Outbox {
             capacity: capacity.max(1),
             max_bytes: max_bytes.max(1),
             queued,
+            socket: None,
         }
+    }
+
+    /// An outbox that writes WebSocket frames to `socket` itself (see the module doc).
+    pub fn for_socket(
+        socket: Arc<TcpStream>,
+        capacity: usize,
+        max_bytes: usize,
+        queued: Gauge,
+    ) -> Self {
+        let mut outbox = Self::new(capacity, max_bytes, queued);
+        outbox.socket = Some(socket);
+        outbox
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
@@ -98,7 +135,7 @@ impl Outbox {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues `item` without waiting.
+    /// Queues `item` without waiting (on a WebSocket with nothing queued: writes it).
     pub fn push(&self, item: Outbound) -> Result<(), Refused> {
         let size = item.size();
         {
@@ -110,12 +147,147 @@ impl Outbox {
             if q.items.len() >= self.capacity || over_bytes {
                 return Err(Refused::Full);
             }
-            q.items.push_back(item);
+            match self.write_through(&mut q, item) {
+                None => return Ok(()),
+                Some(item) => q.items.push_back(item),
+            }
             q.bytes += size;
         }
         self.queued.inc_by(size as i64);
         self.ready.notify_one();
         Ok(())
+    }
+
+    /// Queues a reply or tungstenite's own bytes (WebSocket only): never refused while the
+    /// connection lives, also after [`close`](Self::close) (the close frame follows the data).
+    pub fn push_unbounded(&self, item: Outbound) -> io::Result<()> {
+        {
+            let mut q = self.lock();
+            if q.failed {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            match self.write_through(&mut q, item) {
+                None => return Ok(()),
+                Some(item) => {
+                    q.replies += usize::from(matches!(item, Outbound::Reply(_)));
+                    q.items.push_back(item);
+                }
+            }
+        }
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// With nothing queued on a socket, writes `item` now; gives back what still has to be
+    /// queued (with `written` set to the part that went out).
+    fn write_through(&self, q: &mut Queue, item: Outbound) -> Option<Outbound> {
+        let Some(socket) = &self.socket else {
+            return Some(item);
+        };
+        if !q.items.is_empty() || q.failed {
+            return Some(item);
+        }
+        match wire::write_gathered([&item], 0, |s| socket.try_write_vectored(s)) {
+            Ok(n) if n == wire::wire_len(&item) => None,
+            Ok(n) => {
+                q.written = n;
+                Some(item)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                q.written = 0;
+                Some(item)
+            }
+            Err(_) => {
+                q.failed = true;
+                q.closed = true;
+                Some(item)
+            }
+        }
+    }
+
+    /// Whether a reply is still queued (WebSocket): the connection reads no further request
+    /// until it went out, which pushes back on a client that does not read.
+    pub fn reply_queued(&self) -> bool {
+        self.lock().replies > 0
+    }
+
+    /// Waits until the socket is writable and something is queued, and writes what it takes
+    /// (WebSocket only). Fails once the socket does.
+    pub async fn flush_some(&self) -> io::Result<()> {
+        let Some(socket) = &self.socket else {
+            return std::future::pending().await;
+        };
+        loop {
+            let ready = self.ready.notified();
+            let (failed, empty) = {
+                let q = self.lock();
+                (q.failed, q.items.is_empty())
+            };
+            if failed {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            if empty {
+                ready.await;
+                continue;
+            }
+            socket.writable().await?;
+            if self.write_queued(socket)? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Writes what is queued until nothing is (WebSocket only).
+    pub async fn flush_all(&self) -> io::Result<()> {
+        while !self.lock().items.is_empty() {
+            self.flush_some().await?;
+        }
+        Ok(())
+    }
+
+    /// One vectored write of the queue's head; whether it made progress.
+    fn write_queued(&self, socket: &TcpStream) -> io::Result<bool> {
+        let (freed, room) = {
+            let mut q = self.lock();
+            let written =
+                match wire::write_gathered(&q.items, q.written, |s| socket.try_write_vectored(s)) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) => {
+                        q.failed = true;
+                        q.closed = true;
+                        return Err(e);
+                    }
+                };
+            let mut done = q.written + written;
+            let mut freed = 0;
+            while let Some(first) = q.items.front() {
+                let len = wire::wire_len(first);
+                if done < len {
+                    break;
+                }
+                done -= len;
+                freed += first.size();
+                q.replies -= usize::from(matches!(first, Outbound::Reply(_)));
+                q.items.pop_front();
+            }
+            q.written = done;
+            q.bytes -= freed;
+            if q.items.is_empty() && q.items.capacity() > KEEP_CAPACITY {
+                q.items.shrink_to(KEEP_CAPACITY);
+            }
+            (
+                freed,
+                q.items.len() <= self.capacity / 2 && q.bytes <= self.max_bytes / 2,
+            )
+        };
+        if freed > 0 {
+            self.queued.dec_by(freed as i64);
+            if room {
+                self.drained.notify_waiters();
+            }
+        }
+        Ok(true)
     }
 
     /// Whether the queue is at most half full, in items and in bytes: a replay may push a chunk.
@@ -178,13 +350,23 @@ impl Outbox {
         }
     }
 
-    /// Refuses further pushes and drops what is queued (the reader is leaving).
+    /// Refuses further pushes and drops what is queued (the reader is leaving), except a frame
+    /// the socket has taken part of: the rest of it still has to go, or the stream breaks.
     pub fn close(&self) {
         let dropped = {
             let mut q = self.lock();
             q.closed = true;
-            q.items = VecDeque::new();
-            std::mem::take(&mut q.bytes)
+            let started = if q.written > 0 {
+                q.items.pop_front()
+            } else {
+                None
+            };
+            let kept = started.as_ref().map_or(0, Outbound::size);
+            q.replies = usize::from(matches!(started, Some(Outbound::Reply(_))));
+            q.items = started.into_iter().collect();
+            let dropped = q.bytes - kept;
+            q.bytes = kept;
+            dropped
         };
         self.queued.dec_by(dropped as i64);
         self.drained.notify_waiters();
@@ -207,6 +389,13 @@ impl Outbox {
             }
             self.kicked.notified().await;
         }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let q = self.queue.get_mut().unwrap_or_else(|p| p.into_inner());
+        self.queued.dec_by(q.bytes as i64);
     }
 }
 
