@@ -70,7 +70,12 @@ pub(crate) fn upgrade(
         let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
             return tracing::warn!("upgraded connection is not a TCP socket");
         };
-        let socket = Arc::new(parts.io.into_inner());
+        let hyper::upgrade::Parts { io, read_buf, .. } = parts;
+        // `read_buf` is a slice of hyper's read buffer (8 KiB and more): keep a copy of what the
+        // client sent past the request, and let the buffer go now, not at the connection's end.
+        let read_ahead = Bytes::copy_from_slice(&read_buf);
+        drop(read_buf);
+        let socket = Arc::new(io.into_inner());
         let limits = &state.limits;
         let outbox = Arc::new(Outbox::for_socket(
             socket.clone(),
@@ -78,7 +83,7 @@ pub(crate) fn upgrade(
             limits.queue_bytes,
             state.metrics.queued_bytes.clone(),
         ));
-        let io = ws::SocketIo::new(socket, parts.read_buf, outbox.clone());
+        let io = ws::SocketIo::new(socket, read_ahead, outbox.clone());
         let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
         ws::serve(socket, outbox, identity, state).await;
     });
