@@ -1,7 +1,7 @@
 //! `chatfabric`: one binary, a subcommand per role.
 //!
 //! `main` only parses configuration, connects, provisions and calls each role's `run`; the roles
-//! live in their crates (`gateway/`, `persister/`, `presence/`, `loadtest/`). `dev` runs everything in one
+//! live in their crates (`gateway/`, `persister/`, `presence/`, `webhooks/`, `loadtest/`). `dev` runs everything in one
 //! process next to a child nats-server.
 
 mod bot;
@@ -57,6 +57,9 @@ fn main() -> anyhow::Result<()> {
                     shutdown,
                 )
                 .await
+            }
+            Command::Webhooks(args) => {
+                cli::run_webhooks(&args.nats, &args.webhooks, shutdown_on_signal()).await
             }
             Command::Bot(args) => bot::run(args, shutdown_on_signal()).await,
             Command::BotUser(args) => {
