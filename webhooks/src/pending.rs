@@ -109,7 +109,9 @@ impl Drop for Held {
             .replies
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        replies.remove(&self.key);
+        if replies.remove(&self.key).is_some() {
+            self.registry.held.dec();
+        }
     }
 }
 
