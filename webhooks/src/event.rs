@@ -162,11 +162,16 @@ mod tests {
             member_id(EventKind::MemberAdded, &c, &u, 7),
             member_id(EventKind::MemberRemoved, &c, &u, 7)
         );
-        // Receivers store these ids: the derivation (documented in docs/WEBHOOKS.md) must hold.
+        // Receivers store these ids: the derivation and the examples of docs/WEBHOOKS.md hold.
+        let room = ConvId::new("room-1").unwrap();
         assert_eq!(
-            offline_id(&c, &u, 1, 3),
-            "evt_".to_string()
-                + &hex(&Sha256::digest(b"message.offline\0room\0bob\x001\x003\0")[..16])
+            offline_id(&room, &u, 41, 44),
+            "evt_5e4f25ae5a3f380b6704002545a8bb92"
+        );
+        let carol = UserId::new("carol").unwrap();
+        assert_eq!(
+            member_id(EventKind::MemberAdded, &room, &carol, 17),
+            "evt_003337422c27f9ad32867c4fd4c220f3"
         );
     }
 }

@@ -53,16 +53,6 @@ impl InFlight {
         }))
     }
 
-    /// How many deliveries are held.
-    pub fn len(&self) -> usize {
-        self.replies.lock().map(|r| r.len()).unwrap_or(0)
-    }
-
-    /// Whether none is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Sends "in progress" for every held delivery every `interval` until `shutdown`.
     pub async fn keep_alive(
         self: Arc<Self>,
