@@ -427,9 +427,9 @@ pub(crate) async fn run_webhooks(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let config = args.config()?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let listener = tokio::net::TcpListener::bind(args.webhooks_listen)
         .await
-        .with_context(|| format!("binding the webhooks address {}", args.listen))?;
+        .with_context(|| format!("binding the webhooks address {}", args.webhooks_listen))?;
     let mut registry = prometheus_client::registry::Registry::default();
     crate::process::register(&mut registry);
     config.metrics.register(&mut registry);
@@ -526,4 +526,15 @@ pub(crate) struct DevArgs {
     /// The webhook role, run when a --webhook-url is given.
     #[command(flatten)]
     pub(crate) webhooks: chatfabric_webhooks::WebhooksArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Flattened flag groups must not reuse a name (clap checks this only when a command runs).
+    #[test]
+    fn every_subcommand_s_flags_are_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -121,7 +121,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         println!(
             "  webhooks    {} (health and metrics on http://{})",
             args.webhooks.urls.join(", "),
-            args.webhooks.listen
+            args.webhooks.webhooks_listen
         );
         let (nats, shutdown, hooks) = (
             nats_as(Role::Webhooks),

@@ -505,3 +505,68 @@ async fn kill_9_of_the_webhook_role_loses_no_event() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_receiver_whose_queue_is_full_gets_overflow_dead_letters_and_the_others_wait_for_nothing()
+{
+    let nats = Nats::start().await;
+    let g = TestGateway::start(&nats).await;
+    let _presence = Presence::quick(&nats).await;
+    let (mut alice, _carol) = room(&nats, &g).await;
+    let (good, bad) = (
+        Receiver::start(Answer::Ok).await,
+        Receiver::start(Answer::Fail).await,
+    );
+    // The bad URL's two queue places stay taken (its retries wait a minute): the rest overflows.
+    let _hooks = Hooks::start(&nats, &[bad.url(), good.url()], |c| {
+        c.coalesce = Duration::ZERO;
+        c.delivery.queue_events = 2;
+        c.delivery.retry_min = Duration::from_secs(60);
+        c.delivery.retry_max = Duration::from_secs(60);
+    })
+    .await;
+    let mut seqs = Vec::new();
+    for i in 0..6 {
+        seqs.extend(alice.post_numbered("room", i..i + 1).await);
+        // One event each: wait for it before the next message.
+        let want: BTreeSet<u64> = seqs.iter().copied().collect();
+        good.wait_until(WAIT, |r| want.is_subset(&covered(r, "bob")))
+            .await;
+    }
+    let js = admin(&nats).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let stored = js
+            .get_stream("CHAT_WEBHOOKS_DEAD")
+            .await
+            .expect("dead-letter stream")
+            .info()
+            .await
+            .expect("info")
+            .state
+            .messages;
+        // Six events: two wait in the bad URL's queue, four overflowed, never attempted.
+        if stored == 4 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{stored} dead letters"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let last = js
+        .get_stream("CHAT_WEBHOOKS_DEAD")
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject("chat.webhooks.dead.overflow")
+        .await
+        .expect("an overflow dead letter");
+    let body: Value = serde_json::from_slice(&last.payload).unwrap();
+    assert_eq!(body["type"], "message.offline");
+    assert_eq!(
+        bad.requests().len(),
+        2,
+        "only the queued events were attempted"
+    );
+}

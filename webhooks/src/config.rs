@@ -84,7 +84,7 @@ pub struct WebhooksArgs {
         env = "CHATFABRIC_WEBHOOKS_LISTEN",
         default_value = "127.0.0.1:9092"
     )]
-    pub listen: SocketAddr,
+    pub webhooks_listen: SocketAddr,
 }
 
 /// Flags that do not make a working configuration.
