@@ -24,6 +24,14 @@ use tokio_util::sync::CancellationToken;
 /// The header JetStream KV marks deletes and purges with.
 const KV_OPERATION: &str = "KV-Operation";
 
+/// Whether a KV stream message is a delete or purge marker.
+pub(crate) fn is_delete(msg: &async_nats::Message) -> bool {
+    msg.headers
+        .as_ref()
+        .and_then(|h| h.get(KV_OPERATION))
+        .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE")
+}
+
 #[derive(Debug, Default)]
 struct State {
     members: HashMap<ConvId, HashSet<UserId>>,
@@ -78,11 +86,6 @@ impl Directory {
             _ = shutdown.cancelled() => {}
             _ = rx.wait_for(|n| *n >= 2) => {}
         }
-    }
-
-    /// Whether both mirrors hold their bucket's contents.
-    pub fn is_loaded(&self) -> bool {
-        *self.loaded.borrow() >= 2
     }
 
     /// Keeps both mirrors current until `shutdown`.
@@ -144,11 +147,7 @@ impl Directory {
             let Some(key) = msg.subject.as_str().strip_prefix(prefix.as_str()) else {
                 continue;
             };
-            let deleted = msg
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(KV_OPERATION))
-                .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
+            let deleted = is_delete(&msg);
             self.apply(mirror, key, deleted, &msg.payload);
             if msg.info().is_ok_and(|i| i.pending == 0) {
                 self.mark_loaded(loaded);

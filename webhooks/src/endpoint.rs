@@ -161,11 +161,6 @@ impl Endpoint {
         })
     }
 
-    /// The URL.
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
     /// Queues `event` for this URL (never waits). The delivery task runs on `tasks` and stops
     /// early, abandoning the event, when `shutdown` is cancelled.
     pub fn submit(

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
-use chatfabric_nats::subject::parse_member_key;
+use chatfabric_nats::subject::{parse_member_key, CONVS_BUCKET};
 use chatfabric_nats::wire::{now_ms, Membership, StoredMessage};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -194,19 +194,12 @@ impl Follower {
         let Some((revision, reply)) = delivery(&msg) else {
             return;
         };
-        let key = msg
-            .subject
-            .as_str()
-            .strip_prefix("$KV.CHAT_CONVS.")
-            .unwrap_or("");
+        let prefix = format!("$KV.{CONVS_BUCKET}.");
+        let key = msg.subject.as_str().strip_prefix(&prefix).unwrap_or("");
         let Some((conv, user)) = parse_member_key(key) else {
             return pending::ack_now(&self.shared.client, reply).await;
         };
-        let removed = msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("KV-Operation"))
-            .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
+        let removed = crate::directory::is_delete(&msg);
         let record: Option<Membership> = if removed {
             None
         } else {

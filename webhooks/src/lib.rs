@@ -135,6 +135,52 @@ impl Shared {
     }
 }
 
+/// The followed streams, each with its durable consumer created (or updated): every message
+/// partition (consumer `<durable>`) and the conversations bucket (`<durable>-members`).
+async fn followers(
+    fabric: &Fabric,
+    shared: &Arc<Shared>,
+    stop: &CancellationToken,
+) -> Result<Vec<Follower>, WebhookError> {
+    let durable = &shared.config.durable;
+    let mut sources: Vec<_> = fabric
+        .streams
+        .iter()
+        .enumerate()
+        .map(|(part, stream)| {
+            let name = subject::stream_name(part as u16);
+            (Source::Messages, name, stream.clone(), durable.clone())
+        })
+        .collect();
+    sources.push((
+        Source::Members,
+        fabric.convs.stream_name.clone(),
+        fabric.convs.stream.clone(),
+        format!("{durable}-members"),
+    ));
+    let mut followers = Vec::new();
+    for (source, name, stream, durable) in sources {
+        let consumer = stream
+            .create_consumer(follow::consumer_config(shared, durable.clone()))
+            .await
+            .map_err(|source| WebhookError::Consumer {
+                stream: name.clone(),
+                durable: durable.clone(),
+                source,
+            })?;
+        followers.push(Follower {
+            source,
+            name: name.into(),
+            stream,
+            durable,
+            consumer,
+            shared: Arc::clone(shared),
+            shutdown: stop.clone(),
+        });
+    }
+    Ok(followers)
+}
+
 /// Runs the role on `fabric` until `shutdown`: creates the dead-letter stream and the durable
 /// consumers, loads the mirrors, then follows every stream. `ready` turns true once events flow.
 /// Returns `Err` only when start-up fails (retry it); delivery failures are retried, then
@@ -175,53 +221,7 @@ pub async fn run(
         metrics: config.metrics.clone(),
         config,
     });
-    let mut sources = Vec::new();
-    for (part, stream) in fabric.streams.iter().enumerate() {
-        sources.push((
-            Source::Messages,
-            subject::stream_name(part as u16),
-            stream.clone(),
-            shared.config.durable.clone(),
-        ));
-    }
-    let convs = fabric
-        .js
-        .get_stream(format!("KV_{}", subject::CONVS_BUCKET))
-        .await
-        .map_err(|e| WebhookError::Consumer {
-            stream: format!("KV_{}", subject::CONVS_BUCKET),
-            durable: shared.config.durable.clone(),
-            source: jetstream::stream::ConsumerError::with_source(
-                jetstream::stream::ConsumerErrorKind::Other,
-                e,
-            ),
-        })?;
-    sources.push((
-        Source::Members,
-        format!("KV_{}", subject::CONVS_BUCKET),
-        convs,
-        format!("{}-members", shared.config.durable),
-    ));
-    let mut followers = Vec::new();
-    for (source, name, stream, durable) in sources {
-        let consumer = stream
-            .create_consumer(follow::consumer_config(&shared, durable.clone()))
-            .await
-            .map_err(|source| WebhookError::Consumer {
-                stream: name.clone(),
-                durable: durable.clone(),
-                source,
-            })?;
-        followers.push(Follower {
-            source,
-            name: name.into(),
-            stream,
-            durable,
-            consumer,
-            shared: Arc::clone(&shared),
-            shutdown: stop.clone(),
-        });
-    }
+    let followers = followers(&fabric, &shared, &stop).await?;
     let background = TaskTracker::new();
     background.spawn(
         shared

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod fabric;
 pub mod heavy;
+pub mod hooks;
 pub mod hostile;
 pub mod receiver;
 pub mod sse;
