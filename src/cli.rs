@@ -54,6 +54,9 @@ pub(crate) enum Command {
     Persister(PersisterCmd),
     /// Run a presence service: gateway heartbeats and devices in KV -> online/offline events.
     Presence(PresenceCmd),
+    /// Run the webhook role: stored messages for offline members and membership changes ->
+    /// signed HTTP events (docs/WEBHOOKS.md).
+    Webhooks(WebhooksCmd),
     /// Print a development token (HS256) for a user.
     Token(TokenArgs),
     /// Run the example echo bot, which talks NATS directly.
@@ -191,6 +194,15 @@ pub(crate) struct PresenceCmd {
         default_value = "127.0.0.1:9091"
     )]
     pub(crate) metrics_listen: SocketAddr,
+}
+
+/// `chatfabric webhooks`.
+#[derive(Args)]
+pub(crate) struct WebhooksCmd {
+    #[command(flatten)]
+    pub(crate) nats: NatsArgs,
+    #[command(flatten)]
+    pub(crate) webhooks: chatfabric_webhooks::WebhooksArgs,
 }
 
 /// Gateway settings.
@@ -428,6 +440,49 @@ pub(crate) async fn run_presence(
     Ok(())
 }
 
+/// Runs the webhook role until `shutdown`, serving /healthz, /readyz and /metrics on its
+/// `--webhooks-listen` address (ready once its mirrors are loaded and its consumers exist).
+pub(crate) async fn run_webhooks(
+    nats: &NatsArgs,
+    args: &chatfabric_webhooks::WebhooksArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let config = args.config()?;
+    let listener = tokio::net::TcpListener::bind(args.webhooks_listen)
+        .await
+        .with_context(|| format!("binding the webhooks address {}", args.webhooks_listen))?;
+    let mut registry = prometheus_client::registry::Registry::default();
+    crate::process::register(&mut registry);
+    config.metrics.register(&mut registry);
+    let (ready, ready_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(chatfabric_webhooks::health::serve(
+        listener,
+        registry,
+        ready_rx,
+        shutdown.clone(),
+    ));
+    let Some((fabric, _missed)) = nats.connect(Role::Webhooks, &shutdown).await? else {
+        return Ok(());
+    };
+    let ran = retry(
+        "preparing the webhook role's streams and consumers",
+        &shutdown,
+        || {
+            let attempt =
+                chatfabric_webhooks::run(fabric.clone(), config.clone(), &ready, shutdown.clone());
+            async {
+                attempt.await.map_err(|e| match e {
+                    chatfabric_webhooks::WebhookError::Url(_) => Failure::Fatal(e),
+                    _ => Failure::Transient(e),
+                })
+            }
+        },
+    )
+    .await;
+    ran?;
+    Ok(())
+}
+
 /// `chatfabric token`.
 #[derive(Args)]
 pub(crate) struct TokenArgs {
@@ -489,4 +544,18 @@ pub(crate) struct DevArgs {
     /// Do not serve the demo chat page at `/` nor its token endpoint `POST /dev/token`.
     #[arg(long, env = "CHATFABRIC_NO_DEMO")]
     pub(crate) no_demo: bool,
+    /// The webhook role, run when a --webhook-url is given.
+    #[command(flatten)]
+    pub(crate) webhooks: chatfabric_webhooks::WebhooksArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Flattened flag groups must not reuse a name (clap checks this only when a command runs).
+    #[test]
+    fn every_subcommand_s_flags_are_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

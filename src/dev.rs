@@ -116,6 +116,24 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
             result
         })
     };
+    // The webhook role runs when it has somewhere to send events.
+    let webhooks = (!args.webhooks.urls.is_empty()).then(|| {
+        println!(
+            "  webhooks    {} (health and metrics on http://{})",
+            args.webhooks.urls.join(", "),
+            args.webhooks.webhooks_listen
+        );
+        let (nats, shutdown, hooks) = (
+            nats_as(Role::Webhooks),
+            shutdown.clone(),
+            args.webhooks.clone(),
+        );
+        tokio::spawn(async move {
+            let result = crate::cli::run_webhooks(&nats, &hooks, shutdown.clone()).await;
+            shutdown.cancel();
+            result
+        })
+    });
     let result = crate::cli::run_gateway(
         &nats_as(Role::Gateway),
         &gateway,
@@ -126,10 +144,14 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     shutdown.cancel();
     let persisted = persist.await.context("persister task")?;
     let presenced = presence.await.context("presence task")?;
+    let hooked = match webhooks {
+        Some(task) => task.await.context("webhooks task")?,
+        None => Ok(()),
+    };
     tokio::task::spawn_blocking(move || server.stop())
         .await
         .ok();
-    result.and(persisted).and(presenced)
+    result.and(persisted).and(presenced).and(hooked)
 }
 
 /// 128 random bits, hex.

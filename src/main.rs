@@ -1,9 +1,9 @@
 //! `chatfabric`: one binary, a subcommand per role.
 //!
 //! `main` only parses configuration, connects, provisions and calls each role's `run`; the roles
-//! live in their crates (`gateway/`, `persister/`, `presence/`, `loadtest/`; the history store
-//! both the persister and the gateway use is `storage/`). `dev` runs everything in one process
-//! next to a child nats-server.
+//! live in their crates (`gateway/`, `persister/`, `presence/`, `webhooks/`, `loadtest/`; the
+//! history store both the persister and the gateway use is `storage/`). `dev` runs everything in
+//! one process next to a child nats-server.
 
 mod bot;
 mod cli;
@@ -58,6 +58,9 @@ fn main() -> anyhow::Result<()> {
                     shutdown,
                 )
                 .await
+            }
+            Command::Webhooks(args) => {
+                cli::run_webhooks(&args.nats, &args.webhooks, shutdown_on_signal()).await
             }
             Command::Bot(args) => bot::run(args, shutdown_on_signal()).await,
             Command::BotUser(args) => {

@@ -2,7 +2,7 @@
 # The production topology on one machine, from the distribution's packages, on free loopback ports:
 # a 3-node NATS cluster (JetStream, streams and buckets R3, several partitions), two gateways
 # behind HAProxy (WebSocket and SSE), two persisters, two presence services, and Prometheus
-# scraping every role and the load balancer.
+# scraping every role and the load balancer; with CHATFABRIC_WEBHOOK_URL, the webhook role too.
 #
 #   deploy/local/run.sh start          # prints the URLs and the stack's directory
 #   deploy/local/run.sh stop DIR       # stops everything it started and waits (DIR stays)
@@ -20,9 +20,12 @@
 #   CHATFABRIC_PARTITIONS  message streams (default 4); replicas are always 3
 #   CHATFABRIC_JWT_SECRET  HS256 secret of the gateways (default: the dev secret)
 #   SCRAPE_INTERVAL        Prometheus scrape interval (default 2s)
+#   CHATFABRIC_WEBHOOK_URL the receiver(s) of webhook events: runs webhooks-1 (with
+#                          CHATFABRIC_WEBHOOK_SECRET, default "chatfabric-dev-webhook-secret")
 #   NATS_AUTH_CONF         a nats-server `authorization { ... }` file included by every node;
 #                          then set each role's credentials:
-#   NATS_GATEWAY_USER/NATS_GATEWAY_PASSWORD, NATS_PERSISTER_USER/..., NATS_PRESENCE_USER/...
+#   NATS_GATEWAY_USER/NATS_GATEWAY_PASSWORD, NATS_PERSISTER_USER/..., NATS_PRESENCE_USER/...,
+#   NATS_WEBHOOKS_USER/...
 #                          Default: every role its own user with least privilege and a fresh
 #                          random password (`chatfabric nats-users`, kept in DIR/auth.conf);
 #                          NATS_AUTH_CONF=none runs NATS without authentication.
@@ -150,8 +153,8 @@ start() {
   secret=${CHATFABRIC_JWT_SECRET:-chatfabric-dev-secret}
 
   claim_ports
-  local i names=(n1 n2 n3) clients routes monitors r1 r2 r3 m1 m2 m3 g1 g2 pm1 pm2 qm1 qm2
-  for v in nats1 nats2 nats3 r1 r2 r3 m1 m2 m3 g1 g2 pm1 pm2 qm1 qm2 lb lb_stats prom; do alloc "$v"; done
+  local i names=(n1 n2 n3) clients routes monitors r1 r2 r3 m1 m2 m3 g1 g2 pm1 pm2 qm1 qm2 wm
+  for v in nats1 nats2 nats3 r1 r2 r3 m1 m2 m3 g1 g2 pm1 pm2 qm1 qm2 wm lb lb_stats prom; do alloc "$v"; done
   clients=("$nats1" "$nats2" "$nats3")
   routes=("$r1" "$r2" "$r3")
   monitors=("$m1" "$m2" "$m3")
@@ -165,7 +168,7 @@ start() {
     # Least privilege per role, as in production: one user each, passwords made here.
     (umask 077 && "$bin" nats-users --partitions "$partitions" >"$dir/auth.conf")
     local role pw
-    for role in gateway persister presence; do
+    for role in gateway persister presence webhooks; do
       pw=$(sed -n "s|^# chatfabric $role --nats-url nats://$role:\([^@]*\)@.*|\1|p" "$dir/auth.conf")
       [ -n "$pw" ] || die "no password for $role in $dir/auth.conf"
       printf -v "NATS_${role^^}_USER" %s "$role"
@@ -202,7 +205,7 @@ EOF
   # Every role agrees on the stream layout.
   export CHATFABRIC_PARTITIONS=$partitions CHATFABRIC_REPLICAS=3
   export CHATFABRIC_SQLITE_PATH="$dir/history.db"
-  local gw_urls persister_urls presence_urls
+  local gw_urls persister_urls presence_urls webhooks_job=""
   gw_urls=$(nats_urls NATS_GATEWAY_USER NATS_GATEWAY_PASSWORD)
   persister_urls=$(nats_urls NATS_PERSISTER_USER NATS_PERSISTER_PASSWORD)
   presence_urls=$(nats_urls NATS_PRESENCE_USER NATS_PRESENCE_PASSWORD)
@@ -221,6 +224,16 @@ EOF
     CHATFABRIC_NATS_URL=$presence_urls \
       launch "presence-$((i + 1))" "$bin" presence --metrics-listen "127.0.0.1:${presence_metrics[$i]}"
   done
+
+  # The webhook role, when there is a receiver: one process (coalescing windows are per process).
+  if [ -n "${CHATFABRIC_WEBHOOK_URL:-}" ]; then
+    CHATFABRIC_NATS_URL=$(nats_urls NATS_WEBHOOKS_USER NATS_WEBHOOKS_PASSWORD) \
+      CHATFABRIC_WEBHOOK_SECRET=${CHATFABRIC_WEBHOOK_SECRET:-chatfabric-dev-webhook-secret} \
+      launch webhooks-1 "$bin" webhooks --webhooks-listen "127.0.0.1:$wm"
+    wait_role webhooks-1 "http://127.0.0.1:$wm/readyz" ready
+    webhooks_job="  - job_name: webhooks
+    static_configs: [{targets: [\"127.0.0.1:$wm\"]}]"
+  fi
 
   # HAProxy: the same haproxy.cfg as docker-compose, addresses from the environment.
   # Two fds per client connection (client side, gateway side), within this shell's limit.
@@ -247,6 +260,7 @@ scrape_configs:
     static_configs: [{targets: ["127.0.0.1:${presence_metrics[0]}", "127.0.0.1:${presence_metrics[1]}"]}]
   - job_name: haproxy
     static_configs: [{targets: ["127.0.0.1:$lb_stats"]}]
+$webhooks_job
 EOF
   launch prometheus prometheus --config.file="$dir/prometheus.yml" \
     --storage.tsdb.path="$dir/prometheus" --web.listen-address="127.0.0.1:$prom"
@@ -278,6 +292,7 @@ PERSISTER_1=127.0.0.1:${persister_metrics[0]}
 PERSISTER_2=127.0.0.1:${persister_metrics[1]}
 PRESENCE_1=127.0.0.1:${presence_metrics[0]}
 PRESENCE_2=127.0.0.1:${presence_metrics[1]}
+WEBHOOKS_1=127.0.0.1:$wm
 PARTITIONS=$partitions
 EOF
   cat <<EOF
@@ -315,7 +330,7 @@ stop() {
     rm -f "$dir/watchdog.pid"
   fi
   # Clients first (the balancer), then the roles, NATS last: each drains into a live next hop.
-  for group in "haproxy prometheus" "gateway-1 gateway-2 presence-1 presence-2 persister-1 persister-2" "n1 n2 n3"; do
+  for group in "haproxy prometheus" "gateway-1 gateway-2 presence-1 presence-2 persister-1 persister-2 webhooks-1" "n1 n2 n3"; do
     for name in $group; do
       [ -f "$dir/pids/$name" ] && kill -TERM "$(cat "$dir/pids/$name")" 2>/dev/null || true
     done

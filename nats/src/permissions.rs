@@ -7,7 +7,7 @@
 //!   `chat.read.<conv>.<bot>`), receive those conversations live, and receive replies under its own
 //!   inbox `_INBOX.<bot>.>`. The sender is a subject token, so the server's permission check is the
 //!   authentication.
-//! - A **role** (gateway, persister, presence) may use the streams and buckets it works on, and
+//! - A **role** (gateway, persister, presence, webhooks) may use the streams and buckets it works on, and
 //!   create or update their configuration (any role may start first), but never delete or purge a
 //!   stream, delete a stored message, or publish where its work does not take it. Each role's own
 //!   request inbox is `_CF.<role>.>`, out of every bot's reach.
@@ -23,7 +23,7 @@ use std::fmt::Write as _;
 use crate::subject::{
     ingress_subject, read_subject, stream_name, Partitions, CONVS_BUCKET, DEAD_PREFIX, DEAD_STREAM,
     EPH_PREFIX, IN_PREFIX, LIVE_PREFIX, MSG_PREFIX, PRESENCE_BUCKET, READ_PREFIX, RECEIPTS_BUCKET,
-    WATERMARKS_BUCKET,
+    WATERMARKS_BUCKET, WEBHOOK_DEAD_PREFIX, WEBHOOK_DEAD_STREAM,
 };
 use crate::{ConvId, UserId};
 
@@ -64,11 +64,18 @@ pub enum Role {
     Persister,
     /// Presence services: heartbeats and devices in, online/offline events out.
     Presence,
+    /// Webhooks: stored messages and membership changes in, signed HTTP events out.
+    Webhooks,
 }
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 3] = [Role::Gateway, Role::Persister, Role::Presence];
+    pub const ALL: [Role; 4] = [
+        Role::Gateway,
+        Role::Persister,
+        Role::Presence,
+        Role::Webhooks,
+    ];
 
     /// The role's NATS user name.
     pub fn user(self) -> &'static str {
@@ -76,6 +83,7 @@ impl Role {
             Role::Gateway => "gateway",
             Role::Persister => "persister",
             Role::Presence => "presence",
+            Role::Webhooks => "webhooks",
         }
     }
 
@@ -145,6 +153,18 @@ impl Role {
                     publish.extend(consumes(&kv(b)));
                 }
             }
+            Role::Webhooks => {
+                provisioned.push(WEBHOOK_DEAD_STREAM.to_string());
+                publish.push(format!("{WEBHOOK_DEAD_PREFIX}.*"));
+                // Durable consumers on every message stream and on the membership keys; only
+                // reads of the buckets (mirrors of members and presence), never a write.
+                for s in msg_streams.iter().cloned().chain([kv(CONVS_BUCKET)]) {
+                    publish.extend(durable(&s));
+                }
+                for b in [CONVS_BUCKET, PRESENCE_BUCKET] {
+                    publish.extend(consumes(&kv(b)));
+                }
+            }
         }
         for s in &provisioned {
             publish.extend(info(s));
@@ -177,6 +197,17 @@ fn consumes(stream: &str) -> [String; 5] {
         format!("$JS.API.CONSUMER.INFO.{stream}.*"),
         format!("$JS.API.CONSUMER.DELETE.{stream}.*"),
         format!("$JS.FC.{stream}.>"),
+    ]
+}
+
+/// A durable pull consumer of the role's own: create (both APIs), pull, inspect, ack.
+fn durable(stream: &str) -> [String; 5] {
+    [
+        format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
+        format!("$JS.API.CONSUMER.DURABLE.CREATE.{stream}.*"),
+        format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.*"),
+        format!("$JS.API.CONSUMER.INFO.{stream}.*"),
+        format!("$JS.ACK.{stream}.>"),
     ]
 }
 
@@ -365,6 +396,10 @@ mod tests {
         }
         let presence = Role::Presence.permissions(Partitions::new(1));
         assert!(!presence.publish.iter().any(|s| s.starts_with("chat.msg")));
+        let webhooks = Role::Webhooks.permissions(Partitions::new(1));
+        assert!(!webhooks.publish.iter().any(|s| s.starts_with("chat.msg")
+            || s.starts_with("$KV.")
+            || s.starts_with("chat.eph")));
         let gateway = Role::Gateway.permissions(Partitions::new(1));
         assert!(!gateway.publish.iter().any(|s| s.contains(".presence")));
         assert!(!gateway

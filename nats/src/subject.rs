@@ -9,6 +9,7 @@
 //! | `chat.eph.<conv>.presence`      | the presence service          | gateways (members' connections)  |
 //! | `chat.eph.<conv>.typing`        | gateways                      | gateways (members' connections)  |
 //! | `chat.eph.<conv>.read`          | gateways                      | gateways (members' connections)  |
+//! | `chat.webhooks.dead.<reason>`   | the webhooks role             | stream `CHAT_WEBHOOKS_DEAD`      |
 //!
 //! KV keys of `CHAT_PRESENCE`: `gw.<gateway>` (a gateway's heartbeat), `dev.<user>.<gateway>` (the
 //! user has a connection on that gateway), `user.<user>` (the published presence, written by the
@@ -56,6 +57,10 @@ pub const WATERMARKS_BUCKET: &str = "CHAT_WATERMARKS";
 pub const DEAD_STREAM: &str = "CHAT_DEAD";
 /// Prefix of dead-letter subjects; the partition follows (`chat.dead.<part>`).
 pub const DEAD_PREFIX: &str = "chat.dead";
+/// The stream that keeps the webhook events no receiver took, for operators to inspect and replay.
+pub const WEBHOOK_DEAD_STREAM: &str = "CHAT_WEBHOOKS_DEAD";
+/// Prefix of webhook dead-letter subjects; the reason follows (`chat.webhooks.dead.<reason>`).
+pub const WEBHOOK_DEAD_PREFIX: &str = "chat.webhooks.dead";
 
 /// The kinds of ephemeral events, the last token of `chat.eph.<conv>.<kind>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -65,6 +65,7 @@ fn compose_has_the_production_shape() {
         "persister-2",
         "presence-1",
         "presence-2",
+        "webhooks-1",
         "lb",
         "prometheus",
         "grafana",
@@ -92,8 +93,8 @@ fn compose_has_the_production_shape() {
         .collect();
     assert_eq!(
         roles.len(),
-        6,
-        "two gateways, two persisters, two presence services"
+        7,
+        "two gateways, two persisters, two presence services, a webhook role"
     );
     for (name, s) in &roles {
         assert_eq!(env(s, "CHATFABRIC_REPLICAS"), Some("3"), "{name}");

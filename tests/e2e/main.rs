@@ -25,3 +25,4 @@ mod replicas;
 mod slow;
 mod sse;
 mod topology;
+mod webhooks;

@@ -4,7 +4,9 @@
 pub mod client;
 pub mod fabric;
 pub mod heavy;
+pub mod hooks;
 pub mod hostile;
+pub mod receiver;
 pub mod sse;
 pub mod stack;
 
