@@ -82,6 +82,8 @@ async fn run(socket: Socket, identity: Option<Identity>, conn: u64, state: &Arc<
         limits.queue_bytes,
         state.metrics.queued_bytes.clone(),
     ));
+    // Closed by the application's disconnects (server API) until this task ends.
+    let _listed = state.roster.list(&identity, conn, &outbox);
     let mut session = Session::new(
         state.clone(),
         Outlet {

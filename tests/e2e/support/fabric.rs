@@ -139,6 +139,8 @@ pub fn test_config(history: Arc<dyn HistoryStore>) -> GatewayConfig {
         history_cache_bytes: 16 << 20,
         presence: chatfabric_gateway::presence::PresenceConfig::default(),
         demo: Default::default(),
+        api_keys: Default::default(),
+        client_membership: Default::default(),
     }
 }
 
