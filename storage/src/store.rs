@@ -362,3 +362,44 @@ pub(crate) struct RecordColumns {
     pub(crate) ts: i64,
     pub(crate) body: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn via_reads_back_from_the_client_id_column() {
+        let conv = ConvId::new("c").unwrap();
+        for via in [None, Some(Via::Backend), Some(Via::Service)] {
+            let record = StoredRecord {
+                seq: 1,
+                msg: StoredMessage {
+                    id: "i".into(),
+                    conv: conv.clone(),
+                    sender: UserId::new("alice").unwrap(),
+                    client_id: "k:1".into(),
+                    ts: 1,
+                    body: "hi".into(),
+                    via,
+                },
+            };
+            let columns = record_columns(&record).unwrap();
+            assert_eq!(record_from_columns(&conv, columns).unwrap(), record);
+        }
+        let mut columns = record_columns(&StoredRecord {
+            seq: 1,
+            msg: StoredMessage {
+                id: "i".into(),
+                conv: conv.clone(),
+                sender: UserId::new("alice").unwrap(),
+                client_id: "k".into(),
+                ts: 1,
+                body: "hi".into(),
+                via: None,
+            },
+        })
+        .unwrap();
+        columns.client_id = "k elsewhere".into();
+        assert!(record_from_columns(&conv, columns).is_err());
+    }
+}

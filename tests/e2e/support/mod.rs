@@ -5,6 +5,7 @@ pub mod client;
 pub mod fabric;
 pub mod heavy;
 pub mod hostile;
+pub mod server_api;
 pub mod sse;
 pub mod stack;
 
