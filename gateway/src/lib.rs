@@ -182,6 +182,7 @@ pub async fn run(
         users,
         roster.clone(),
         auth.clone(),
+        metrics.clone(),
         shutdown.clone(),
     ));
     // The heartbeat is not tracked: it outlives the connections' drain and is awaited last, so

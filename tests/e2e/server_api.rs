@@ -336,6 +336,10 @@ async fn a_disconnected_user_is_closed_on_every_gateway_and_old_tokens_stay_out(
         }
     };
     assert_eq!(end["code"], "disconnected", "{end}");
+    // Two closes on g2 (WebSocket and event stream), one on g1, each counted.
+    let closes = "chatfabric_gateway_closes_total{kind=\"disconnected\"}";
+    g2.await_metric(closes, 2.0).await;
+    assert_eq!(g1.metric(closes).await, 1.0);
     let mut ws2 = Client::connect_with_token(&g2.ws_url(), "alice", &old).await;
 
     // With revocation: closed again, and the old token (and one without iat) is refused on both.
@@ -365,6 +369,7 @@ async fn presence_of_a_list_of_users() {
     let _presence = crate::presence::Presence::quick(&nats).await;
     let g = gateway(&nats).await;
     let _alice = Client::connect(&g.ws_url(), "alice").await;
+
     let path = "/v1/server/presence?user=alice&user=nobody";
     eventually("alice shows online", || async {
         api(g.addr, "GET", path, None).await.1["presence"][0]["online"] == true
@@ -378,6 +383,11 @@ async fn presence_of_a_list_of_users() {
     let many: String = (0..101).map(|i| format!("user=u{i}&")).collect();
     let (status, body) = api(g.addr, "GET", &format!("/v1/server/presence?{many}"), None).await;
     assert_eq!((status, code(&body)), (400, "invalid"), "{body}");
+    assert!(
+        g.metric("chatfabric_gateway_server_api_requests_total{kind=\"presence\"}")
+            .await
+            >= 3.0
+    );
 }
 
 #[tokio::test]

@@ -11,15 +11,17 @@ use tokio_util::sync::CancellationToken;
 
 use super::roster::Roster;
 use crate::auth::Authenticator;
+use crate::metrics::{Kind, Metrics};
 
-/// Watches `users` until `shutdown`: each disconnect closes the user's listed connections and
-/// sets their revocation in `auth`; a deleted key lifts it. A restarted watch replays every
+/// Watches `users` until `shutdown`: each disconnect closes the user's listed connections
+/// (counted in `closes{kind="disconnected"}`) and sets their revocation in `auth`; a deleted key lifts it. A restarted watch replays every
 /// key's last value, so what changed while this gateway was cut off is applied then (and what
 /// it applied before is applied again, harmlessly: connections opened since are kept).
 pub async fn watch(
     users: kv::Store,
     roster: Arc<Roster>,
     auth: Arc<Authenticator>,
+    metrics: Metrics,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -54,6 +56,10 @@ pub async fn watch(
                     };
                     auth.revoke(&user, disconnect.tokens_before);
                     let closed = roster.disconnect(&user, &disconnect);
+                    let kind = Kind {
+                        kind: "disconnected",
+                    };
+                    metrics.closes.get_or_create(&kind).inc_by(closed as u64);
                     tracing::info!(%user, closed, "user disconnected by the application");
                 }
                 Some(Err(e)) => {

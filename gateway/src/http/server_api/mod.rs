@@ -20,6 +20,7 @@ use serde::de::DeserializeOwned;
 
 use super::reply::{bearer, json_error, Reply};
 use crate::api_keys::Scope;
+use crate::metrics::Kind;
 use crate::protocol::ErrorCode;
 use crate::service::Caller;
 use crate::state::State;
@@ -51,28 +52,50 @@ pub(crate) async fn route(req: Request<Incoming>, state: &State) -> Reply {
         Ok(caller) => caller,
         Err(refused) => return refused.reply(),
     };
+    let count = |endpoint: &'static str| {
+        state
+            .metrics
+            .server_api_requests
+            .get_or_create(&Kind { kind: endpoint })
+            .inc();
+    };
     match (&method, parts.as_slice()) {
-        (&Method::POST, ["conversations"]) => conversations::create(req, state, &caller).await,
-        (&Method::GET, ["conversations", conv]) => conversations::read(state, &caller, conv).await,
+        (&Method::POST, ["conversations"]) => {
+            count("create_conversation");
+            conversations::create(req, state, &caller).await
+        }
+        (&Method::GET, ["conversations", conv]) => {
+            count("read_conversation");
+            conversations::read(state, &caller, conv).await
+        }
         (&Method::POST, ["conversations", conv, "members"]) => {
+            count("add_member");
             conversations::add(req, state, &caller, conv).await
         }
         (&Method::DELETE, ["conversations", conv, "members", user]) => {
+            count("remove_member");
             conversations::remove(state, &caller, conv, user).await
         }
         (&Method::GET, ["users", user, "conversations"]) => {
+            count("list_conversations");
             conversations::listing(&req, state, &caller, user).await
         }
         (&Method::POST, ["conversations", conv, "messages"]) => {
+            count("post_message");
             messages::post(req, state, conv).await
         }
         (&Method::GET, ["conversations", conv, "messages"]) => {
+            count("read_history");
             messages::history(&req, state, &caller, conv).await
         }
         (&Method::POST, ["users", user, "disconnect"]) => {
+            count("disconnect");
             users::disconnect(req, state, &caller, user).await
         }
-        (&Method::GET, ["presence"]) => users::presence(&req, state, &caller).await,
+        (&Method::GET, ["presence"]) => {
+            count("presence");
+            users::presence(&req, state, &caller).await
+        }
         _ => json_error(ErrorCode::NotFound, "no such endpoint"),
     }
 }
