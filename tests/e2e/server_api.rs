@@ -5,9 +5,12 @@
 use std::time::Duration;
 
 use chatfabric_gateway::membership::{ClientMembership, ConversationLimits};
+use chatfabric_gateway::GatewayConfig;
+use chatfabric_nats::server::NatsServer;
 use chatfabric_nats::{ConvId, UserId};
 use serde_json::{json, Value};
 
+use crate::support::fabric::cluster_fabric;
 use crate::support::server_api::{self, api, call, token_issued, ws_refused, MESSAGES_KEY};
 use crate::support::sse::SseClient;
 use crate::support::{Client, Nats, TestGateway};
@@ -361,6 +364,38 @@ async fn a_disconnected_user_is_closed_on_every_gateway_and_old_tokens_stay_out(
     }
     // Bob was never touched.
     bob.subscribe("room", None).await;
+}
+
+#[tokio::test]
+async fn a_gateway_cut_off_from_nats_learns_of_a_disconnect_when_it_is_back() {
+    crate::support::init_tracing();
+    let mut nodes = tokio::task::spawn_blocking(|| {
+        NatsServer::start_cluster_with(3, Some(crate::support::fabric::shipped_auth_conf()))
+    })
+    .await
+    .unwrap()
+    .expect("cluster starts");
+    let urls: Vec<String> = nodes.iter().map(|n| n.url()).collect();
+    let parts1 = cluster_fabric(&urls, 0).await;
+    let parts2 = cluster_fabric(&urls, 1).await;
+    let node2 = nodes
+        .iter()
+        .position(|n| n.port() == parts2.port())
+        .expect("g2 is connected to a node");
+    let keys = |parts: &crate::support::fabric::ClusterGatewayParts| GatewayConfig {
+        api_keys: server_api::keys(),
+        ..parts.config()
+    };
+    let g1 = TestGateway::start_on_with(&parts1, keys(&parts1)).await;
+    let g2 = TestGateway::start_on_with(&parts2, keys(&parts2)).await;
+    let mut alice = Client::connect(&g2.ws_url(), "alice").await;
+    // g2's node dies; the disconnect is written through g1 while g2 is cut off.
+    nodes[node2].kill();
+    let (status, body) = api(g1.addr, "POST", "/v1/server/users/alice/disconnect", None).await;
+    assert_eq!(status, 200, "{body}");
+    nodes[node2].restart().expect("the node restarts");
+    // Within the client's wait: g2 reconnects (to any node) and its watch catches up.
+    assert_eq!(alice.closed().await, 4003);
 }
 
 #[tokio::test]
