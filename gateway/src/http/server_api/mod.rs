@@ -13,7 +13,7 @@
 //! - `messages`: post as a service or on a user's behalf, history.
 //! - `users`: disconnect (and revoke), presence.
 
-use http::{header, Method, Request};
+use http::{Method, Request};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
@@ -131,22 +131,12 @@ fn authorize(req: &Request<Incoming>, state: &State, scope: Scope) -> Result<Cal
     Ok(Caller::Service(holder.service.clone()))
 }
 
-/// Reads and parses a JSON request body (within [`MAX_REQUEST`] and the request timeout).
+/// Reads and parses a JSON request body (within [`MAX_REQUEST`] and the request timeout),
+/// whatever its `Content-Type` says (curl's `-d` says form data).
 async fn read_json<T: DeserializeOwned>(
     req: Request<Incoming>,
     state: &State,
 ) -> Result<T, Refused> {
-    let is_json = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_none_or(|v| v.starts_with("application/json"));
-    if !is_json {
-        return Err(Refused::new(
-            ErrorCode::Invalid,
-            "send Content-Type: application/json",
-        ));
-    }
     let body = Limited::new(req.into_body(), MAX_REQUEST).collect();
     let raw = match tokio::time::timeout(state.limits.request_timeout, body).await {
         Ok(Ok(b)) => b.to_bytes(),
