@@ -96,9 +96,6 @@ pub enum GatewayError {
     /// The listener's address could not be read.
     #[error("listener: {0}")]
     Listener(#[from] std::io::Error),
-    /// The users bucket (the server API's disconnects) could not be provisioned.
-    #[error(transparent)]
-    Provision(#[from] chatfabric_nats::ProvisionError),
 }
 
 /// Removals seen by the membership watch end the removed user's live subscriptions.
@@ -111,7 +108,9 @@ impl membership::MembershipEvents for Evictions {
 }
 
 /// Serves clients on `listener` until `shutdown` is cancelled, then closes every connection with
-/// 1001 (clients resume elsewhere) and waits up to 10 s for tasks to finish.
+/// 1001 (clients resume elsewhere) and waits up to 10 s for tasks to finish. Before it serves, it
+/// provisions the users bucket (the server API's disconnects), retrying while JetStream is not
+/// ready.
 ///
 /// `missed` is the connection's "messages may have been missed" signal from
 /// [`chatfabric_nats::connect`]; on every change the fan-out checks JetStream for what it missed.
@@ -125,11 +124,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
     let addr = listener.local_addr()?;
-    let users = chatfabric_nats::provision::ensure_bucket(
-        &fabric.js,
-        chatfabric_nats::provision::users_bucket(fabric.settings.replicas),
-    )
-    .await?;
+    let Some(users) = users::bucket(&fabric, &shutdown).await else {
+        return Ok(());
+    };
     let metrics = metrics::Metrics::new(&mut registry);
     let tracker = TaskTracker::new();
     let hub = fanout::Hub::new(

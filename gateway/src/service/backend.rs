@@ -2,6 +2,7 @@
 //! ids it chooses, list any user's conversations, disconnect users and revoke their tokens, and
 //! read many users' presence. Each takes a [`Caller::Service`]; any other caller is refused.
 
+use async_nats::jetstream::kv;
 use bytes::Bytes;
 use chatfabric_nats::subject;
 use chatfabric_nats::wire::{now_ms, ConversationInfo, UserDisconnect};
@@ -104,22 +105,51 @@ impl Service {
         application(caller)?;
         let key = subject::disconnect_key(user);
         let users_err = |e: Box<dyn std::error::Error + Send + Sync>| ServiceError::Users(e);
-        let earlier = match self.users.get(&key).await {
-            Ok(Some(raw)) => serde_json::from_slice::<UserDisconnect>(&raw)
-                .ok()
-                .and_then(|d| d.tokens_before),
-            Ok(None) => None,
-            Err(e) => return Err(users_err(e.into())),
+        // Compare-and-set, so a plain disconnect racing a revocation on another gateway never
+        // drops the revocation: the later of the two times holds.
+        let mut tries = 0;
+        let disconnect = loop {
+            let entry = self
+                .users
+                .entry(&key)
+                .await
+                .map_err(|e| users_err(e.into()))?;
+            let (earlier, revision) = match entry {
+                Some(e) if e.operation == kv::Operation::Put => (
+                    serde_json::from_slice::<UserDisconnect>(&e.value)
+                        .ok()
+                        .and_then(|d| d.tokens_before),
+                    Some(e.revision),
+                ),
+                Some(e) => (None, Some(e.revision)),
+                None => (None, None),
+            };
+            let disconnect = UserDisconnect {
+                at: now_ms(),
+                tokens_before: revoke_before.max(earlier),
+            };
+            let value =
+                Bytes::from(serde_json::to_vec(&disconnect).map_err(|e| users_err(e.into()))?);
+            let written = match revision {
+                Some(revision) => self
+                    .users
+                    .update(&key, value, revision)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                None => self
+                    .users
+                    .create(&key, value)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            };
+            match written {
+                Ok(()) => break disconnect,
+                Err(e) if tries >= 5 => return Err(users_err(e.into())),
+                Err(_) => tries += 1,
+            }
         };
-        let disconnect = UserDisconnect {
-            at: now_ms(),
-            tokens_before: revoke_before.max(earlier),
-        };
-        let value = serde_json::to_vec(&disconnect).map_err(|e| users_err(e.into()))?;
-        self.users
-            .put(&key, Bytes::from(value))
-            .await
-            .map_err(|e| users_err(e.into()))?;
         tracing::info!(%user, by = %caller.acting_as(), revoke_before, "disconnect requested");
         Ok(disconnect)
     }
