@@ -103,3 +103,62 @@ impl Roster {
         closed
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+    use prometheus_client::metrics::gauge::Gauge;
+
+    fn identity(user: &str, issued_at: Option<u64>) -> Identity {
+        Identity {
+            user: UserId::new(user).unwrap(),
+            expires_at: u64::MAX,
+            issued_at,
+        }
+    }
+
+    fn outbox() -> Arc<Outbox> {
+        Arc::new(Outbox::new(8, 1024, Gauge::default()))
+    }
+
+    #[test]
+    fn a_disconnect_closes_what_was_open_then_or_holds_a_revoked_token() {
+        let roster = Roster::new(4003);
+        let (old, fresh, bob) = (outbox(), outbox(), outbox());
+        let _old = roster.list(&identity("alice", Some(100)), 1, &old);
+        let _fresh = roster.list(&identity("alice", Some(200)), 2, &fresh);
+        let _bob = roster.list(&identity("bob", None), 3, &bob);
+        let alice = UserId::new("alice").unwrap();
+        // Both opened after `at`: only the connection with the revoked token closes.
+        let revoke = UserDisconnect {
+            at: 0,
+            tokens_before: Some(150),
+        };
+        assert_eq!(roster.disconnect(&alice, &revoke), 1);
+        assert_eq!(old.kicked().now_or_never(), Some(4003));
+        assert_eq!(fresh.kicked().now_or_never(), None);
+        // A plain disconnect now closes every connection open at its time, and nobody else's.
+        let now = UserDisconnect {
+            at: now_ms(),
+            tokens_before: None,
+        };
+        assert_eq!(roster.disconnect(&alice, &now), 2);
+        assert_eq!(fresh.kicked().now_or_never(), Some(4003));
+        assert_eq!(bob.kicked().now_or_never(), None);
+    }
+
+    #[test]
+    fn a_closed_connection_leaves_the_roster() {
+        let roster = Roster::new(4003);
+        let out = outbox();
+        let listed = roster.list(&identity("alice", None), 1, &out);
+        drop(listed);
+        let all = UserDisconnect {
+            at: u64::MAX,
+            tokens_before: None,
+        };
+        assert_eq!(roster.disconnect(&UserId::new("alice").unwrap(), &all), 0);
+        assert!(roster.lock().is_empty());
+    }
+}
