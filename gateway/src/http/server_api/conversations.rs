@@ -7,8 +7,9 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
 use super::{path_id, read_json};
-use crate::http::reply::{json, service_error, Reply};
+use crate::http::reply::{json, json_error, service_error, Reply};
 use crate::membership::managed::{Outcome, Wanted};
+use crate::protocol::ErrorCode;
 use crate::service::{Caller, Created};
 use crate::state::State;
 
@@ -144,12 +145,7 @@ pub(super) async fn listing(
             },
             "limit" => match value.parse() {
                 Ok(n) => limit = Some(n),
-                Err(_) => {
-                    return crate::http::reply::json_error(
-                        crate::protocol::ErrorCode::Invalid,
-                        "limit is an integer",
-                    )
-                }
+                Err(_) => return json_error(ErrorCode::Invalid, "limit is an integer"),
             },
             _ => {}
         }
