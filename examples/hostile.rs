@@ -276,6 +276,8 @@ async fn serve(url: &str, addr: SocketAddr, db: &str) -> Result<(), Error> {
         history_cache_bytes: chatfabric_gateway::history::DEFAULT_HISTORY_CACHE_BYTES,
         presence: Default::default(),
         demo: Default::default(),
+        api_keys: Default::default(),
+        client_membership: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let registry = prometheus_client::registry::Registry::default();
@@ -412,10 +414,13 @@ async fn store_messages(fabric: &Fabric, conv: &ConvId, n: usize) -> Result<u64,
             chatfabric_gateway::send::publish(
                 fabric,
                 &metrics,
-                conv.clone(),
-                alice.clone(),
-                format!("s{i}"),
-                "x".repeat(4096),
+                chatfabric_gateway::send::Draft {
+                    conv: conv.clone(),
+                    sender: alice.clone(),
+                    via: None,
+                    client_id: format!("s{i}"),
+                    body: "x".repeat(4096),
+                },
                 Duration::from_secs(10),
             )
         }))

@@ -59,6 +59,8 @@ pub(crate) enum Command {
     Webhooks(WebhooksCmd),
     /// Print a development token (HS256) for a user.
     Token(TokenArgs),
+    /// Print a new server API key and its line for the gateways' --api-keys file.
+    ApiKey(crate::server_api::ApiKeyArgs),
     /// Run the example echo bot, which talks NATS directly.
     Bot(crate::bot::BotArgs),
     /// Print a nats-server user block granting a bot exactly the given conversations.
@@ -264,6 +266,8 @@ pub(crate) struct GatewayArgs {
     /// The history store the persister writes (the gateway reads pages from it).
     #[command(flatten)]
     pub(crate) store: StoreArgs,
+    #[command(flatten)]
+    pub(crate) server_api: crate::server_api::ServerApiArgs,
 }
 
 impl GatewayArgs {
@@ -310,6 +314,8 @@ impl GatewayArgs {
                 page: self.demo_page,
                 dev_tokens: self.dev_tokens.as_ref().map(|s| s.as_bytes().to_vec()),
             },
+            api_keys: self.server_api.keys()?,
+            client_membership: self.server_api.client_membership,
         })
     }
 }

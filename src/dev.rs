@@ -72,6 +72,12 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         gateway.demo_page = true;
         gateway.dev_tokens = Some(args.jwt_secret.clone());
     }
+    // A server API key with every scope, new at each start, printed below.
+    let (dev_key, dev_key_line) = crate::server_api::new_key(
+        "dev",
+        &["conversations".into(), "messages".into(), "users".into()],
+    )?;
+    gateway.server_api.dev_key_lines = Some(dev_key_line);
     let history = args.data.join("history.db");
     let mut persister = PersisterDefaults::parse_from(["dev"]).args;
     persister.store.sqlite_path = history.clone();
@@ -92,6 +98,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  metrics     http://{listen}/metrics");
     println!("  history     {} (SQLite)", history.display());
     println!("  a token     cargo run -- token alice");
+    println!("  server API  http://{listen}/v1/server/  key {dev_key}  (docs/SERVER_API.md)");
     // One store for both roles: they share the file, and one opener means one migration.
     let store = chatfabric_storage::open_store(&persister.store)
         .await

@@ -10,6 +10,7 @@ mod cli;
 mod dev;
 mod metrics;
 mod process;
+mod server_api;
 mod startup;
 
 use anyhow::Context;
@@ -119,6 +120,7 @@ fn main() -> anyhow::Result<()> {
                 println!("{token}");
                 Ok(())
             }
+            Command::ApiKey(args) => server_api::print_new_key(&args),
             Command::Loadtest(args) => chatfabric_loadtest::run(args).await,
         }
     })

@@ -74,6 +74,7 @@ impl Fixture {
         let mut records: Vec<StoredRecord> = futures::stream::iter(0..MESSAGES)
             .map(|i| {
                 let msg = StoredMessage {
+                    via: None,
                     id: format!("0190a1b2-c3d4-7e5f-8a9b-{i:012}"),
                     conv: conv(i % CONVS),
                     sender: UserId::new(format!("user-{}", i % 97)).expect("valid user"),

@@ -3,6 +3,8 @@
 //! Development uses an HS256 shared secret (`chatfabric token` mints such tokens); production uses an
 //! asymmetric key (RS256/ES256/EdDSA public key in PEM) so gateways cannot mint tokens themselves.
 
+use std::collections::HashMap;
+use std::sync::RwLock;
 use std::time::Duration;
 
 use chatfabric_nats::UserId;
@@ -21,6 +23,12 @@ pub enum AuthError {
     /// The configured verification key could not be read.
     #[error("cannot load the token verification key: {0}")]
     Key(#[source] jsonwebtoken::errors::Error),
+    /// The `sub` claim is a service id, which no user may have.
+    #[error("token subject is a service id (svc_...), which no user may have")]
+    ServiceSubject,
+    /// The application revoked the user's tokens issued before a time, this one among them.
+    #[error("token revoked")]
+    Revoked,
     /// The configured algorithm does not verify with a public key.
     #[error("{0:?} is not a public-key algorithm; use RS256, ES256 or EdDSA")]
     NotPublicKey(Algorithm),
@@ -30,6 +38,8 @@ pub enum AuthError {
 struct Claims {
     sub: String,
     exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<u64>,
 }
 
 /// Seconds of clock skew allowed between token issuer and gateway, on `exp` and `nbf`.
@@ -42,6 +52,8 @@ pub struct Identity {
     pub user: UserId,
     /// Expiry, seconds since the Unix epoch.
     pub expires_at: u64,
+    /// Issue time (`iat`), seconds since the Unix epoch, if the token has one.
+    pub issued_at: Option<u64>,
 }
 
 /// The farthest a connection's expiry timer is set: a token valid for longer is treated as
@@ -62,6 +74,9 @@ impl Identity {
 pub struct Authenticator {
     key: DecodingKey,
     validation: Validation,
+    /// Per user, the time (seconds) before which their tokens are refused: the server API's
+    /// revocations, as this gateway's watch of the users bucket last saw them.
+    revoked: RwLock<HashMap<UserId, u64>>,
 }
 
 impl Authenticator {
@@ -91,24 +106,58 @@ impl Authenticator {
         validation.leeway = LEEWAY_SECS;
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        Self { key, validation }
+        Self {
+            key,
+            validation,
+            revoked: RwLock::default(),
+        }
     }
 
-    /// Checks signature, expiry and (when present) `nbf`, and returns the identity.
+    /// Checks signature, expiry, (when present) `nbf`, the subject and revocations, and returns
+    /// the identity.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)?;
-        Ok(Identity {
+        let identity = Identity {
             user: UserId::new(data.claims.sub)?,
             expires_at: data.claims.exp,
-        })
+            issued_at: data.claims.iat,
+        };
+        if identity.user.is_service() {
+            return Err(AuthError::ServiceSubject);
+        }
+        if self.is_revoked(&identity) {
+            return Err(AuthError::Revoked);
+        }
+        Ok(identity)
+    }
+
+    /// Whether `identity`'s token was revoked: issued before its user's revocation time, or
+    /// without `iat` for a user with a revocation.
+    pub fn is_revoked(&self, identity: &Identity) -> bool {
+        let revoked = self.revoked.read().unwrap_or_else(|p| p.into_inner());
+        revoked
+            .get(&identity.user)
+            .is_some_and(|&before| identity.issued_at.is_none_or(|iat| iat < before))
+    }
+
+    /// From now on refuses `user`'s tokens issued before `before` (seconds since the epoch),
+    /// or, with `None`, lifts the user's revocation.
+    pub fn revoke(&self, user: &UserId, before: Option<u64>) {
+        let mut revoked = self.revoked.write().unwrap_or_else(|p| p.into_inner());
+        match before {
+            Some(before) => revoked.insert(user.clone(), before),
+            None => revoked.remove(user),
+        };
     }
 }
 
-/// Mints an HS256 token for `user`, valid for `ttl_secs` (development and tests).
+/// Mints an HS256 token for `user`, issued now and valid for `ttl_secs` (development and tests).
 pub fn mint_hs256(secret: &[u8], user: &UserId, ttl_secs: u64) -> Result<String, AuthError> {
+    let now = chatfabric_nats::wire::now_ms() / 1000;
     let claims = Claims {
         sub: user.to_string(),
-        exp: chatfabric_nats::wire::now_ms() / 1000 + ttl_secs,
+        exp: now + ttl_secs,
+        iat: Some(now),
     };
     Ok(jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -134,10 +183,42 @@ mod tests {
     }
 
     #[test]
+    fn refuses_revoked_and_service_tokens() {
+        let auth = Authenticator::hs256(b"s");
+        let alice = UserId::new("alice").unwrap();
+        let now = chatfabric_nats::wire::now_ms() / 1000;
+        let token = |iat: Option<u64>| {
+            let claims = Claims {
+                sub: "alice".into(),
+                exp: now + 60,
+                iat,
+            };
+            let key = EncodingKey::from_secret(b"s");
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+        };
+        auth.revoke(&alice, Some(now));
+        assert!(matches!(
+            auth.verify(&token(Some(now - 1))),
+            Err(AuthError::Revoked)
+        ));
+        assert!(matches!(auth.verify(&token(None)), Err(AuthError::Revoked)));
+        assert!(auth.verify(&token(Some(now))).is_ok());
+        auth.revoke(&alice, None);
+        assert!(auth.verify(&token(None)).is_ok());
+        let service = UserId::service("billing").unwrap();
+        let forged = mint_hs256(b"s", &service, 60).unwrap();
+        assert!(matches!(
+            auth.verify(&forged),
+            Err(AuthError::ServiceSubject)
+        ));
+    }
+
+    #[test]
     fn refuses_expired_tokens() {
         let claims = Claims {
             sub: "alice".into(),
             exp: chatfabric_nats::wire::now_ms() / 1000 - 120,
+            iat: None,
         };
         let token = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),

@@ -124,4 +124,8 @@ pub struct GatewayConfig {
     pub presence: presence::PresenceConfig,
     /// The demo page and development token endpoint (off by default).
     pub demo: demo::DemoConfig,
+    /// The server API's keys (none: the server API refuses every request).
+    pub api_keys: crate::api_keys::ApiKeys,
+    /// What clients may do to membership themselves (default: everything, as before).
+    pub client_membership: membership::ClientMembership,
 }

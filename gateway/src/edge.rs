@@ -16,10 +16,13 @@ use crate::service::{Sent, ServiceError};
 pub(crate) fn code(error: &ServiceError) -> ErrorCode {
     match error {
         ServiceError::RateLimited(_) => ErrorCode::RateLimited,
-        ServiceError::NothingShared => ErrorCode::Forbidden,
+        ServiceError::NothingShared | ServiceError::ServiceId => ErrorCode::Forbidden,
+        ServiceError::ServerManaged(_) => ErrorCode::ServerManaged,
+        ServiceError::Users(_) => ErrorCode::Unavailable,
         ServiceError::Membership(e) => match e {
             MembershipError::Forbidden(_) => ErrorCode::Forbidden,
             MembershipError::NotFound => ErrorCode::NotFound,
+            MembershipError::Conflict => ErrorCode::Conflict,
             MembershipError::Invalid(_)
             | MembershipError::GroupFull
             | MembershipError::TooManyConversations(_)

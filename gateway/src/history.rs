@@ -55,6 +55,9 @@ pub struct HistoryMessage {
     pub ts: u64,
     /// The text.
     pub body: String,
+    /// How the application posted it, if it did (see [`chatfabric_nats::wire::Via`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<chatfabric_nats::wire::Via>,
 }
 
 impl HistoryMessage {
@@ -66,6 +69,7 @@ impl HistoryMessage {
             client_id: m.client_id,
             ts: m.ts,
             body: m.body,
+            via: m.via,
         }
     }
 }

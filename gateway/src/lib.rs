@@ -15,6 +15,8 @@
 //!      **frame**, write replies and the outbound queue, close within the grace) apart from the
 //!      session (decode, rate-limit with [`rate`], dispatch each op to the service).
 //!    - [`ingest`]: bots and devices that speak NATS (`chat.in`, `chat.read`).
+//!    - `http::server_api`: the application backend's API (`/v1/server/...`), authenticated
+//!      with [`api_keys`] and acting as a [`service::Caller::Service`] or on a user's behalf.
 //!    - `edge`: the one place where service errors become client-facing [`protocol::ErrorCode`]s
 //!      and results become frames.
 //! 2. **[`service`]**: every operation, for an authenticated [`service::Caller`]: send
@@ -27,6 +29,8 @@
 //!    - [`history`]: pages from the persister's store below its watermark and from JetStream
 //!      above it, cached per page within a byte budget.
 //!    - [`receipts`]: read cursors, their events, unread counts.
+//!    - [`users`]: the application's disconnects and token revocations (the `CHAT_USERS`
+//!      bucket, watched by every gateway) and this gateway's open connections per user.
 //!    - [`presence`]: this gateway's connected users in the presence bucket (written on change
 //!      only, through a bounded queue coalesced per user), its heartbeat, the presence query,
 //!      typing events.
@@ -36,6 +40,7 @@
 //!    connection's task writes to the **client**. Presence, typing and read events take the same
 //!    way through the conversation actors.
 //! 5. **Bottom**: [`protocol`] (frames, the op table, error and close codes, encoders), [`auth`],
+//!    [`api_keys`],
 //!    [`rate`], [`metrics`]: they import no other module of the crate.
 //!
 //! Beside the front ends, `config` ([`Limits`], [`GatewayConfig`]) gathers every layer's
@@ -46,6 +51,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod api_keys;
 pub mod auth;
 mod capacity;
 mod config;
@@ -64,6 +70,7 @@ pub mod receipts;
 pub mod send;
 pub mod service;
 mod state;
+pub mod users;
 mod ws;
 
 use std::sync::atomic::AtomicU64;
@@ -101,7 +108,9 @@ impl membership::MembershipEvents for Evictions {
 }
 
 /// Serves clients on `listener` until `shutdown` is cancelled, then closes every connection with
-/// 1001 (clients resume elsewhere) and waits up to 10 s for tasks to finish.
+/// 1001 (clients resume elsewhere) and waits up to 10 s for tasks to finish. Before it serves, it
+/// provisions the users bucket (the server API's disconnects), retrying while JetStream is not
+/// ready.
 ///
 /// `missed` is the connection's "messages may have been missed" signal from
 /// [`chatfabric_nats::connect`]; on every change the fan-out checks JetStream for what it missed.
@@ -115,6 +124,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
     let addr = listener.local_addr()?;
+    let Some(users) = users::bucket(&fabric, &shutdown).await else {
+        return Ok(());
+    };
     let metrics = metrics::Metrics::new(&mut registry);
     let tracker = TaskTracker::new();
     let hub = fanout::Hub::new(
@@ -157,7 +169,18 @@ pub async fn run(
             history_rate: limits.history_rate,
             history_burst: limits.history_burst,
             typing_ttl: config.presence.typing_ttl,
+            client_membership: config.client_membership,
         },
+        users.clone(),
+    ));
+    let auth = Arc::new(config.auth);
+    let roster = users::Roster::new(protocol::close::DISCONNECTED);
+    tracker.spawn(users::watch(
+        users,
+        roster.clone(),
+        auth.clone(),
+        metrics.clone(),
+        shutdown.clone(),
     ));
     // The heartbeat is not tracked: it outlives the connections' drain and is awaited last, so
     // its clean-stop delete comes after the accept loop stopped.
@@ -170,7 +193,9 @@ pub async fn run(
     );
     tracing::info!(gateway = devices.gateway(), "presence id");
     let state = Arc::new(state::State {
-        auth: config.auth,
+        auth,
+        api_keys: config.api_keys,
+        roster,
         capacity: capacity::Capacity::new(limits.max_connections),
         limits,
         fabric,

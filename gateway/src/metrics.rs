@@ -44,6 +44,8 @@ pub struct Metrics {
     pub closes: Family<Kind, Counter>,
     /// Gaps in a conversation's live feed that were filled from JetStream.
     pub gap_fills: Counter,
+    /// Server API requests that reached an endpoint with a valid key, by endpoint.
+    pub server_api_requests: Family<Kind, Counter>,
     /// Messages fetched from JetStream to fill gaps or resume subscriptions.
     pub fetched: Counter,
     /// Conversations with local subscribers (one NATS subscription each).
@@ -90,6 +92,7 @@ impl Metrics {
             errors: Family::default(),
             closes: Family::default(),
             gap_fills: Counter::default(),
+            server_api_requests: Family::default(),
             fetched: Counter::default(),
             live_conversations: Gauge::default(),
             ingest_accepted: Counter::default(),
@@ -143,6 +146,11 @@ impl Metrics {
             "closes",
             "Connections closed by the gateway, by reason",
             m.closes.clone(),
+        );
+        r.register(
+            "server_api_requests",
+            "Server API requests with a valid key, by endpoint",
+            m.server_api_requests.clone(),
         );
         r.register(
             "gap_fills",

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use chatfabric_nats::wire::{self, now_ms, StoredMessage};
+use chatfabric_nats::wire::{self, now_ms, StoredMessage, Via};
 use chatfabric_nats::{ConvId, Fabric, UserId};
 
 use crate::metrics::Metrics;
@@ -96,24 +96,37 @@ pub fn validate(client_id: &str, body: &str, max_body: usize) -> Result<(), Send
     Ok(())
 }
 
+/// A validated message before the gateway stamps its id and time.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    /// The conversation.
+    pub conv: ConvId,
+    /// Who it names as sender (the authenticated user, or the application's service id).
+    pub sender: UserId,
+    /// How the application posted it, if it did.
+    pub via: Option<Via>,
+    /// The sender's idempotency key.
+    pub client_id: String,
+    /// The text.
+    pub body: String,
+}
+
 /// Stamps and stores a validated message; resolves once JetStream acknowledged it (and counts the
 /// ack, whichever front end it came through).
 pub async fn publish(
     fabric: &Fabric,
     metrics: &Metrics,
-    conv: ConvId,
-    sender: UserId,
-    client_id: String,
-    body: String,
+    draft: Draft,
     timeout: Duration,
 ) -> Result<Stored, SendError> {
     let msg = StoredMessage {
         id: uuid::Uuid::now_v7().to_string(),
-        conv,
-        sender,
-        client_id,
+        conv: draft.conv,
+        sender: draft.sender,
+        client_id: draft.client_id,
         ts: now_ms(),
-        body,
+        body: draft.body,
+        via: draft.via,
     };
     let payload = Bytes::from(serde_json::to_vec(&msg).map_err(SendError::Encode)?);
     let mut headers = HeaderMap::new();

@@ -8,6 +8,7 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::api_keys::ApiKeys;
 use crate::auth::Authenticator;
 use crate::capacity::Capacity;
 use crate::config::Limits;
@@ -16,11 +17,17 @@ use crate::metrics::Metrics;
 use crate::presence::{Devices, PresenceConfig};
 use crate::rate::UserLimits;
 use crate::service::Service;
+use crate::users::Roster;
 
 /// State shared by all connections of a gateway.
 pub(crate) struct State {
-    /// Verifies the tokens of WebSocket, event-stream and REST clients.
-    pub(crate) auth: Authenticator,
+    /// Verifies the tokens of WebSocket, event-stream and REST clients (and holds the
+    /// revocations the users watch feeds it).
+    pub(crate) auth: Arc<Authenticator>,
+    /// The server API's keys.
+    pub(crate) api_keys: ApiKeys,
+    /// Open connections per user, closed by the application's disconnects.
+    pub(crate) roster: Arc<Roster>,
     pub(crate) limits: Limits,
     /// Places for WebSocket connections and event streams (`limits.max_connections`).
     pub(crate) capacity: Arc<Capacity>,

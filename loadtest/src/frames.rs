@@ -223,6 +223,7 @@ mod tests {
             Ok(ClientFrame::Subscribe { after: Some(9), .. })
         ));
         let m = chatfabric_nats::wire::StoredMessage {
+            via: None,
             id: "i".into(),
             conv: chatfabric_nats::ConvId::new("c1").unwrap(),
             sender: chatfabric_nats::UserId::new("bob").unwrap(),

@@ -90,6 +90,11 @@ macro_rules! token_id {
     };
 }
 
+/// The prefix of service ids (`svc_<name>`): service senders of the server API and the
+/// application itself as a creator. Tokens, bots and members with such an id are refused, so a
+/// service can never be mistaken for a user.
+pub const SERVICE_PREFIX: &str = "svc_";
+
 token_id!(
     /// A user's id: the `sub` of their token, or a bot's configured identity.
     UserId
@@ -98,6 +103,19 @@ token_id!(
     /// A conversation's id. Direct conversations get a deterministic id ([`ConvId::direct`]).
     ConvId
 );
+
+impl UserId {
+    /// Whether this is a service id ([`SERVICE_PREFIX`]), which no user may have.
+    pub fn is_service(&self) -> bool {
+        self.0.starts_with(SERVICE_PREFIX)
+    }
+
+    /// The service id of the service `name` (an id itself, at most 60 bytes).
+    pub fn service(name: &str) -> Result<Self, IdError> {
+        validate(name)?;
+        Self::new(format!("{SERVICE_PREFIX}{name}"))
+    }
+}
 
 impl ConvId {
     /// The id of the direct conversation between `a` and `b`: the same whichever side asks, so two

@@ -23,7 +23,7 @@ use std::fmt::Write as _;
 use crate::subject::{
     ingress_subject, read_subject, stream_name, Partitions, CONVS_BUCKET, DEAD_PREFIX, DEAD_STREAM,
     EPH_PREFIX, IN_PREFIX, LIVE_PREFIX, MSG_PREFIX, PRESENCE_BUCKET, READ_PREFIX, RECEIPTS_BUCKET,
-    WATERMARKS_BUCKET, WEBHOOK_DEAD_PREFIX, WEBHOOK_DEAD_STREAM,
+    USERS_BUCKET, WATERMARKS_BUCKET, WEBHOOK_DEAD_PREFIX, WEBHOOK_DEAD_STREAM,
 };
 use crate::{ConvId, UserId};
 
@@ -113,6 +113,9 @@ impl Role {
                 publish.push(format!("$KV.{PRESENCE_BUCKET}.gw.*"));
                 publish.push(format!("$KV.{PRESENCE_BUCKET}.dev.*.*"));
                 publish.push(format!("$KV.{RECEIPTS_BUCKET}.>"));
+                // The server API's disconnects, watched by every gateway (it provisions the bucket).
+                provisioned.push(kv(USERS_BUCKET));
+                publish.push(format!("$KV.{USERS_BUCKET}.d.*"));
                 for s in &msg_streams {
                     publish.extend(reads(s));
                     // Unread counts: a short-lived filtered consumer, created, read and deleted.
@@ -122,6 +125,7 @@ impl Role {
                     CONVS_BUCKET,
                     PRESENCE_BUCKET,
                     RECEIPTS_BUCKET,
+                    USERS_BUCKET,
                     WATERMARKS_BUCKET,
                 ] {
                     publish.extend(reads(&kv(b)));

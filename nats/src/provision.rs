@@ -162,6 +162,16 @@ pub fn receipts_bucket(replicas: usize) -> stream::Config {
     )
 }
 
+/// The users bucket: `d.<user>` holds the user's last disconnect and token revocation. Only
+/// gateways use it, so only they provision it (other roles are not granted it).
+pub fn users_bucket(replicas: usize) -> stream::Config {
+    bucket_config(
+        subject::USERS_BUCKET,
+        "chatfabric disconnects and token revocations (d.<user>)",
+        replicas,
+    )
+}
+
 /// Creates or updates a KV bucket from its stream config and opens it.
 ///
 /// This goes through the stream API rather than `create_key_value`, whose account-info query does

@@ -51,6 +51,9 @@ pub const EPH_PREFIX: &str = "chat.eph";
 pub const PRESENCE_BUCKET: &str = "CHAT_PRESENCE";
 /// The KV bucket holding read cursors.
 pub const RECEIPTS_BUCKET: &str = "CHAT_RECEIPTS";
+/// The KV bucket holding users' disconnects and token revocations (`d.<user>`), written by the
+/// server API and watched by every gateway.
+pub const USERS_BUCKET: &str = "CHAT_USERS";
 /// The KV bucket holding each partition's stored watermark under `p<part>` (the persister's).
 pub const WATERMARKS_BUCKET: &str = "CHAT_WATERMARKS";
 /// The stream that keeps the persister's dead letters, for operators to inspect and replay.
@@ -107,6 +110,16 @@ pub fn ephemeral_filter(conv: &ConvId) -> String {
 /// The kind of an ephemeral subject (`chat.eph.<conv>.<kind>`).
 pub fn ephemeral_kind(subject: &str) -> Option<Ephemeral> {
     Ephemeral::parse(subject.rsplit('.').next()?)
+}
+
+/// Users-bucket key of `user`'s disconnect ([`crate::wire::UserDisconnect`]).
+pub fn disconnect_key(user: &UserId) -> String {
+    format!("d.{user}")
+}
+
+/// The user of a users-bucket key `d.<user>`.
+pub fn parse_disconnect_key(key: &str) -> Option<UserId> {
+    UserId::new(key.strip_prefix("d.")?).ok()
 }
 
 /// Presence KV key of a gateway's heartbeat. Gateway ids are id-safe tokens chosen per process.

@@ -33,19 +33,72 @@ pub struct StoredMessage {
     pub ts: u64,
     /// The message text.
     pub body: String,
+    /// Set when the application backend posted it through the server API, absent when the
+    /// sender sent it themselves: a message posted on a user's behalf is never indistinguishable
+    /// from their own send.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<Via>,
+}
+
+/// Who put a message into a conversation when it was not its sender's own client or bot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    /// The application backend, on behalf of the user named as `sender`.
+    Backend,
+    /// A named service of the application; `sender` is its service id (`svc_<name>`, see
+    /// [`crate::id::SERVICE_PREFIX`]), which no user can have.
+    Service,
+}
+
+impl Via {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Backend => "backend",
+            Self::Service => "service",
+        }
+    }
+
+    /// Parses the wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "backend" => Some(Self::Backend),
+            "service" => Some(Self::Service),
+            _ => None,
+        }
+    }
 }
 
 impl StoredMessage {
     /// The `Nats-Msg-Id` that makes a retried send land once: scoped to conversation and sender, so
     /// two users (or one user in two conversations) may reuse a client id.
     pub fn dedupe_id(&self) -> String {
-        dedupe_id(&self.conv, &self.sender, &self.client_id)
+        dedupe_id(&self.conv, &self.sender, &self.client_id, self.via)
     }
 }
 
-/// See [`StoredMessage::dedupe_id`].
-pub fn dedupe_id(conv: &ConvId, sender: &UserId, client_id: &str) -> String {
-    format!("{conv}:{sender}:{client_id}")
+/// See [`StoredMessage::dedupe_id`]. A post through the server API on a user's behalf gets its
+/// own id space (after a space, which no client id holds), so the backend's idempotency keys
+/// never collide with the user's own client ids.
+pub fn dedupe_id(conv: &ConvId, sender: &UserId, client_id: &str, via: Option<Via>) -> String {
+    match via {
+        None => format!("{conv}:{sender}:{client_id}"),
+        Some(via) => format!("{conv}:{sender}:{client_id} {}", via.as_str()),
+    }
+}
+
+/// A user's disconnect, `d.<user>` in [`crate::subject::USERS_BUCKET`], written by the server
+/// API and watched by every gateway: each closes the user's connections that were open at `at`
+/// and refuses tokens issued before `tokens_before`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserDisconnect {
+    /// When the disconnect was asked for, ms since the Unix epoch.
+    pub at: u64,
+    /// Tokens whose `iat` is before this (seconds since the epoch) are refused from now on; a
+    /// token without `iat` is refused too. None: tokens stay valid (a plain disconnect).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_before: Option<u64>,
 }
 
 /// Whether `id` is an acceptable client message id: 1 to [`MAX_CLIENT_ID_LEN`] bytes of printable

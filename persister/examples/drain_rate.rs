@@ -47,6 +47,7 @@ async fn main() {
     let last = futures::stream::iter(0..total)
         .map(|i| {
             let msg = StoredMessage {
+                via: None,
                 id: format!("0190a1b2-c3d4-7e5f-8a9b-{i:012}"),
                 conv: ConvId::new(format!("c{}", i % convs)).expect("valid conv"),
                 sender: UserId::new(format!("user-{}", i % 97)).expect("valid user"),

@@ -21,6 +21,7 @@ fn record(seq: u64, convs: u64) -> StoredRecord {
     StoredRecord {
         seq,
         msg: StoredMessage {
+            via: None,
             id: format!("0190a1b2-c3d4-7e5f-8a9b-{seq:012}"),
             conv: ConvId::new(format!("conv-{}", seq % convs)).expect("valid conv"),
             sender: UserId::new(format!("user-{}", seq % 1000)).expect("valid user"),

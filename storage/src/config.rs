@@ -233,6 +233,7 @@ mod tests {
         let record = StoredRecord {
             seq: 7,
             msg: StoredMessage {
+                via: None,
                 id: "id-7".into(),
                 conv: conv.clone(),
                 sender: UserId::new("alice").unwrap(),

@@ -4,7 +4,7 @@
 //! contract test suite (`tests/integration/contract.rs`) runs the same checks against both.
 
 use async_trait::async_trait;
-use chatfabric_nats::wire::StoredMessage;
+use chatfabric_nats::wire::{StoredMessage, Via};
 use chatfabric_nats::{ConvId, UserId};
 
 /// The largest page a store returns, whatever the caller asks for: bounds the memory and the time
@@ -293,10 +293,20 @@ pub(crate) fn record_columns(record: &StoredRecord) -> Result<RecordColumns, Sto
         seq,
         id: m.id.clone(),
         sender: m.sender.to_string(),
-        client_id: m.client_id.clone(),
+        client_id: stored_client_id(&m.client_id, m.via),
         ts,
         body: m.body.clone(),
     })
+}
+
+/// The `client_id` column: the client id, and for a message posted through the server API its
+/// `via` after a space. Client ids never hold a space, so the column reads back unambiguously,
+/// and rows written before `via` existed read as they were (no schema change for either backend).
+fn stored_client_id(client_id: &str, via: Option<Via>) -> String {
+    match via {
+        None => client_id.to_string(),
+        Some(via) => format!("{client_id} {}", via.as_str()),
+    }
 }
 
 /// Converts an exclusive page bound to the signed column type, saturating (`u64::MAX` as an upper
@@ -321,15 +331,23 @@ pub(crate) fn record_from_columns(
         .ok_or_else(|| corrupt("sequence is not positive".into()))?;
     let ts = u64::try_from(columns.ts).map_err(|_| corrupt("timestamp is negative".into()))?;
     let sender = UserId::new(columns.sender).map_err(|e| corrupt(format!("sender: {e}")))?;
+    let (client_id, via) = match columns.client_id.split_once(' ') {
+        None => (columns.client_id, None),
+        Some((id, via)) => {
+            let via = Via::parse(via).ok_or_else(|| corrupt(format!("via: {via:?}")))?;
+            (id.to_string(), Some(via))
+        }
+    };
     Ok(StoredRecord {
         seq,
         msg: StoredMessage {
             id: columns.id,
             conv: conv.clone(),
             sender,
-            client_id: columns.client_id,
+            client_id,
             ts,
             body: columns.body,
+            via,
         },
     })
 }
@@ -343,4 +361,45 @@ pub(crate) struct RecordColumns {
     pub(crate) client_id: String,
     pub(crate) ts: i64,
     pub(crate) body: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn via_reads_back_from_the_client_id_column() {
+        let conv = ConvId::new("c").unwrap();
+        for via in [None, Some(Via::Backend), Some(Via::Service)] {
+            let record = StoredRecord {
+                seq: 1,
+                msg: StoredMessage {
+                    id: "i".into(),
+                    conv: conv.clone(),
+                    sender: UserId::new("alice").unwrap(),
+                    client_id: "k:1".into(),
+                    ts: 1,
+                    body: "hi".into(),
+                    via,
+                },
+            };
+            let columns = record_columns(&record).unwrap();
+            assert_eq!(record_from_columns(&conv, columns).unwrap(), record);
+        }
+        let mut columns = record_columns(&StoredRecord {
+            seq: 1,
+            msg: StoredMessage {
+                id: "i".into(),
+                conv: conv.clone(),
+                sender: UserId::new("alice").unwrap(),
+                client_id: "k".into(),
+                ts: 1,
+                body: "hi".into(),
+                via: None,
+            },
+        })
+        .unwrap();
+        columns.client_id = "k elsewhere".into();
+        assert!(record_from_columns(&conv, columns).is_err());
+    }
 }

@@ -24,10 +24,13 @@ async fn dropped_live_messages_are_filled_from_jetstream() {
             chatfabric_gateway::send::publish(
                 &fabric,
                 &chatfabric_gateway::metrics::Metrics::new(&mut Default::default()),
-                conv_id,
-                chatfabric_nats::UserId::new("alice").expect("id"),
-                format!("burst-{i}"),
-                format!("{i}"),
+                chatfabric_gateway::send::Draft {
+                    conv: conv_id,
+                    sender: chatfabric_nats::UserId::new("alice").expect("id"),
+                    via: None,
+                    client_id: format!("burst-{i}"),
+                    body: format!("{i}"),
+                },
                 std::time::Duration::from_secs(10),
             )
             .await

@@ -24,10 +24,13 @@ async fn publish(fabric: &Fabric, conv: &str, from: usize, n: usize) -> Vec<u64>
             chatfabric_gateway::send::publish(
                 fabric,
                 &metrics,
-                conv.clone(),
-                UserId::new("alice").expect("id"),
-                format!("k{i}"),
-                format!("m{i}"),
+                chatfabric_gateway::send::Draft {
+                    conv: conv.clone(),
+                    sender: UserId::new("alice").expect("id"),
+                    via: None,
+                    client_id: format!("k{i}"),
+                    body: format!("m{i}"),
+                },
                 Duration::from_secs(10),
             )
         }))

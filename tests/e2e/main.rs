@@ -22,6 +22,7 @@ mod messaging;
 mod presence;
 mod protocol;
 mod replicas;
+mod server_api;
 mod slow;
 mod sse;
 mod topology;

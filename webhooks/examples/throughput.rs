@@ -223,6 +223,7 @@ async fn publish(fabric: &Fabric, convs: &[ConvId], offset: usize, n: usize) -> 
                 client_id: format!("k{i}"),
                 ts: now_ms(),
                 body: format!("message {i}"),
+                via: None,
             };
             let subject = partitions.msg_subject(conv);
             let payload = Bytes::from(serde_json::to_vec(&msg).unwrap());

@@ -14,7 +14,7 @@ import {
   errorFromFrame,
 } from "./errors.js";
 import { walkHistory, type HistoryOptions } from "./history.js";
-import type { ConversationInfo, Message, MsgFrame, ServerFrame } from "./protocol.js";
+import { CloseCode, type ConversationInfo, type Message, type MsgFrame, type ServerFrame } from "./protocol.js";
 import { SendQueue, type SendPromise } from "./sends.js";
 import { TypingThrottle, Typers } from "./typing.js";
 
@@ -130,9 +130,13 @@ export class Client extends Emitter<ClientEvents> {
       ready: (user) => this.onReady(user),
       frame: (frame) => this.onFrame(frame),
       state: (state) => {
-        // A refused fixed token: nothing will ever be sent again.
+        // A refused fixed token, or the application's disconnect: nothing will ever be sent again.
         if (state.state === "disconnected" && !state.willRetry && !this.closed) {
-          this.sends.failAll(new UnauthenticatedError("unauthenticated", state.reason));
+          this.sends.failAll(
+            state.code === CloseCode.Disconnected
+              ? new DisconnectedError(state.reason)
+              : new UnauthenticatedError("unauthenticated", state.reason),
+          );
         }
         this.emit("state", state);
       },

@@ -302,6 +302,16 @@ export class Connection {
 
   private retry(code: number | undefined, reason: string): void {
     if (this.closed) return;
+    // The application ended this user's session: reconnecting on our own would undo a logout.
+    if (code === CloseCode.Disconnected) {
+      this.setState({ state: "disconnected", code, reason, willRetry: false });
+      for (const p of this.pending.values()) {
+        clearTimeout(p.timer);
+        p.reject(new DisconnectedError(reason));
+      }
+      this.pending.clear();
+      return;
+    }
     if (code === CloseCode.Unauthorized && !this.options.getToken) {
       this.setState({ state: "disconnected", code, reason, willRetry: false });
       for (const p of this.pending.values()) {

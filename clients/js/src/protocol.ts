@@ -33,6 +33,12 @@ export interface Message {
   ts: number;
   /** The text. */
   body: string;
+  /**
+   * Set when the application's backend posted it through the server API: `"backend"` on behalf
+   * of `sender` (who did not type it), `"service"` when `sender` is a service id (`svc_<name>`,
+   * never a user). Absent for the sender's own send: show the two differently.
+   */
+  via?: "backend" | "service";
 }
 
 /** A `msg` frame: a {@link Message} plus the cursor of the one before it on the subscription. */
@@ -72,6 +78,8 @@ export const CloseCode = {
   InternalError: 1011,
   /** Missing, invalid or expired token: get a fresh one and reconnect. */
   Unauthorized: 4001,
+  /** The application disconnected the user (logout, ban): the client does not reconnect. */
+  Disconnected: 4003,
   /** Slow consumer: reconnect and resume; nothing is lost. */
   SlowConsumer: 4008,
   /** Flood: back off before reconnecting. */

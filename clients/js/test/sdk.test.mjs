@@ -115,6 +115,27 @@ test("an expired token (4001) is refreshed and the subscription resumes without 
   assert.equal(closed.willRetry, true);
 });
 
+test("the application's posts carry via, and its disconnect (4003) ends the client", async () => {
+  const alice = client("alice");
+  const conv = await group(alice, "bob");
+  await alice.subscribe(conv).ready;
+  const posted = await fabric.serverApi("POST", `/conversations/${conv}/messages`, {
+    service: "billing",
+    body: "invoice ready",
+    idempotency_key: "inv-1",
+  });
+  assert.equal(posted.status, 200, JSON.stringify(posted.body));
+  await alice.send(conv, "mine");
+  await waitFor(() => bodies(alice, conv).length >= 2, "both messages");
+  const seen = alice.seen.map((m) => [m.sender, m.via, m.body]);
+  assert.deepEqual(seen, [["svc_billing", "service", "invoice ready"], ["alice", undefined, "mine"]]);
+  const cut = await fabric.serverApi("POST", "/users/alice/disconnect");
+  assert.equal(cut.status, 200, JSON.stringify(cut.body));
+  const closed = await waitFor(() => alice.states.find((s) => s.code === 4003), "the 4003 close");
+  assert.equal(closed.willRetry, false);
+  assert.equal(alice.state.state, "disconnected");
+});
+
 test("a break in the prev chain is repaired by resubscribing from the last good cursor", async () => {
   let msgs = 0;
   const lossy = interceptingWebSocket((frame) => !(frame.op === "msg" && ++msgs === 3));

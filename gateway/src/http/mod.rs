@@ -10,6 +10,7 @@
 //! - `upgrade`: `/ws`, handed on to [`crate::ws`].
 //! - `sse`: event streams. `api`: REST history and send. [`query`]: their query strings.
 //! - `health`: health, readiness, metrics. [`demo`]: the demo page and its token endpoint.
+//! - `server_api`: the application backend's API (`/v1/server/...`, API keys).
 //! - `reply`: response helpers (JSON errors with the status of their code).
 
 use std::convert::Infallible;
@@ -31,6 +32,7 @@ pub mod demo;
 mod health;
 pub mod query;
 mod reply;
+mod server_api;
 pub mod sse;
 mod upgrade;
 
@@ -92,6 +94,7 @@ async fn route(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bod
         (&Method::GET, "/readyz") => health::readyz(&state),
         (&Method::GET, "/metrics") => health::metrics(&state),
         (&Method::GET, "/v1/events") => sse::events(req, state).await,
+        (_, path) if path.starts_with(server_api::PREFIX) => server_api::route(req, &state).await,
         (&Method::GET, path) if path.starts_with("/v1/conversations/") => {
             api::history(&req, &state).await
         }

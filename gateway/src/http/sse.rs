@@ -138,10 +138,11 @@ pub(crate) async fn events(
     let task_state = state.clone();
     // An open event stream is a connected device for presence, like a WebSocket.
     let device = state.devices.connect(&user);
+    let listed = state.roster.list(&identity, conn, &outbox);
     let abort = req.extensions().get::<Abort>().cloned();
     let expiry = identity.deadline();
     state.tracker.spawn(async move {
-        let held = (device, slot);
+        let held = (device, listed, slot);
         let end = pump(&task_state, &outbox, body_tx, resume, expiry).await;
         outbox.close();
         for c in &convs {
@@ -263,6 +264,7 @@ fn error_event(code: u16) -> Bytes {
         close::SLOW_CONSUMER => "slow_consumer",
         close::UNAUTHORIZED => "unauthenticated",
         close::GOING_AWAY => "going_away",
+        close::DISCONNECTED => "disconnected",
         _ => "closed",
     };
     Bytes::from(format!("event: error\ndata: {{\"code\":\"{reason}\"}}\n\n"))

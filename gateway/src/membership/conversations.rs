@@ -55,7 +55,7 @@ impl Membership {
     }
 
     /// Writes a conversation's description (or finds the existing one) and its memberships.
-    async fn establish(
+    pub(super) async fn establish(
         &self,
         conv: ConvId,
         kind: ConvKind,
@@ -63,6 +63,9 @@ impl Membership {
         creator: &UserId,
         members: Vec<UserId>,
     ) -> Result<(ConversationInfo, Vec<UserId>), MembershipError> {
+        if members.iter().any(UserId::is_service) {
+            return Err(MembershipError::Invalid("service ids cannot be members"));
+        }
         let info = ConversationInfo {
             conv: conv.clone(),
             kind,
@@ -116,6 +119,19 @@ impl Membership {
         user: &UserId,
     ) -> Result<(), MembershipError> {
         self.group_of_member(me, conv).await?;
+        self.add_to_group(me, conv, user).await
+    }
+
+    /// Adds `user` to `conv`, a group, in the name of `me` (who is a member, or a service).
+    pub(super) async fn add_to_group(
+        &self,
+        me: &UserId,
+        conv: &ConvId,
+        user: &UserId,
+    ) -> Result<(), MembershipError> {
+        if user.is_service() {
+            return Err(MembershipError::Invalid("service ids cannot be members"));
+        }
         // The limit `create` enforces holds for adds too (adding a member again is a no-op).
         // Concurrent adds to a group at the limit may each see room: it may overshoot by them.
         if !self.is_member(conv, user).await?
@@ -139,6 +155,15 @@ impl Membership {
                 "only the creator may remove other members",
             ));
         }
+        self.delete_member(conv, user).await
+    }
+
+    /// Deletes `user`'s membership of `conv` (a no-op when they are not a member).
+    pub(super) async fn delete_member(
+        &self,
+        conv: &ConvId,
+        user: &UserId,
+    ) -> Result<(), MembershipError> {
         self.kv
             .delete(subject::member_key(conv, user))
             .await

@@ -13,6 +13,9 @@ pub enum MembershipError {
     /// The conversation does not exist.
     #[error("conversation not found")]
     NotFound,
+    /// A conversation with this id exists with another kind, title or member list.
+    #[error("a conversation with this id exists with another kind, title or members")]
+    Conflict,
     /// The request is invalid (a direct conversation with oneself, a listing limit of 0, ...).
     #[error("{0}")]
     Invalid(&'static str),

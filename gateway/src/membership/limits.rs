@@ -34,3 +34,49 @@ impl Default for ConversationLimits {
 
 pub(super) const TOO_MANY_TO_BE_ADDED: &str =
     "this user is in too many conversations to be added to more by others";
+
+/// What clients (users' connections and bots) may do to membership themselves
+/// (`--client-membership`). The server API may always do everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientMembership {
+    /// Clients create direct conversations and groups, add and remove members (the default).
+    #[default]
+    All,
+    /// Clients manage groups only; direct conversations come from the application.
+    Groups,
+    /// Clients change no membership at all (not even leave); the application is the only
+    /// authority.
+    Off,
+}
+
+impl ClientMembership {
+    /// Why a client may not create a conversation of this kind (direct: `true`), if it may not.
+    pub fn refuses_create(self, direct: bool) -> Option<&'static str> {
+        match self {
+            Self::All => None,
+            Self::Groups if !direct => None,
+            Self::Groups => Some("direct conversations are created by the application"),
+            Self::Off => Some("membership is managed by the application"),
+        }
+    }
+
+    /// Why a client may not add or remove group members, if it may not.
+    pub fn refuses_change(self) -> Option<&'static str> {
+        match self {
+            Self::All | Self::Groups => None,
+            Self::Off => Some("membership is managed by the application"),
+        }
+    }
+}
+
+impl std::str::FromStr for ClientMembership {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "all" => Ok(Self::All),
+            "groups" => Ok(Self::Groups),
+            "off" => Ok(Self::Off),
+            _ => Err(format!("{s:?} is not one of all, groups, off")),
+        }
+    }
+}

@@ -10,6 +10,7 @@
 //!
 //! - `reads`: [`Membership`] and its cached reads.
 //! - `conversations`: creating conversations, adding and removing members.
+//! - `managed`: changes in the application's name (server API): given ids, idempotent creates.
 //! - `index`: each user's conversation index.
 //! - `watch`: the bucket watch ([`MembershipEvents`]).
 //! - [`limits`], [`error`].
@@ -18,13 +19,14 @@ mod conversations;
 pub mod error;
 mod index;
 pub mod limits;
+pub mod managed;
 pub mod reads;
 mod watch;
 
 pub use error::{BoxError, MembershipError};
 pub use limits::{
-    ConversationLimits, MAX_ADDED_BY_OTHERS, MAX_CONVERSATIONS_PER_USER, MAX_GROUP_MEMBERS,
-    MAX_LISTING_PAGE, MAX_TITLE_LEN,
+    ClientMembership, ConversationLimits, MAX_ADDED_BY_OTHERS, MAX_CONVERSATIONS_PER_USER,
+    MAX_GROUP_MEMBERS, MAX_LISTING_PAGE, MAX_TITLE_LEN,
 };
 pub use reads::Membership;
 pub use watch::MembershipEvents;

@@ -26,6 +26,10 @@ pub enum ErrorCode {
     CursorExpired,
     /// Storage is unreachable or timed out; retry (a `send` with the same `client_id`).
     Unavailable,
+    /// Membership is managed by the application (`--client-membership`): clients may not do this.
+    ServerManaged,
+    /// Server API: a conversation with this id exists with other settings.
+    Conflict,
 }
 
 impl ErrorCode {
@@ -42,6 +46,8 @@ impl ErrorCode {
             Self::RateLimited => "rate_limited",
             Self::CursorExpired => "cursor_expired",
             Self::Unavailable => "unavailable",
+            Self::ServerManaged => "server_managed",
+            Self::Conflict => "conflict",
         }
     }
 }
@@ -58,6 +64,9 @@ pub mod close {
     pub const INTERNAL: u16 = 1011;
     /// Missing, invalid, forged or expired token, or no `auth` in time. Get a new token.
     pub const UNAUTHORIZED: u16 = 4001;
+    /// The application disconnected you (logout, ban): do not reconnect on your own; a revoked
+    /// token is refused from now on (4001).
+    pub const DISCONNECTED: u16 = 4003;
     /// Your outbound queue overflowed (you read too slowly): reconnect and resume from your cursors.
     pub const SLOW_CONSUMER: u16 = 4008;
     /// You kept sending past the rate limit. Back off before reconnecting.
@@ -69,6 +78,7 @@ pub mod close {
             SLOW_CONSUMER => "slow consumer: outbound queue overflowed; reconnect and resume",
             FLOOD => "rate limit exceeded repeatedly",
             INTERNAL => "conversation feed interrupted; reconnect and resume",
+            DISCONNECTED => "disconnected by the application",
             _ => "closed by the gateway",
         }
     }

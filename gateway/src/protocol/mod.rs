@@ -106,6 +106,7 @@ mod tests {
     #[test]
     fn msg_frame_round_trips() {
         let m = chatfabric_nats::wire::StoredMessage {
+            via: None,
             id: "i".into(),
             conv: ConvId::new("c").unwrap(),
             sender: UserId::new("alice").unwrap(),

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use chatfabric_nats::wire::ConvKind;
+use chatfabric_nats::wire::{ConvKind, Via};
 use chatfabric_nats::{ConvId, UserId};
 use serde::{Deserialize, Serialize};
 
@@ -179,6 +179,8 @@ struct MsgFrame<'a> {
     client_id: &'a str,
     ts: u64,
     body: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    via: Option<Via>,
 }
 
 /// A delivered message as a client parses it.
@@ -201,6 +203,10 @@ pub struct Delivered {
     pub ts: u64,
     /// The text.
     pub body: String,
+    /// Set when the application posted it (`backend`: on the sender's behalf; `service`: the
+    /// sender is a service), absent for the sender's own sends.
+    #[serde(default)]
+    pub via: Option<Via>,
 }
 
 /// Encodes a `msg` frame for `m` stored at `seq`.
@@ -215,6 +221,7 @@ pub fn encode_msg(m: &chatfabric_nats::wire::StoredMessage, seq: u64, prev: u64)
         client_id: &m.client_id,
         ts: m.ts,
         body: &m.body,
+        via: m.via,
     };
     // Serializing borrowed strings and integers cannot fail.
     serde_json::to_string(&frame).unwrap_or_default()

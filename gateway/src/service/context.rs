@@ -4,11 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::kv;
 use chatfabric_nats::{ConvId, Fabric};
 
 use crate::fanout::Hub;
 use crate::history::History;
-use crate::membership::Membership;
+use crate::membership::{ClientMembership, Membership};
 use crate::metrics::Metrics;
 use crate::rate::UserLimits;
 
@@ -28,6 +29,8 @@ pub struct ServiceLimits {
     pub history_burst: f64,
     /// How long receivers treat a `typing` start as valid.
     pub typing_ttl: Duration,
+    /// What clients may do to membership themselves (the server API may do everything).
+    pub client_membership: ClientMembership,
 }
 
 /// The operations of the gateway, shared by every front end. Cheap to share behind an `Arc`.
@@ -38,6 +41,8 @@ pub struct Service {
     pub(super) history: History,
     pub(super) metrics: Metrics,
     pub(super) limits: ServiceLimits,
+    /// Users' disconnects and revocations (`CHAT_USERS`), written by the server API.
+    pub(super) users: kv::Store,
     /// Per-user limits of history reads (all front ends together).
     pub(super) history_limits: UserLimits,
 }
@@ -51,6 +56,7 @@ impl Service {
         history: History,
         metrics: Metrics,
         limits: ServiceLimits,
+        users: kv::Store,
     ) -> Self {
         Self {
             fabric,
@@ -59,19 +65,29 @@ impl Service {
             history,
             metrics,
             limits,
+            users,
             history_limits: UserLimits::new(),
         }
     }
 
-    /// Fails unless the caller is a member of `conv` (also when `conv` does not exist).
+    /// Fails unless the caller is a member of `conv` (also when `conv` does not exist). A
+    /// service is a member of nothing and may use every conversation: for it, `conv` must only
+    /// exist. A client with a service id may use none.
     pub(super) async fn require_member(
         &self,
         caller: &Caller,
         conv: &ConvId,
     ) -> Result<(), ServiceError> {
-        Ok(self
-            .membership
-            .require_member(conv, caller.acting_as())
-            .await?)
+        match caller {
+            Caller::Service(_) => {
+                self.membership.info(conv).await?;
+                Ok(())
+            }
+            _ if caller.acting_as().is_service() => Err(ServiceError::ServiceId),
+            _ => Ok(self
+                .membership
+                .require_member(conv, caller.acting_as())
+                .await?),
+        }
     }
 }

@@ -43,6 +43,8 @@ impl Service {
         new: NewConversation,
     ) -> Result<Created, ServiceError> {
         let me = caller.acting_as();
+        let direct = matches!(new, NewConversation::Direct { .. });
+        self.client_may(caller, self.limits.client_membership.refuses_create(direct))?;
         let (info, members) = match new {
             NewConversation::Direct { with } => self.membership.create_direct(me, &with).await?,
             NewConversation::Group { members, title } => {
@@ -59,6 +61,7 @@ impl Service {
         conv: &ConvId,
         user: &UserId,
     ) -> Result<Vec<UserId>, ServiceError> {
+        self.client_may(caller, self.limits.client_membership.refuses_change())?;
         self.membership.add(caller.acting_as(), conv, user).await?;
         Ok(self.membership.members(conv).await?)
     }
@@ -70,10 +73,27 @@ impl Service {
         conv: &ConvId,
         user: &UserId,
     ) -> Result<Vec<UserId>, ServiceError> {
+        self.client_may(caller, self.limits.client_membership.refuses_change())?;
         self.membership
             .remove(caller.acting_as(), conv, user)
             .await?;
         Ok(self.membership.members(conv).await?)
+    }
+
+    /// Refuses a client's membership change the gateway leaves to the application, and any
+    /// request of a client with a service id.
+    fn client_may(
+        &self,
+        caller: &Caller,
+        refusal: Option<&'static str>,
+    ) -> Result<(), ServiceError> {
+        if caller.acting_as().is_service() {
+            return Err(ServiceError::ServiceId);
+        }
+        match refusal {
+            Some(why) if caller.is_client() => Err(ServiceError::ServerManaged(why)),
+            _ => Ok(()),
+        }
     }
 
     /// The members of `conv`, for a member.

@@ -19,6 +19,16 @@ pub enum ServiceError {
     /// that user does not exist: a query must not reveal more than the events would).
     #[error("you share no conversation with this user")]
     NothingShared,
+    /// A client asked for a membership change the gateway leaves to the application
+    /// (`--client-membership`).
+    #[error("{0}")]
+    ServerManaged(&'static str),
+    /// A client or bot with a service id (`svc_...`) tried to act; only the server API may.
+    #[error("service ids (svc_...) are the application's; no client may act as one")]
+    ServiceId,
+    /// The users bucket (disconnects, revocations) could not be read or written.
+    #[error("users store unavailable: {0}")]
+    Users(#[source] crate::membership::BoxError),
     /// Membership refused the request, or could not be read or written.
     #[error(transparent)]
     Membership(#[from] MembershipError),

@@ -48,17 +48,21 @@ pub struct HistoryRequest {
 
 impl Service {
     /// Stores a message as the caller and resolves once JetStream acknowledged it: the same
-    /// validation, dedupe id and ack point for every front end.
+    /// validation, dedupe id and ack point for every front end. What the application posts
+    /// (as a service or on a user's behalf) is stored with the caller's [`Caller::via`].
     pub async fn send(&self, caller: &Caller, req: SendRequest) -> Result<Sent, ServiceError> {
         send::validate(&req.client_id, &req.body, self.limits.max_body)?;
         self.require_member(caller, &req.conv).await?;
         let stored = send::publish(
             &self.fabric,
             &self.metrics,
-            req.conv.clone(),
-            caller.acting_as().clone(),
-            req.client_id.clone(),
-            req.body,
+            send::Draft {
+                conv: req.conv.clone(),
+                sender: caller.acting_as().clone(),
+                via: caller.via(),
+                client_id: req.client_id.clone(),
+                body: req.body,
+            },
             self.limits.publish_timeout,
         )
         .await
@@ -78,11 +82,14 @@ impl Service {
         req: &HistoryRequest,
     ) -> Result<Page, ServiceError> {
         let limits = &self.limits;
-        if !self.history_limits.allow(
-            caller.acting_as(),
-            limits.history_rate,
-            limits.history_burst,
-        ) {
+        // The application's reads are its own to pace (the API key is the trust boundary).
+        if caller.is_client()
+            && !self.history_limits.allow(
+                caller.acting_as(),
+                limits.history_rate,
+                limits.history_burst,
+            )
+        {
             return Err(ServiceError::RateLimited("history reads"));
         }
         self.require_member(caller, &req.conv).await?;

@@ -18,7 +18,9 @@
 //! - `conversations`: create, add and remove members, members, listing.
 //! - `receipts`: read receipts and unread counts.
 //! - `presence`: the presence query and typing.
+//! - `backend`: what only the application may do (the server API's conversations and users).
 
+mod backend;
 pub mod caller;
 mod context;
 mod conversations;
@@ -27,6 +29,7 @@ mod messages;
 mod presence;
 mod receipts;
 
+pub use backend::MAX_PRESENCE_USERS;
 pub use caller::Caller;
 pub use context::{Service, ServiceLimits};
 pub use conversations::{Created, NewConversation};

@@ -88,6 +88,8 @@ async fn run(
 
     // Counted as a connected device (for presence) until this task ends.
     let _device = state.devices.connect(&identity.user);
+    // Closed by the application's disconnects (server API) until this task ends.
+    let _listed = state.roster.list(&identity, conn, &outbox);
     let mut session = Session::new(
         state.clone(),
         Outlet {

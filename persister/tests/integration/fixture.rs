@@ -214,6 +214,7 @@ pub(crate) async fn all_of(store: &dyn HistoryStore, conv: &str) -> Vec<StoredRe
 
 pub(crate) fn message(conv: &str, n: u64) -> StoredMessage {
     StoredMessage {
+        via: None,
         id: format!("{conv}-{n}"),
         conv: ConvId::new(conv).unwrap(),
         sender: UserId::new("alice").unwrap(),

@@ -14,6 +14,7 @@ pub(crate) fn record(conv: &str, seq: u64) -> StoredRecord {
     StoredRecord {
         seq,
         msg: StoredMessage {
+            via: None,
             id: format!("id-{conv}-{seq}"),
             conv: ConvId::new(conv).unwrap(),
             sender: UserId::new("alice").unwrap(),

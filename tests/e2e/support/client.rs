@@ -30,12 +30,15 @@ pub struct Client {
 impl Client {
     /// Connects with a token in the `Authorization` header and waits for `ready`.
     pub async fn connect(url: &str, user: &str) -> Self {
+        Self::connect_with_token(url, user, &super::fabric::token(user)).await
+    }
+
+    /// Connects as `user` with `token` in the `Authorization` header and waits for `ready`.
+    pub async fn connect_with_token(url: &str, user: &str, token: &str) -> Self {
         let mut req = url.into_client_request().expect("request");
         req.headers_mut().insert(
             "authorization",
-            format!("Bearer {}", super::fabric::token(user))
-                .parse()
-                .expect("header"),
+            format!("Bearer {token}").parse().expect("header"),
         );
         let (ws, _) = tokio_tungstenite::connect_async(req)
             .await

@@ -139,6 +139,8 @@ pub fn test_config(history: Arc<dyn HistoryStore>) -> GatewayConfig {
         history_cache_bytes: 16 << 20,
         presence: chatfabric_gateway::presence::PresenceConfig::default(),
         demo: Default::default(),
+        api_keys: Default::default(),
+        client_membership: Default::default(),
     }
 }
 
@@ -203,6 +205,11 @@ impl ClusterGatewayParts {
     pub fn port(&self) -> u16 {
         self.fabric.client.server_info().port
     }
+
+    /// Gateway test defaults reading history from this cluster's store.
+    pub fn config(&self) -> GatewayConfig {
+        test_config(self.history.clone())
+    }
 }
 
 /// A gateway running in this process on 127.0.0.1 with a free port, stopped on drop.
@@ -255,7 +262,11 @@ impl TestGateway {
 
     /// Starts a gateway on an existing (cluster) connection.
     pub async fn start_on(parts: &ClusterGatewayParts) -> Self {
-        let config = test_config(parts.history.clone());
+        Self::start_on_with(parts, parts.config()).await
+    }
+
+    /// Starts a gateway with `config` on an existing (cluster) connection.
+    pub async fn start_on_with(parts: &ClusterGatewayParts, config: GatewayConfig) -> Self {
         Self::spawn(parts.fabric.clone(), parts.missed.clone(), config).await
     }
 

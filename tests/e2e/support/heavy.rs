@@ -24,10 +24,13 @@ pub async fn store_messages(fabric: &Fabric, conv: &str, n: usize, body: &str) -
             chatfabric_gateway::send::publish(
                 fabric,
                 &metrics,
-                conv.clone(),
-                UserId::new("alice").expect("id"),
-                format!("s{i}"),
-                body.to_string(),
+                chatfabric_gateway::send::Draft {
+                    conv: conv.clone(),
+                    sender: UserId::new("alice").expect("id"),
+                    via: None,
+                    client_id: format!("s{i}"),
+                    body: body.to_string(),
+                },
                 Duration::from_secs(10),
             )
         }))

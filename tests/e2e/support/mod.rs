@@ -7,6 +7,7 @@ pub mod heavy;
 pub mod hooks;
 pub mod hostile;
 pub mod receiver;
+pub mod server_api;
 pub mod sse;
 pub mod stack;
 

@@ -82,6 +82,21 @@ export class DevFabric {
     return /NATS\s+(nats:\/\/\S+)/.exec(this.output)?.[1];
   }
 
+  /** The server API key `dev` printed last (a new one at each start; every scope). */
+  get apiKey() {
+    return [...this.output.matchAll(/key (cfk_[0-9a-f]+)/g)].at(-1)?.[1];
+  }
+
+  /** A server API call with the dev key: the status and the parsed JSON body. */
+  async serverApi(method, path, body) {
+    const res = await fetch(`${this.http}/v1/server${path}`, {
+      method,
+      headers: { authorization: `Bearer ${this.apiKey}` },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    return { status: res.status, body: await res.json() };
+  }
+
   /** The same URL with the gateway role's credentials, from the users file `dev` wrote. */
   get gatewayNatsUrl() {
     const conf = readFileSync(join(this.dir, "nats-auth.conf"), "utf8");

@@ -1,0 +1,101 @@
+//! `/v1/server/conversations/{conv}/messages`: post as a service or on a user's behalf, history.
+
+use chatfabric_nats::{ConvId, UserId};
+use http::Request;
+use hyper::body::Incoming;
+use serde::Deserialize;
+
+use super::{path_id, read_json};
+use crate::edge;
+use crate::http::query;
+use crate::http::reply::{json, json_error, service_error, Reply};
+use crate::protocol::{self, ErrorCode};
+use crate::service::{Caller, HistoryRequest, SendRequest};
+use crate::state::State;
+
+/// `POST /v1/server/conversations/{conv}/messages`: exactly one of `service` and `user`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PostBody {
+    /// Post as this service (sender `svc_<service>`, `via: service`).
+    #[serde(default)]
+    service: Option<String>,
+    /// Post on behalf of this member (sender the user, `via: backend`).
+    #[serde(default)]
+    user: Option<UserId>,
+    body: String,
+    /// The retry key (or an `Idempotency-Key` header).
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+pub(super) async fn post(req: Request<Incoming>, state: &State, conv: &str) -> Reply {
+    let conv: ConvId = match path_id(conv, "conversation") {
+        Ok(c) => c,
+        Err(refused) => return refused.reply(),
+    };
+    let header_key = req
+        .headers()
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body: PostBody = match read_json(req, state).await {
+        Ok(b) => b,
+        Err(refused) => return refused.reply(),
+    };
+    let caller = match (body.service, body.user) {
+        (Some(name), None) => match UserId::service(&name) {
+            Ok(id) => Caller::Service(id),
+            Err(_) => {
+                return json_error(
+                    ErrorCode::Invalid,
+                    "service is 1 to 60 of A-Z a-z 0-9 _ - (the sender becomes svc_<service>)",
+                )
+            }
+        },
+        (None, Some(user)) => Caller::OnBehalf(user),
+        _ => return json_error(ErrorCode::Invalid, "name exactly one of service and user"),
+    };
+    let Some(client_id) = body.idempotency_key.or(header_key) else {
+        return json_error(
+            ErrorCode::Invalid,
+            "idempotency_key (or an Idempotency-Key header) is required",
+        );
+    };
+    let request = SendRequest {
+        conv,
+        client_id,
+        body: body.body,
+    };
+    match state.service.send(&caller, request).await {
+        Ok(sent) => json(protocol::encode(&edge::ack(sent))),
+        Err(e) => service_error(&e),
+    }
+}
+
+/// `GET /v1/server/conversations/{conv}/messages?before=&after=&limit=`.
+pub(super) async fn history(
+    req: &Request<Incoming>,
+    state: &State,
+    caller: &Caller,
+    conv: &str,
+) -> Reply {
+    let conv: ConvId = match path_id(conv, "conversation") {
+        Ok(c) => c,
+        Err(refused) => return refused.reply(),
+    };
+    let query = match query::history_query(req.uri().query().unwrap_or_default()) {
+        Ok(q) => q,
+        Err(e) => return json_error(ErrorCode::Invalid, &e.to_string()),
+    };
+    let request = HistoryRequest {
+        conv,
+        before: query.before,
+        after: query.after,
+        limit: query.limit,
+    };
+    match state.service.history(caller, &request).await {
+        Ok(page) => json(protocol::encode_history(&request.conv, &page, None)),
+        Err(e) => service_error(&e),
+    }
+}

@@ -1,0 +1,160 @@
+//! The server API: the application backend's HTTP/JSON interface, `/v1/server/...`, on every
+//! gateway (docs/SERVER_API.md).
+//!
+//! Each request carries an API key (`Authorization: Bearer cfk_...`) that must hold the scope of
+//! its endpoint; the key makes the request a [`Caller::Service`] (`svc_<key name>`), or, for a
+//! message posted on a user's behalf, a [`Caller::OnBehalf`] of that user. Errors are the
+//! client API's JSON (`{"code":..,"message":..}`) with the status of their code.
+//!
+//! # Layout
+//!
+//! - this file: routing, the key check, request bodies.
+//! - `conversations`: create, read, members, a user's listing.
+//! - `messages`: post as a service or on a user's behalf, history.
+//! - `users`: disconnect (and revoke), presence.
+
+use http::{Method, Request};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::de::DeserializeOwned;
+
+use super::reply::{bearer, json_error, Reply};
+use crate::api_keys::Scope;
+use crate::metrics::Kind;
+use crate::protocol::ErrorCode;
+use crate::service::Caller;
+use crate::state::State;
+
+mod conversations;
+mod messages;
+mod users;
+
+/// The prefix of every server API path.
+pub(crate) const PREFIX: &str = "/v1/server/";
+
+/// Largest request body of the server API, bytes (a create with a full group of long ids fits).
+const MAX_REQUEST: usize = 128 * 1024;
+
+/// Routes a request under [`PREFIX`].
+pub(crate) async fn route(req: Request<Incoming>, state: &State) -> Reply {
+    let path = req.uri().path().trim_start_matches(PREFIX).to_string();
+    let parts: Vec<&str> = path.split('/').collect();
+    let method = req.method().clone();
+    let scope = match (&method, parts.as_slice()) {
+        (_, ["conversations", ..]) if parts.get(2) == Some(&"messages") => Scope::Messages,
+        (_, ["conversations", ..]) | (&Method::GET, ["users", _, "conversations"]) => {
+            Scope::Conversations
+        }
+        (_, ["users", ..]) | (_, ["presence"]) => Scope::Users,
+        _ => return json_error(ErrorCode::NotFound, "no such endpoint"),
+    };
+    let caller = match authorize(&req, state, scope) {
+        Ok(caller) => caller,
+        Err(refused) => return refused.reply(),
+    };
+    let count = |endpoint: &'static str| {
+        state
+            .metrics
+            .server_api_requests
+            .get_or_create(&Kind { kind: endpoint })
+            .inc();
+    };
+    match (&method, parts.as_slice()) {
+        (&Method::POST, ["conversations"]) => {
+            count("create_conversation");
+            conversations::create(req, state, &caller).await
+        }
+        (&Method::GET, ["conversations", conv]) => {
+            count("read_conversation");
+            conversations::read(state, &caller, conv).await
+        }
+        (&Method::POST, ["conversations", conv, "members"]) => {
+            count("add_member");
+            conversations::add(req, state, &caller, conv).await
+        }
+        (&Method::DELETE, ["conversations", conv, "members", user]) => {
+            count("remove_member");
+            conversations::remove(state, &caller, conv, user).await
+        }
+        (&Method::GET, ["users", user, "conversations"]) => {
+            count("list_conversations");
+            conversations::listing(&req, state, &caller, user).await
+        }
+        (&Method::POST, ["conversations", conv, "messages"]) => {
+            count("post_message");
+            messages::post(req, state, conv).await
+        }
+        (&Method::GET, ["conversations", conv, "messages"]) => {
+            count("read_history");
+            messages::history(&req, state, &caller, conv).await
+        }
+        (&Method::POST, ["users", user, "disconnect"]) => {
+            count("disconnect");
+            users::disconnect(req, state, &caller, user).await
+        }
+        (&Method::GET, ["presence"]) => {
+            count("presence");
+            users::presence(&req, state, &caller).await
+        }
+        _ => json_error(ErrorCode::NotFound, "no such endpoint"),
+    }
+}
+
+/// A request refused before it reached the service: its code and message.
+struct Refused(ErrorCode, String);
+
+impl Refused {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self(code, message.into())
+    }
+
+    fn reply(self) -> Reply {
+        json_error(self.0, &self.1)
+    }
+}
+
+/// The application caller of a request with a known key that holds `scope`.
+fn authorize(req: &Request<Incoming>, state: &State, scope: Scope) -> Result<Caller, Refused> {
+    let Some(holder) = bearer(req).and_then(|key| state.api_keys.find(key)) else {
+        return Err(Refused::new(
+            ErrorCode::Unauthenticated,
+            "missing or unknown API key (Authorization: Bearer cfk_...)",
+        ));
+    };
+    if !holder.may(scope) {
+        return Err(Refused::new(
+            ErrorCode::Forbidden,
+            format!("this API key lacks the {} scope", scope.as_str()),
+        ));
+    }
+    tracing::debug!(key = holder.name, path = %req.uri().path(), "server API request");
+    Ok(Caller::Service(holder.service.clone()))
+}
+
+/// Reads and parses a JSON request body (within [`MAX_REQUEST`] and the request timeout),
+/// whatever its `Content-Type` says (curl's `-d` says form data).
+async fn read_json<T: DeserializeOwned>(
+    req: Request<Incoming>,
+    state: &State,
+) -> Result<T, Refused> {
+    let body = Limited::new(req.into_body(), MAX_REQUEST).collect();
+    let raw = match tokio::time::timeout(state.limits.request_timeout, body).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => return Err(Refused::new(ErrorCode::TooLarge, "request body too large")),
+        Err(_) => {
+            return Err(Refused::new(
+                ErrorCode::Invalid,
+                "request body not received in time",
+            ))
+        }
+    };
+    // An empty body reads as `{}`: endpoints whose fields are all optional need none.
+    let raw: &[u8] = if raw.is_empty() { b"{}" } else { &raw };
+    serde_json::from_slice(raw).map_err(|e| Refused::new(ErrorCode::Invalid, e.to_string()))
+}
+
+/// Parses an id from the path, or answers `invalid`.
+fn path_id<T: std::str::FromStr>(raw: &str, what: &str) -> Result<T, Refused> {
+    raw.parse()
+        .map_err(|_| Refused::new(ErrorCode::Invalid, format!("invalid {what} id")))
+}
