@@ -109,133 +109,41 @@ impl Metrics {
             history_cache_bytes: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("chatfabric_gateway");
-        r.register(
-            "connections",
-            "Open WebSocket connections",
-            m.connections.clone(),
-        );
-        r.register(
-            "connections_accepted",
-            "Connections accepted",
-            m.connections_total.clone(),
-        );
-        r.register("frames_in", "Inbound frames by op", m.frames_in.clone());
-        r.register(
-            "frames_out",
-            "Outbound frames by op (msg frames: see deliveries)",
-            m.frames_out.clone(),
-        );
-        r.register(
-            "deliveries",
-            "Message frames handed to connections",
-            m.deliveries.clone(),
-        );
-        r.register("acks", "Sends acknowledged", m.acks.clone());
-        r.register(
-            "publish_retries",
-            "Sends published again with the same id after a lost or refused PubAck",
-            m.publish_retries.clone(),
-        );
-        r.register(
-            "acks_duplicate",
-            "Sends acknowledged as retries of a stored message",
-            m.acks_duplicate.clone(),
-        );
-        r.register("errors", "Error frames by code", m.errors.clone());
-        r.register(
-            "closes",
-            "Connections closed by the gateway, by reason",
-            m.closes.clone(),
-        );
-        r.register(
-            "server_api_requests",
-            "Server API requests with a valid key, by endpoint",
-            m.server_api_requests.clone(),
-        );
-        r.register(
-            "gap_fills",
-            "Live feed gaps filled from JetStream",
-            m.gap_fills.clone(),
-        );
-        r.register(
-            "fetched_messages",
-            "Messages fetched from JetStream (gap fills, resumes)",
-            m.fetched.clone(),
-        );
-        r.register(
-            "live_conversations",
-            "Conversations with local subscribers",
-            m.live_conversations.clone(),
-        );
-        r.register(
-            "ingest_accepted",
-            "Messages stored for NATS-direct publishers",
-            m.ingest_accepted.clone(),
-        );
-        r.register(
-            "ingest_rejected",
-            "NATS-direct requests refused, by error code",
-            m.ingest_rejected.clone(),
-        );
-        r.register(
-            "sse_streams",
-            "Open server-sent event streams",
-            m.sse_streams.clone(),
-        );
-        r.register(
-            "publish_latency_seconds",
-            "Publish to PubAck latency",
-            m.publish_latency.clone(),
-        );
-        r.register(
-            "history_page_seconds",
-            "Time to answer one history page",
-            m.history_latency.clone(),
-        );
-        r.register(
-            "ephemeral_deliveries",
-            "Presence, typing and read frames handed to connections",
-            m.ephemeral_deliveries.clone(),
-        );
-        r.register(
-            "ephemeral_dropped",
-            "Presence, typing and read frames dropped for full queues",
-            m.ephemeral_dropped.clone(),
-        );
-        r.register(
-            "ephemeral_invalid",
-            "Ephemeral events from NATS that did not parse",
-            m.ephemeral_invalid.clone(),
-        );
-        r.register(
-            "presence_writes",
-            "Presence bucket writes (device keys, heartbeats)",
-            m.presence_writes.clone(),
-        );
-        r.register(
-            "presence_write_errors",
-            "Presence bucket writes that failed",
-            m.presence_write_errors.clone(),
-        );
-        r.register(
-            "presence_reasserts",
-            "Times this gateway was declared dead while alive and re-asserted its users",
-            m.presence_reasserts.clone(),
+        chatfabric_nats::register_metrics!(r;
+            "connections", "Open WebSocket connections", m.connections;
+            "connections_accepted", "Connections accepted", m.connections_total;
+            "frames_in", "Inbound frames by op", m.frames_in;
+            "frames_out", "Outbound frames by op (msg frames: see deliveries)", m.frames_out;
+            "deliveries", "Message frames handed to connections", m.deliveries;
+            "acks", "Sends acknowledged", m.acks;
+            "publish_retries", "Sends published again with the same id after a lost or refused PubAck", m.publish_retries;
+            "acks_duplicate", "Sends acknowledged as retries of a stored message", m.acks_duplicate;
+            "errors", "Error frames by code", m.errors;
+            "closes", "Connections closed by the gateway, by reason", m.closes;
+            "server_api_requests", "Server API requests with a valid key, by endpoint", m.server_api_requests;
+            "gap_fills", "Live feed gaps filled from JetStream", m.gap_fills;
+            "fetched_messages", "Messages fetched from JetStream (gap fills, resumes)", m.fetched;
+            "live_conversations", "Conversations with local subscribers", m.live_conversations;
+            "ingest_accepted", "Messages stored for NATS-direct publishers", m.ingest_accepted;
+            "ingest_rejected", "NATS-direct requests refused, by error code", m.ingest_rejected;
+            "sse_streams", "Open server-sent event streams", m.sse_streams;
+            "publish_latency_seconds", "Publish to PubAck latency", m.publish_latency;
+            "history_page_seconds", "Time to answer one history page", m.history_latency;
+            "ephemeral_deliveries", "Presence, typing and read frames handed to connections", m.ephemeral_deliveries;
+            "ephemeral_dropped", "Presence, typing and read frames dropped for full queues", m.ephemeral_dropped;
+            "ephemeral_invalid", "Ephemeral events from NATS that did not parse", m.ephemeral_invalid;
+            "presence_writes", "Presence bucket writes (device keys, heartbeats)", m.presence_writes;
+            "presence_write_errors", "Presence bucket writes that failed", m.presence_write_errors;
+            "presence_reasserts", "Times this gateway was declared dead while alive and re-asserted its users", m.presence_reasserts;
         );
         // Reasons a dashboard charts exist from the start, so a rate over them reads 0, not
         // "no data", until the first close.
         for reason in Self::CHARTED_CLOSES {
             let _ = m.closes.get_or_create(&Kind { kind: reason });
         }
-        r.register(
-            "queued_bytes",
-            "Bytes queued for clients in all outboxes",
-            m.queued_bytes.clone(),
-        );
-        r.register(
-            "history_cache_bytes",
-            "Bytes of cached history pages",
-            m.history_cache_bytes.clone(),
+        chatfabric_nats::register_metrics!(r;
+            "queued_bytes", "Bytes queued for clients in all outboxes", m.queued_bytes;
+            "history_cache_bytes", "Bytes of cached history pages", m.history_cache_bytes;
         );
         m
     }

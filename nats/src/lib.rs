@@ -9,6 +9,7 @@
 //! - [`id`]: validated identifiers ([`UserId`], [`ConvId`]) that are safe as subject tokens.
 //! - [`subject`]: the subject scheme: where messages are stored, republished, and where bots publish.
 //! - [`wire`]: the payloads stored in JetStream and the headers stamped on them.
+//! - [`metrics`]: [`register_metrics!`], one line per metric of a role.
 //! - [`permissions`]: nats-server permissions confining a bot to its identity and conversations.
 //! - [`provision`]: idempotent creation of the message stream and the KV buckets.
 //! - [`server`]: starts a `nats-server` child process (single node or a loopback cluster), used by
@@ -18,6 +19,7 @@
 
 pub mod connect;
 pub mod id;
+pub mod metrics;
 pub mod permissions;
 pub mod provision;
 pub mod server;

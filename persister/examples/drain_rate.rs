@@ -14,26 +14,14 @@ use chatfabric_nats::server::NatsServer;
 use chatfabric_nats::wire::{StoredMessage, MSG_ID_HEADER};
 use chatfabric_nats::{ConvId, StreamSettings, UserId};
 use chatfabric_persister::DrainConfig;
-use chatfabric_storage::{HistoryStore, SqliteConfig, SqliteStore};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-/// User + system CPU seconds of this process, from /proc (Linux only; 0 elsewhere).
-fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
-}
+mod common;
 
 #[tokio::main]
 async fn main() {
-    let mut args = std::env::args()
-        .skip(1)
-        .map(|a| a.parse::<u64>().expect("number"));
+    let mut args = common::numbers();
     let total = args.next().unwrap_or(100_000);
     let convs = args.next().unwrap_or(1000).max(1);
     let server = NatsServer::start(Default::default()).expect("nats-server");
@@ -72,14 +60,9 @@ async fn main() {
         .await;
     eprintln!("published {total} in {:.1?}", published.elapsed());
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store: Arc<dyn HistoryStore> = Arc::new(
-        SqliteStore::open(SqliteConfig::new(dir.path().join("drain.db")))
-            .await
-            .expect("open"),
-    );
+    let (_dir, store) = common::temp_store("drain.db").await;
     let shutdown = CancellationToken::new();
-    let (cpu0, wall0) = (cpu_seconds(), Instant::now());
+    let (cpu0, wall0) = (common::cpu_seconds(), Instant::now());
     let drain = tokio::spawn(chatfabric_persister::run(
         fabric.clone(),
         Arc::clone(&store),
@@ -89,7 +72,7 @@ async fn main() {
     while store.watermark(0).await.expect("watermark") < last {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let (wall, cpu) = (wall0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+    let (wall, cpu) = (wall0.elapsed().as_secs_f64(), common::cpu_seconds() - cpu0);
     shutdown.cancel();
     drain.await.expect("join").expect("drain");
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();

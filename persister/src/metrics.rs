@@ -73,55 +73,17 @@ impl Metrics {
     /// Registers every series under the `chatfabric_persister` prefix.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("chatfabric_persister");
-        r.register(
-            "lag_messages",
-            "Messages not yet delivered to a persister (consumer num_pending)",
-            self.lag.clone(),
-        );
-        r.register(
-            "unstored_messages",
-            "Messages in the stream not yet stored in history (num_pending + num_ack_pending)",
-            self.unstored.clone(),
-        );
-        r.register(
-            "watermark_sequence",
-            "Stream sequence at or below which the history store is complete",
-            self.watermark.clone(),
-        );
-        r.register(
-            "batch_size_messages",
-            "Messages per fetched batch",
-            self.batch_size.clone(),
-        );
-        r.register(
-            "write_seconds",
-            "Duration of one history store write",
-            self.write_seconds.clone(),
-        );
-        r.register(
-            "stored_messages",
-            "Messages written to the history store",
-            self.stored.clone(),
-        );
-        r.register(
-            "write_errors",
-            "Failed history store writes (retried)",
-            self.write_errors.clone(),
-        );
-        r.register(
-            "dead_letters",
-            "Messages moved to the dead-letter stream",
-            self.dead_letters.clone(),
-        );
-        r.register(
-            "redeliveries",
-            "Messages delivered more than once",
-            self.redeliveries.clone(),
-        );
-        r.register(
-            "ack_failures",
-            "Acks that could not be sent (the message is redelivered)",
-            self.ack_failures.clone(),
+        chatfabric_nats::register_metrics!(r;
+            "lag_messages", "Messages not yet delivered to a persister (consumer num_pending)", self.lag;
+            "unstored_messages", "Messages in the stream not yet stored in history (num_pending + num_ack_pending)", self.unstored;
+            "watermark_sequence", "Stream sequence at or below which the history store is complete", self.watermark;
+            "batch_size_messages", "Messages per fetched batch", self.batch_size;
+            "write_seconds", "Duration of one history store write", self.write_seconds;
+            "stored_messages", "Messages written to the history store", self.stored;
+            "write_errors", "Failed history store writes (retried)", self.write_errors;
+            "dead_letters", "Messages moved to the dead-letter stream", self.dead_letters;
+            "redeliveries", "Messages delivered more than once", self.redeliveries;
+            "ack_failures", "Acks that could not be sent (the message is redelivered)", self.ack_failures;
         );
     }
 

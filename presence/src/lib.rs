@@ -120,28 +120,14 @@ impl PresenceMetrics {
             let _ = self.transitions.get_or_create(&Transition { kind });
         }
         let r = registry.sub_registry_with_prefix("chatfabric_presence");
-        r.register(
-            "transitions",
-            "Presence transitions published",
-            self.transitions.clone(),
+        chatfabric_nats::register_metrics!(r;
+            "transitions", "Presence transitions published", self.transitions;
+            "conflicts", "Presence writes lost to another instance", self.conflicts;
+            "gateways_buried", "Gateways declared dead", self.gateways_buried;
+            "watch_restarts", "Presence watches replaced because they went silent", self.watch_restarts;
+            "users", "Users tracked", self.users;
+            "gateways", "Live gateways", self.gateways;
         );
-        r.register(
-            "conflicts",
-            "Presence writes lost to another instance",
-            self.conflicts.clone(),
-        );
-        r.register(
-            "gateways_buried",
-            "Gateways declared dead",
-            self.gateways_buried.clone(),
-        );
-        r.register(
-            "watch_restarts",
-            "Presence watches replaced because they went silent",
-            self.watch_restarts.clone(),
-        );
-        r.register("users", "Users tracked", self.users.clone());
-        r.register("gateways", "Live gateways", self.gateways.clone());
     }
 
     fn transition(&self, kind: &'static str) {

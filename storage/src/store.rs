@@ -274,6 +274,16 @@ pub enum StoreError {
     Config(String),
 }
 
+/// A batch as `(conversation, columns)` rows, each range-checked ([`record_columns`]).
+pub(crate) fn batch_rows(
+    records: &[StoredRecord],
+) -> Result<Vec<(&ConvId, RecordColumns)>, StoreError> {
+    records
+        .iter()
+        .map(|r| Ok((&r.msg.conv, record_columns(r)?)))
+        .collect()
+}
+
 /// A record as the columns both backends store, range-checked for their signed 64-bit integers.
 pub(crate) fn record_columns(record: &StoredRecord) -> Result<RecordColumns, StoreError> {
     let seq =

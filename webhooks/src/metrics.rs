@@ -89,51 +89,17 @@ impl Metrics {
             }
         }
         let r = registry.sub_registry_with_prefix("chatfabric_webhooks");
-        r.register("sent", "Events delivered (2xx), per URL", self.sent.clone());
-        r.register(
-            "failed",
-            "Delivery attempts that failed",
-            self.failed.clone(),
-        );
-        r.register(
-            "retried",
-            "Retries scheduled after a failed attempt",
-            self.retried.clone(),
-        );
-        r.register(
-            "dead_lettered",
-            "Events moved to the CHAT_WEBHOOKS_DEAD stream, per URL",
-            self.dead_lettered.clone(),
-        );
-        r.register(
-            "lag_messages",
-            "Messages not yet delivered to the webhook consumer (num_pending)",
-            self.lag.clone(),
-        );
-        r.register(
-            "ack_pending_messages",
-            "Messages the role holds until their events are done (num_ack_pending)",
-            self.ack_pending.clone(),
-        );
-        r.register(
-            "queued_events",
-            "Events queued or in retry",
-            self.queued.clone(),
-        );
-        r.register(
-            "held_messages",
-            "Messages held until their events are delivered or dead-lettered",
-            self.held.clone(),
-        );
-        r.register(
-            "delivery_seconds",
-            "From an event's first attempt to its 2xx",
-            self.delivery_seconds.clone(),
-        );
-        r.register(
-            "skipped_messages",
-            "Stored messages that could not be parsed (the persister dead-letters them)",
-            self.skipped.clone(),
+        chatfabric_nats::register_metrics!(r;
+            "sent", "Events delivered (2xx), per URL", self.sent;
+            "failed", "Delivery attempts that failed", self.failed;
+            "retried", "Retries scheduled after a failed attempt", self.retried;
+            "dead_lettered", "Events moved to the CHAT_WEBHOOKS_DEAD stream, per URL", self.dead_lettered;
+            "lag_messages", "Messages not yet delivered to the webhook consumer (num_pending)", self.lag;
+            "ack_pending_messages", "Messages the role holds until their events are done (num_ack_pending)", self.ack_pending;
+            "queued_events", "Events queued or in retry", self.queued;
+            "held_messages", "Messages held until their events are delivered or dead-lettered", self.held;
+            "delivery_seconds", "From an event's first attempt to its 2xx", self.delivery_seconds;
+            "skipped_messages", "Stored messages that could not be parsed (the persister dead-letters them)", self.skipped;
         );
     }
 }

@@ -26,7 +26,7 @@ use scylla::statement::Consistency;
 
 use crate::schema::{check_readable, plan_migrations};
 use crate::store::{
-    bound_to_i64, record_columns, record_from_columns, HistoryStore, PageQuery, RecordColumns,
+    batch_rows, bound_to_i64, record_from_columns, HistoryStore, PageQuery, RecordColumns,
     StoreError, StoredRecord, Watermark,
 };
 use cql::{bucket_of, seq_range, Replication, Statements};
@@ -307,10 +307,10 @@ impl HistoryStore for ScyllaStore {
         records: &[StoredRecord],
         watermark: Option<Watermark>,
     ) -> Result<(), StoreError> {
-        let rows = records
-            .iter()
-            .map(|r| Ok((r.msg.conv.as_str(), record_columns(r)?)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let rows: Vec<_> = batch_rows(records)?
+            .into_iter()
+            .map(|(conv, columns)| (conv.as_str(), columns))
+            .collect();
         let buckets: BTreeSet<(&str, i64)> = rows
             .iter()
             .map(|(conv, c)| (*conv, bucket_of(c.seq as u64)))
@@ -427,6 +427,7 @@ impl HistoryStore for ScyllaStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::record_columns;
 
     #[test]
     fn rows_map_to_records() {

@@ -10,9 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::schema::migrate;
 use super::{synchronous_pragma, SqliteConfig};
-use crate::store::{
-    bound_to_i64, record_columns, RecordColumns, StoreError, StoredRecord, Watermark,
-};
+use crate::store::{batch_rows, bound_to_i64, RecordColumns, StoreError, StoredRecord, Watermark};
 
 pub(super) const INSERT_MESSAGE: &str =
     "INSERT OR IGNORE INTO messages (conv, seq, id, sender, client_id, ts, body) \
@@ -107,10 +105,10 @@ impl Writer {
         records: &[StoredRecord],
         watermark: Option<Watermark>,
     ) -> Result<(), StoreError> {
-        let rows = records
-            .iter()
-            .map(|r| Ok((r.msg.conv.to_string(), record_columns(r)?)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let rows = batch_rows(records)?
+            .into_iter()
+            .map(|(conv, columns)| (conv.to_string(), columns))
+            .collect();
         let (done, answer) = oneshot::channel();
         let job = WriteJob {
             rows,

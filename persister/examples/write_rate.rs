@@ -2,7 +2,7 @@
 //! criterion's statistics: writes `TOTAL` fresh messages in 256-message batches from `WRITERS`
 //! concurrent callers and prints messages per second of wall time and of process CPU time.
 //!
-//! `cargo run --release -p chatfabric-storage --example write_rate -- [TOTAL] [WRITERS] [CONVS]`
+//! `cargo run --release -p chatfabric-persister --example write_rate -- [TOTAL] [WRITERS] [CONVS]`
 //!
 //! CPU time is the steadier figure on a shared machine: other processes stretch wall time but
 //! not the CPU this process burns per message.
@@ -13,7 +13,9 @@ use std::time::Instant;
 
 use chatfabric_nats::wire::StoredMessage;
 use chatfabric_nats::{ConvId, UserId};
-use chatfabric_storage::{HistoryStore, SqliteConfig, SqliteStore, StoredRecord, Watermark};
+use chatfabric_storage::{StoredRecord, Watermark};
+
+mod common;
 
 const BATCH: u64 = 256;
 
@@ -33,34 +35,15 @@ fn record(seq: u64, convs: u64) -> StoredRecord {
     }
 }
 
-/// User + system CPU seconds of this process, from /proc (Linux only; 0 elsewhere).
-fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 #[tokio::main]
 async fn main() {
-    let mut args = std::env::args()
-        .skip(1)
-        .map(|a| a.parse::<u64>().expect("number"));
+    let mut args = common::numbers();
     let total = args.next().unwrap_or(400_000);
     let writers = args.next().unwrap_or(1).max(1);
     let convs = args.next().unwrap_or(100).max(1);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store: Arc<dyn HistoryStore> = Arc::new(
-        SqliteStore::open(SqliteConfig::new(dir.path().join("rate.db")))
-            .await
-            .expect("open"),
-    );
+    let (_dir, store) = common::temp_store("rate.db").await;
     let next = Arc::new(AtomicU64::new(1));
-    let (cpu0, wall0) = (cpu_seconds(), Instant::now());
+    let (cpu0, wall0) = (common::cpu_seconds(), Instant::now());
     let tasks: Vec<_> = (0..writers)
         .map(|w| {
             let (store, next) = (Arc::clone(&store), Arc::clone(&next));
@@ -83,7 +66,7 @@ async fn main() {
     for t in tasks {
         t.await.expect("writer");
     }
-    let (wall, cpu) = (wall0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+    let (wall, cpu) = (wall0.elapsed().as_secs_f64(), common::cpu_seconds() - cpu0);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "{total} msgs, {writers} writer(s), {convs} convs: {:.0} msg/s wall ({wall:.2} s), \
