@@ -6,8 +6,8 @@ use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
-use super::{path_id, read_json};
-use crate::http::reply::{json, json_error, service_error, Reply};
+use super::{path_id, read_json, Refused};
+use crate::http::reply::{json, Reply};
 use crate::membership::managed::{Outcome, Wanted};
 use crate::protocol::ErrorCode;
 use crate::service::{Caller, Created};
@@ -52,32 +52,26 @@ fn members(conv: &ConvId, members: &[UserId]) -> Reply {
     json(serde_json::json!({"conv": conv, "members": members}).to_string())
 }
 
-pub(super) async fn create(req: Request<Incoming>, state: &State, caller: &Caller) -> Reply {
-    let body: CreateBody = match read_json(req, state).await {
-        Ok(b) => b,
-        Err(refused) => return refused.reply(),
-    };
+pub(super) async fn create(
+    req: Request<Incoming>,
+    state: &State,
+    caller: &Caller,
+) -> Result<Reply, Refused> {
+    let body: CreateBody = read_json(req, state).await?;
     let wanted = Wanted {
         conv: body.id,
         kind: body.kind,
         title: body.title,
         members: body.members,
     };
-    match state.service.establish(caller, wanted).await {
-        Ok((created, outcome)) => conversation(&created, Some(outcome)),
-        Err(e) => service_error(&e),
-    }
+    let (created, outcome) = state.service.establish(caller, wanted).await?;
+    Ok(conversation(&created, Some(outcome)))
 }
 
-pub(super) async fn read(state: &State, caller: &Caller, conv: &str) -> Reply {
-    let conv: ConvId = match path_id(conv, "conversation") {
-        Ok(c) => c,
-        Err(refused) => return refused.reply(),
-    };
-    match state.service.conversation(caller, &conv).await {
-        Ok(created) => conversation(&created, None),
-        Err(e) => service_error(&e),
-    }
+pub(super) async fn read(state: &State, caller: &Caller, conv: &str) -> Result<Reply, Refused> {
+    let conv: ConvId = path_id(conv, "conversation")?;
+    let created = state.service.conversation(caller, &conv).await?;
+    Ok(conversation(&created, None))
 }
 
 /// `POST /v1/server/conversations/{conv}/members`.
@@ -92,35 +86,32 @@ pub(super) async fn add(
     state: &State,
     caller: &Caller,
     conv: &str,
-) -> Reply {
-    let conv: ConvId = match path_id(conv, "conversation") {
-        Ok(c) => c,
-        Err(refused) => return refused.reply(),
-    };
-    let body: AddBody = match read_json(req, state).await {
-        Ok(b) => b,
-        Err(refused) => return refused.reply(),
-    };
-    match state
+) -> Result<Reply, Refused> {
+    let conv: ConvId = path_id(conv, "conversation")?;
+    let body: AddBody = read_json(req, state).await?;
+    let list = state
         .service
         .add_as_service(caller, &conv, &body.user)
-        .await
-    {
-        Ok(list) => members(&conv, &list),
-        Err(e) => service_error(&e),
-    }
+        .await?;
+    Ok(members(&conv, &list))
 }
 
-pub(super) async fn remove(state: &State, caller: &Caller, conv: &str, user: &str) -> Reply {
+pub(super) async fn remove(
+    state: &State,
+    caller: &Caller,
+    conv: &str,
+    user: &str,
+) -> Result<Reply, Refused> {
     let (conv, user): (ConvId, UserId) =
         match (path_id(conv, "conversation"), path_id(user, "user")) {
             (Ok(c), Ok(u)) => (c, u),
-            (Err(refused), _) | (_, Err(refused)) => return refused.reply(),
+            (Err(refused), _) | (_, Err(refused)) => return Err(refused),
         };
-    match state.service.remove_as_service(caller, &conv, &user).await {
-        Ok(list) => members(&conv, &list),
-        Err(e) => service_error(&e),
-    }
+    let list = state
+        .service
+        .remove_as_service(caller, &conv, &user)
+        .await?;
+    Ok(members(&conv, &list))
 }
 
 /// `GET /v1/server/users/{user}/conversations?after=&limit=`.
@@ -129,35 +120,25 @@ pub(super) async fn listing(
     state: &State,
     caller: &Caller,
     user: &str,
-) -> Reply {
-    let user: UserId = match path_id(user, "user") {
-        Ok(u) => u,
-        Err(refused) => return refused.reply(),
-    };
+) -> Result<Reply, Refused> {
+    let user: UserId = path_id(user, "user")?;
     let query = req.uri().query().unwrap_or_default();
     let mut after = None;
     let mut limit = None;
     for (key, value) in query.split('&').filter_map(|p| p.split_once('=')) {
         match key {
-            "after" => match path_id::<ConvId>(value, "conversation") {
-                Ok(c) => after = Some(c),
-                Err(refused) => return refused.reply(),
-            },
+            "after" => after = Some(path_id::<ConvId>(value, "conversation")?),
             "limit" => match value.parse() {
                 Ok(n) => limit = Some(n),
-                Err(_) => return json_error(ErrorCode::Invalid, "limit is an integer"),
+                Err(_) => return Err(Refused::new(ErrorCode::Invalid, "limit is an integer")),
             },
             _ => {}
         }
     }
-    match state
+    let (page, next) = state
         .service
         .conversations_of(caller, &user, after.as_ref(), limit)
-        .await
-    {
-        Ok((page, next)) => {
-            json(serde_json::json!({"user": user, "conversations": page, "next": next}).to_string())
-        }
-        Err(e) => service_error(&e),
-    }
+        .await?;
+    let listing = serde_json::json!({"user": user, "conversations": page, "next": next});
+    Ok(json(listing.to_string()))
 }

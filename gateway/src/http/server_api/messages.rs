@@ -5,10 +5,10 @@ use http::Request;
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use super::{path_id, read_json};
+use super::{path_id, read_json, Refused};
 use crate::edge;
 use crate::http::query;
-use crate::http::reply::{json, json_error, service_error, Reply};
+use crate::http::reply::{json, Reply};
 use crate::protocol::{self, ErrorCode};
 use crate::service::{Caller, HistoryRequest, SendRequest};
 use crate::state::State;
@@ -29,48 +29,49 @@ struct PostBody {
     idempotency_key: Option<String>,
 }
 
-pub(super) async fn post(req: Request<Incoming>, state: &State, conv: &str) -> Reply {
-    let conv: ConvId = match path_id(conv, "conversation") {
-        Ok(c) => c,
-        Err(refused) => return refused.reply(),
-    };
+pub(super) async fn post(
+    req: Request<Incoming>,
+    state: &State,
+    conv: &str,
+) -> Result<Reply, Refused> {
+    let conv: ConvId = path_id(conv, "conversation")?;
     let header_key = req
         .headers()
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let body: PostBody = match read_json(req, state).await {
-        Ok(b) => b,
-        Err(refused) => return refused.reply(),
-    };
+    let body: PostBody = read_json(req, state).await?;
     let caller = match (body.service, body.user) {
         (Some(name), None) => match UserId::service(&name) {
             Ok(id) => Caller::Service(id),
             Err(_) => {
-                return json_error(
+                return Err(Refused::new(
                     ErrorCode::Invalid,
                     "service is 1 to 60 of A-Z a-z 0-9 _ - (the sender becomes svc_<service>)",
-                )
+                ))
             }
         },
         (None, Some(user)) => Caller::OnBehalf(user),
-        _ => return json_error(ErrorCode::Invalid, "name exactly one of service and user"),
+        _ => {
+            return Err(Refused::new(
+                ErrorCode::Invalid,
+                "name exactly one of service and user",
+            ))
+        }
     };
     let Some(client_id) = body.idempotency_key.or(header_key) else {
-        return json_error(
+        return Err(Refused::new(
             ErrorCode::Invalid,
             "idempotency_key (or an Idempotency-Key header) is required",
-        );
+        ));
     };
     let request = SendRequest {
         conv,
         client_id,
         body: body.body,
     };
-    match state.service.send(&caller, request).await {
-        Ok(sent) => json(protocol::encode(&edge::ack(sent))),
-        Err(e) => service_error(&e),
-    }
+    let sent = state.service.send(&caller, request).await?;
+    Ok(json(protocol::encode(&edge::ack(sent))))
 }
 
 /// `GET /v1/server/conversations/{conv}/messages?before=&after=&limit=`.
@@ -79,14 +80,11 @@ pub(super) async fn history(
     state: &State,
     caller: &Caller,
     conv: &str,
-) -> Reply {
-    let conv: ConvId = match path_id(conv, "conversation") {
-        Ok(c) => c,
-        Err(refused) => return refused.reply(),
-    };
+) -> Result<Reply, Refused> {
+    let conv: ConvId = path_id(conv, "conversation")?;
     let query = match query::history_query(req.uri().query().unwrap_or_default()) {
         Ok(q) => q,
-        Err(e) => return json_error(ErrorCode::Invalid, &e.to_string()),
+        Err(e) => return Err(Refused::new(ErrorCode::Invalid, e.to_string())),
     };
     let request = HistoryRequest {
         conv,
@@ -94,8 +92,6 @@ pub(super) async fn history(
         after: query.after,
         limit: query.limit,
     };
-    match state.service.history(caller, &request).await {
-        Ok(page) => json(protocol::encode_history(&request.conv, &page, None)),
-        Err(e) => service_error(&e),
-    }
+    let page = state.service.history(caller, &request).await?;
+    Ok(json(protocol::encode_history(&request.conv, &page, None)))
 }

@@ -20,9 +20,10 @@ use serde::de::DeserializeOwned;
 
 use super::reply::{bearer, json_error, Reply};
 use crate::api_keys::Scope;
+use crate::edge;
 use crate::metrics::Kind;
 use crate::protocol::ErrorCode;
-use crate::service::Caller;
+use crate::service::{Caller, ServiceError};
 use crate::state::State;
 
 mod conversations;
@@ -62,39 +63,57 @@ pub(crate) async fn route(req: Request<Incoming>, state: &State) -> Reply {
     match (&method, parts.as_slice()) {
         (&Method::POST, ["conversations"]) => {
             count("create_conversation");
-            conversations::create(req, state, &caller).await
+            conversations::create(req, state, &caller)
+                .await
+                .unwrap_or_else(Refused::reply)
         }
         (&Method::GET, ["conversations", conv]) => {
             count("read_conversation");
-            conversations::read(state, &caller, conv).await
+            conversations::read(state, &caller, conv)
+                .await
+                .unwrap_or_else(Refused::reply)
         }
         (&Method::POST, ["conversations", conv, "members"]) => {
             count("add_member");
-            conversations::add(req, state, &caller, conv).await
+            conversations::add(req, state, &caller, conv)
+                .await
+                .unwrap_or_else(Refused::reply)
         }
         (&Method::DELETE, ["conversations", conv, "members", user]) => {
             count("remove_member");
-            conversations::remove(state, &caller, conv, user).await
+            conversations::remove(state, &caller, conv, user)
+                .await
+                .unwrap_or_else(Refused::reply)
         }
         (&Method::GET, ["users", user, "conversations"]) => {
             count("list_conversations");
-            conversations::listing(&req, state, &caller, user).await
+            conversations::listing(&req, state, &caller, user)
+                .await
+                .unwrap_or_else(Refused::reply)
         }
         (&Method::POST, ["conversations", conv, "messages"]) => {
             count("post_message");
-            messages::post(req, state, conv).await
+            messages::post(req, state, conv)
+                .await
+                .unwrap_or_else(Refused::reply)
         }
         (&Method::GET, ["conversations", conv, "messages"]) => {
             count("read_history");
-            messages::history(&req, state, &caller, conv).await
+            messages::history(&req, state, &caller, conv)
+                .await
+                .unwrap_or_else(Refused::reply)
         }
         (&Method::POST, ["users", user, "disconnect"]) => {
             count("disconnect");
-            users::disconnect(req, state, &caller, user).await
+            users::disconnect(req, state, &caller, user)
+                .await
+                .unwrap_or_else(Refused::reply)
         }
         (&Method::GET, ["presence"]) => {
             count("presence");
-            users::presence(&req, state, &caller).await
+            users::presence(&req, state, &caller)
+                .await
+                .unwrap_or_else(Refused::reply)
         }
         _ => json_error(ErrorCode::NotFound, "no such endpoint"),
     }
@@ -110,6 +129,12 @@ impl Refused {
 
     fn reply(self) -> Reply {
         json_error(self.0, &self.1)
+    }
+}
+
+impl From<ServiceError> for Refused {
+    fn from(e: ServiceError) -> Self {
+        Self(edge::code(&e), e.to_string())
     }
 }
 

@@ -6,8 +6,8 @@ use http::Request;
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use super::{path_id, read_json};
-use crate::http::reply::{json, json_error, service_error, Reply};
+use super::{path_id, read_json, Refused};
+use crate::http::reply::{json, Reply};
 use crate::protocol::ErrorCode;
 use crate::service::{Caller, MAX_PRESENCE_USERS};
 use crate::state::State;
@@ -29,33 +29,30 @@ pub(super) async fn disconnect(
     state: &State,
     caller: &Caller,
     user: &str,
-) -> Reply {
-    let user: UserId = match path_id(user, "user") {
-        Ok(u) => u,
-        Err(refused) => return refused.reply(),
-    };
-    let body: DisconnectBody = match read_json(req, state).await {
-        Ok(b) => b,
-        Err(refused) => return refused.reply(),
-    };
+) -> Result<Reply, Refused> {
+    let user: UserId = path_id(user, "user")?;
+    let body: DisconnectBody = read_json(req, state).await?;
     let before = match (body.revoke, body.revoke_before) {
         (true, Some(_)) => {
-            return json_error(ErrorCode::Invalid, "name revoke or revoke_before, not both")
+            return Err(Refused::new(
+                ErrorCode::Invalid,
+                "name revoke or revoke_before, not both",
+            ))
         }
         (true, None) => Some(now_ms() / 1000),
         (false, before) => before,
     };
-    match state.service.disconnect(caller, &user, before).await {
-        Ok(d) => json(
-            serde_json::json!({"user": user, "at": d.at, "tokens_before": d.tokens_before})
-                .to_string(),
-        ),
-        Err(e) => service_error(&e),
-    }
+    let d = state.service.disconnect(caller, &user, before).await?;
+    let done = serde_json::json!({"user": user, "at": d.at, "tokens_before": d.tokens_before});
+    Ok(json(done.to_string()))
 }
 
 /// `GET /v1/server/presence?user=a&user=b`.
-pub(super) async fn presence(req: &Request<Incoming>, state: &State, caller: &Caller) -> Reply {
+pub(super) async fn presence(
+    req: &Request<Incoming>,
+    state: &State,
+    caller: &Caller,
+) -> Result<Reply, Refused> {
     let mut users = Vec::new();
     for (key, value) in req
         .uri()
@@ -65,26 +62,20 @@ pub(super) async fn presence(req: &Request<Incoming>, state: &State, caller: &Ca
         .filter_map(|p| p.split_once('='))
     {
         if key == "user" {
-            match path_id::<UserId>(value, "user") {
-                Ok(u) => users.push(u),
-                Err(refused) => return refused.reply(),
-            }
+            users.push(path_id::<UserId>(value, "user")?);
         }
     }
     if users.is_empty() || users.len() > MAX_PRESENCE_USERS {
-        return json_error(ErrorCode::Invalid, "name 1 to 100 users with user=");
+        return Err(Refused::new(
+            ErrorCode::Invalid,
+            "name 1 to 100 users with user=",
+        ));
     }
-    match state.service.presence_of(caller, &users).await {
-        Ok(found) => {
-            let list: Vec<_> = users
-                .iter()
-                .zip(found)
-                .map(|(user, p)| {
-                    serde_json::json!({"user": user, "online": p.online, "last_seen": p.last_seen})
-                })
-                .collect();
-            json(serde_json::json!({ "presence": list }).to_string())
-        }
-        Err(e) => service_error(&e),
-    }
+    let found = state.service.presence_of(caller, &users).await?;
+    let list: Vec<_> = users
+        .iter()
+        .zip(found)
+        .map(|(user, p)| serde_json::json!({"user": user, "online": p.online, "last_seen": p.last_seen}))
+        .collect();
+    Ok(json(serde_json::json!({ "presence": list }).to_string()))
 }
