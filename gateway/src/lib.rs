@@ -36,8 +36,9 @@
 //!      typing events.
 //! 4. **Delivery**: [`fanout`]: one NATS subscription per conversation with local members;
 //!    gap-free, encoded once (with [`protocol`]'s encoders), **fan-out** to each connection's
-//!    [`outbox`] (bounded in frames and bytes, the fan-out's only way to a connection), which the
-//!    connection's task writes to the **client**. Presence, typing and read events take the same
+//!    [`outbox`] (bounded in frames and bytes, the fan-out's only way to a connection), which
+//!    writes a WebSocket frame straight to the **client**'s socket when nothing is queued and
+//!    leaves the rest to the connection's task. Presence, typing and read events take the same
 //!    way through the conversation actors.
 //! 5. **Bottom**: [`protocol`] (frames, the op table, error and close codes, encoders), [`auth`],
 //!    [`api_keys`],
