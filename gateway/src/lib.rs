@@ -42,7 +42,8 @@
 //!    way through the conversation actors.
 //! 5. **Bottom**: [`protocol`] (frames, the op table, error and close codes, encoders), [`auth`],
 //!    [`api_keys`],
-//!    [`rate`], [`metrics`]: they import no other module of the crate.
+//!    [`rate`], [`metrics`], `follow` (the KV watch loop of the bucket watchers): they import no
+//!    other module of the crate.
 //!
 //! Beside the front ends, `config` ([`Limits`], [`GatewayConfig`]) gathers every layer's
 //! settings and `state` holds what the front ends share (the service, limits, capacity, the
@@ -58,6 +59,7 @@ mod capacity;
 mod config;
 mod edge;
 pub mod fanout;
+mod follow;
 pub mod history;
 pub mod http;
 pub mod ingest;

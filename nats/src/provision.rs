@@ -121,6 +121,28 @@ impl Fabric {
     }
 }
 
+/// A dead-letter stream: what a role could not process, kept 30 days for operators to inspect,
+/// with a duplicate window so a retried dead-lettering lands once.
+pub fn dead_letter_stream(
+    name: &str,
+    description: &str,
+    subjects: &str,
+    replicas: usize,
+) -> stream::Config {
+    stream::Config {
+        name: name.into(),
+        description: Some(description.into()),
+        subjects: vec![subjects.into()],
+        retention: stream::RetentionPolicy::Limits,
+        max_age: Duration::from_secs(30 * 24 * 3600),
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        discard: stream::DiscardPolicy::Old,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    }
+}
+
 /// The stream behind a KV bucket, as the KV clients expect it (same layout as `nats kv add`).
 pub fn bucket_config(bucket: &str, description: &str, replicas: usize) -> stream::Config {
     stream::Config {

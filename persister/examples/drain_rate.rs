@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chatfabric_nats::server::NatsServer;
-use chatfabric_nats::wire::{StoredMessage, MSG_ID_HEADER};
-use chatfabric_nats::{ConvId, StreamSettings, UserId};
+use chatfabric_nats::wire::MSG_ID_HEADER;
+use chatfabric_nats::StreamSettings;
 use chatfabric_persister::DrainConfig;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -29,20 +29,10 @@ async fn main() {
     let fabric = chatfabric_nats::provision(client, StreamSettings::default())
         .await
         .expect("provision");
-    let body =
-        "lorem ipsum dolor sit amet, consectetur adipiscing elit ".repeat(4)[..200].to_string();
     let published = Instant::now();
     let last = futures::stream::iter(0..total)
         .map(|i| {
-            let msg = StoredMessage {
-                via: None,
-                id: format!("0190a1b2-c3d4-7e5f-8a9b-{i:012}"),
-                conv: ConvId::new(format!("c{}", i % convs)).expect("valid conv"),
-                sender: UserId::new(format!("user-{}", i % 97)).expect("valid user"),
-                client_id: format!("k{i}"),
-                ts: 1_700_000_000_000 + i,
-                body: body.clone(),
-            };
+            let msg = common::message(i, convs);
             let fabric = fabric.clone();
             async move {
                 let mut headers = async_nats::HeaderMap::new();

@@ -11,8 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use chatfabric_nats::wire::StoredMessage;
-use chatfabric_nats::{ConvId, UserId};
 use chatfabric_storage::{StoredRecord, Watermark};
 
 mod common;
@@ -22,16 +20,7 @@ const BATCH: u64 = 256;
 fn record(seq: u64, convs: u64) -> StoredRecord {
     StoredRecord {
         seq,
-        msg: StoredMessage {
-            via: None,
-            id: format!("0190a1b2-c3d4-7e5f-8a9b-{seq:012}"),
-            conv: ConvId::new(format!("conv-{}", seq % convs)).expect("valid conv"),
-            sender: UserId::new(format!("user-{}", seq % 1000)).expect("valid user"),
-            client_id: format!("client-{seq}"),
-            ts: 1_700_000_000_000 + seq,
-            body: "lorem ipsum dolor sit amet, consectetur adipiscing elit ".repeat(4)[..200]
-                .to_string(),
-        },
+        msg: common::message(seq, convs),
     }
 }
 

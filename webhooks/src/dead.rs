@@ -5,16 +5,11 @@
 //! error. Its `Nats-Msg-Id` is the event id and the URL, so dead-lettering the same event twice
 //! (after a redelivery) within two minutes stores it once.
 
-use std::time::Duration;
-
 use async_nats::jetstream::{self, stream};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 
 pub use chatfabric_nats::subject::{WEBHOOK_DEAD_PREFIX, WEBHOOK_DEAD_STREAM};
-
-/// How long dead letters are kept.
-const DEAD_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Why an event was dead-lettered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -37,18 +32,12 @@ impl DeadReason {
 
 /// The [`WEBHOOK_DEAD_STREAM`] configuration.
 pub fn dead_stream_config(replicas: usize) -> stream::Config {
-    stream::Config {
-        name: WEBHOOK_DEAD_STREAM.into(),
-        description: Some("chatfabric webhook events no receiver took".into()),
-        subjects: vec![format!("{WEBHOOK_DEAD_PREFIX}.>")],
-        retention: stream::RetentionPolicy::Limits,
-        max_age: DEAD_MAX_AGE,
-        storage: stream::StorageType::File,
-        num_replicas: replicas,
-        discard: stream::DiscardPolicy::Old,
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    }
+    chatfabric_nats::provision::dead_letter_stream(
+        WEBHOOK_DEAD_STREAM,
+        "chatfabric webhook events no receiver took",
+        &format!("{WEBHOOK_DEAD_PREFIX}.>"),
+        replicas,
+    )
 }
 
 /// One dead letter.

@@ -61,21 +61,29 @@ pub struct MessageView {
     pub body: String,
 }
 
-/// `message.offline`: `count` messages (`first_seq..=last_seq`) arrived in `conv` while `user`
-/// was offline; `messages` are the last few of them, oldest first.
+/// What every event starts with (flattened into it).
 #[derive(Debug, Clone, Serialize)]
-pub struct OfflineMessages<'a> {
+pub struct Head<'a> {
     /// Event id (see the module doc).
     pub id: &'a str,
-    /// Always `message.offline`.
+    /// The event type, e.g. `message.offline`.
     #[serde(rename = "type")]
     pub kind: &'static str,
     /// When this process built the event, ms since the epoch.
     pub created_at: u64,
     /// The conversation.
     pub conv: &'a ConvId,
-    /// The offline member to notify.
+    /// The member the event is about (for `message.offline`: the one to notify).
     pub user: &'a UserId,
+}
+
+/// `message.offline`: `count` messages (`first_seq..=last_seq`) arrived in `conv` while `user`
+/// was offline; `messages` are the last few of them, oldest first.
+#[derive(Debug, Clone, Serialize)]
+pub struct OfflineMessages<'a> {
+    /// Id, type, time, conversation and the offline member to notify.
+    #[serde(flatten)]
+    pub head: Head<'a>,
     /// How many messages the event covers.
     pub count: u64,
     /// Sequence of the first of them.
@@ -89,17 +97,9 @@ pub struct OfflineMessages<'a> {
 /// `member.added` / `member.removed`.
 #[derive(Debug, Clone, Serialize)]
 pub struct MemberChange<'a> {
-    /// Event id (see the module doc).
-    pub id: &'a str,
-    /// `member.added` or `member.removed`.
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    /// When this process built the event, ms since the epoch.
-    pub created_at: u64,
-    /// The conversation.
-    pub conv: &'a ConvId,
-    /// The member.
-    pub user: &'a UserId,
+    /// Id, type (`member.added` or `member.removed`), time, conversation and the member.
+    #[serde(flatten)]
+    pub head: Head<'a>,
     /// Added: who added them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub added_by: Option<&'a UserId>,

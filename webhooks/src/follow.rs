@@ -219,11 +219,13 @@ impl Follower {
         };
         let id = event::member_id(kind, &conv, &user, revision);
         let body = event::encode(&MemberChange {
-            id: &id,
-            kind: kind.as_str(),
-            created_at: now_ms(),
-            conv: &conv,
-            user: &user,
+            head: event::Head {
+                id: &id,
+                kind: kind.as_str(),
+                created_at: now_ms(),
+                conv: &conv,
+                user: &user,
+            },
             added_by: record.as_ref().map(|r| &r.added_by),
             added_at: record.as_ref().map(|r| r.added_at),
             revision,
@@ -264,11 +266,13 @@ fn offline_event(due: Due<Arc<Held>>) -> Event {
     let Due { conv, user, batch } = due;
     let id = event::offline_id(&conv, &user, batch.first_seq, batch.last_seq);
     let body = event::encode(&OfflineMessages {
-        id: &id,
-        kind: EventKind::MessageOffline.as_str(),
-        created_at: now_ms(),
-        conv: &conv,
-        user: &user,
+        head: event::Head {
+            id: &id,
+            kind: EventKind::MessageOffline.as_str(),
+            created_at: now_ms(),
+            conv: &conv,
+            user: &user,
+        },
         count: batch.count,
         first_seq: batch.first_seq,
         last_seq: batch.last_seq,

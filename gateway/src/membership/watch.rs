@@ -2,16 +2,15 @@
 //! the removed user's live subscriptions.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::jetstream::kv::Operation;
 use chatfabric_nats::subject::parse_member_key;
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use chatfabric_nats::{ConvId, UserId};
 
 use super::reads::Membership;
+use crate::follow::{follow, Start};
 
 /// Receives membership removals seen by the watcher (the fan-out ends those subscriptions).
 pub trait MembershipEvents: Send + Sync + 'static {
@@ -26,44 +25,28 @@ impl Membership {
         events: Arc<dyn MembershipEvents>,
         shutdown: CancellationToken,
     ) {
-        loop {
-            let mut watch = match self.kv.watch("m.>").await {
-                Ok(w) => w,
-                Err(e) => {
-                    tracing::warn!(error = %e, "membership watch failed; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    }
-                }
-            };
+        let (this, events) = (&self, &events);
+        follow(
+            &self.kv,
+            "m.>",
+            Start::Now,
+            "membership",
+            &shutdown,
             // Whatever changed while we were not watching is unknown: start from a clean cache.
-            self.members.invalidate_all();
-            loop {
-                let entry = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    e = watch.next() => e,
+            || this.members.invalidate_all(),
+            |entry| async move {
+                let Some((conv, user)) = parse_member_key(&entry.key) else {
+                    return;
                 };
-                match entry {
-                    Some(Ok(entry)) => {
-                        let Some((conv, user)) = parse_member_key(&entry.key) else {
-                            continue;
-                        };
-                        let member = entry.operation == Operation::Put;
-                        self.members
-                            .insert((conv.clone(), user.clone()), member)
-                            .await;
-                        if !member {
-                            events.removed(&conv, &user);
-                        }
-                    }
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "membership watch error; restarting");
-                        break;
-                    }
-                    None => break,
+                let member = entry.operation == Operation::Put;
+                this.members
+                    .insert((conv.clone(), user.clone()), member)
+                    .await;
+                if !member {
+                    events.removed(&conv, &user);
                 }
-            }
-        }
+            },
+        )
+        .await;
     }
 }

@@ -1,16 +1,15 @@
 //! The watch of the users bucket: every disconnect reaches every gateway.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::jetstream::kv::{self, Operation};
 use chatfabric_nats::subject::parse_disconnect_key;
 use chatfabric_nats::wire::UserDisconnect;
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::roster::Roster;
 use crate::auth::Authenticator;
+use crate::follow::{follow, Start};
 use crate::metrics::{Kind, Metrics};
 
 /// Watches `users` until `shutdown`: each disconnect closes the user's listed connections
@@ -24,50 +23,36 @@ pub async fn watch(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let mut watch = match users.watch_with_history("d.*").await {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!(error = %e, "users watch failed; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+    follow(
+        &users,
+        "d.*",
+        Start::LastValues,
+        "users",
+        &shutdown,
+        || {},
+        |entry| {
+            let (roster, auth, metrics) = (&roster, &auth, &metrics);
+            async move {
+                let Some(user) = parse_disconnect_key(&entry.key) else {
+                    return;
+                };
+                if entry.operation != Operation::Put {
+                    auth.revoke(&user, None);
+                    return;
                 }
+                let Ok(disconnect) = serde_json::from_slice::<UserDisconnect>(&entry.value) else {
+                    tracing::warn!(%user, "unreadable disconnect entry; ignored");
+                    return;
+                };
+                auth.revoke(&user, disconnect.tokens_before);
+                let closed = roster.disconnect(&user, &disconnect);
+                let kind = Kind {
+                    kind: "disconnected",
+                };
+                metrics.closes.get_or_create(&kind).inc_by(closed as u64);
+                tracing::info!(%user, closed, "user disconnected by the application");
             }
-        };
-        loop {
-            let entry = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                e = watch.next() => e,
-            };
-            match entry {
-                Some(Ok(entry)) => {
-                    let Some(user) = parse_disconnect_key(&entry.key) else {
-                        continue;
-                    };
-                    if entry.operation != Operation::Put {
-                        auth.revoke(&user, None);
-                        continue;
-                    }
-                    let Ok(disconnect) = serde_json::from_slice::<UserDisconnect>(&entry.value)
-                    else {
-                        tracing::warn!(%user, "unreadable disconnect entry; ignored");
-                        continue;
-                    };
-                    auth.revoke(&user, disconnect.tokens_before);
-                    let closed = roster.disconnect(&user, &disconnect);
-                    let kind = Kind {
-                        kind: "disconnected",
-                    };
-                    metrics.closes.get_or_create(&kind).inc_by(closed as u64);
-                    tracing::info!(%user, closed, "user disconnected by the application");
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "users watch error; restarting");
-                    break;
-                }
-                None => break,
-            }
-        }
-    }
+        },
+    )
+    .await;
 }

@@ -3,7 +3,23 @@
 
 use std::sync::Arc;
 
+use chatfabric_nats::wire::StoredMessage;
+use chatfabric_nats::{ConvId, UserId};
 use chatfabric_storage::{HistoryStore, SqliteConfig, SqliteStore};
+
+/// Message number `i` of a run over `convs` conversations, with a 200-byte body.
+pub fn message(i: u64, convs: u64) -> StoredMessage {
+    StoredMessage {
+        via: None,
+        id: format!("0190a1b2-c3d4-7e5f-8a9b-{i:012}"),
+        conv: ConvId::new(format!("conv-{}", i % convs)).expect("valid conv"),
+        sender: UserId::new(format!("user-{}", i % 97)).expect("valid user"),
+        client_id: format!("client-{i}"),
+        ts: 1_700_000_000_000 + i,
+        body: "lorem ipsum dolor sit amet, consectetur adipiscing elit ".repeat(4)[..200]
+            .to_string(),
+    }
+}
 
 /// The numeric command-line arguments, in order.
 pub fn numbers() -> impl Iterator<Item = u64> {

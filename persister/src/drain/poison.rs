@@ -5,8 +5,6 @@
 //! where it came from, to `chat.dead.<part>` in stream [`DEAD_STREAM`], and then terminated on
 //! its own stream.
 
-use std::time::Duration;
-
 use async_nats::jetstream::{self, stream};
 use async_nats::HeaderMap;
 use chatfabric_nats::subject::conv_of_subject;
@@ -24,9 +22,6 @@ pub const DEAD_SEQUENCE_HEADER: &str = "Chatfabric-Dead-Sequence";
 /// Header: the subject the message was stored under.
 pub const DEAD_SUBJECT_HEADER: &str = "Chatfabric-Dead-Subject";
 
-/// How long dead letters are kept.
-const DEAD_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
-
 /// The subject partition `part`'s dead letters are published on.
 pub fn dead_subject(part: u16) -> String {
     format!("{DEAD_PREFIX}.{part}")
@@ -34,19 +29,12 @@ pub fn dead_subject(part: u16) -> String {
 
 /// The [`DEAD_STREAM`] configuration.
 pub fn dead_stream_config(replicas: usize) -> stream::Config {
-    stream::Config {
-        name: DEAD_STREAM.into(),
-        description: Some("chatfabric messages the persister could not store".into()),
-        subjects: vec![format!("{DEAD_PREFIX}.>")],
-        retention: stream::RetentionPolicy::Limits,
-        max_age: DEAD_MAX_AGE,
-        storage: stream::StorageType::File,
-        num_replicas: replicas,
-        discard: stream::DiscardPolicy::Old,
-        // Lets a retried dead-lettering (the term got lost) land once.
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    }
+    chatfabric_nats::provision::dead_letter_stream(
+        DEAD_STREAM,
+        "chatfabric messages the persister could not store",
+        &format!("{DEAD_PREFIX}.>"),
+        replicas,
+    )
 }
 
 /// Why a message cannot be stored.
