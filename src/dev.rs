@@ -107,7 +107,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         let (nats, shutdown, store) = (nats_as(Role::Persister), shutdown.clone(), store.clone());
         tokio::spawn(async move {
             let result =
-                crate::cli::run_persister(&nats, &persister, Some(store), None, shutdown.clone())
+                crate::roles::run_persister(&nats, &persister, Some(store), None, shutdown.clone())
                     .await;
             // A dead persister in dev is fatal: stop everything rather than run without history.
             shutdown.cancel();
@@ -118,7 +118,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         let (nats, shutdown) = (nats_as(Role::Presence), shutdown.clone());
         let args = PresenceDefaults::parse_from(["dev"]).args;
         tokio::spawn(async move {
-            let result = crate::cli::run_presence(&nats, &args, None, shutdown.clone()).await;
+            let result = crate::roles::run_presence(&nats, &args, None, shutdown.clone()).await;
             shutdown.cancel();
             result
         })
@@ -136,12 +136,12 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
             args.webhooks.clone(),
         );
         tokio::spawn(async move {
-            let result = crate::cli::run_webhooks(&nats, &hooks, shutdown.clone()).await;
+            let result = crate::roles::run_webhooks(&nats, &hooks, shutdown.clone()).await;
             shutdown.cancel();
             result
         })
     });
-    let result = crate::cli::run_gateway(
+    let result = crate::roles::run_gateway(
         &nats_as(Role::Gateway),
         &gateway,
         Some(store),

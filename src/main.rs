@@ -10,6 +10,7 @@ mod cli;
 mod dev;
 mod metrics;
 mod process;
+mod roles;
 mod server_api;
 mod startup;
 
@@ -37,11 +38,11 @@ fn main() -> anyhow::Result<()> {
             Command::Dev(args) => dev::run(args).await,
             Command::Gateway(args) => {
                 let shutdown = shutdown_on_signal();
-                cli::run_gateway(&args.nats, &args.gateway, None, shutdown).await
+                roles::run_gateway(&args.nats, &args.gateway, None, shutdown).await
             }
             Command::Persister(args) => {
                 let shutdown = shutdown_on_signal();
-                cli::run_persister(
+                roles::run_persister(
                     &args.nats,
                     &args.persister,
                     None,
@@ -52,7 +53,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Presence(args) => {
                 let shutdown = shutdown_on_signal();
-                cli::run_presence(
+                roles::run_presence(
                     &args.nats,
                     &args.presence,
                     Some(args.metrics_listen),
@@ -61,7 +62,7 @@ fn main() -> anyhow::Result<()> {
                 .await
             }
             Command::Webhooks(args) => {
-                cli::run_webhooks(&args.nats, &args.webhooks, shutdown_on_signal()).await
+                roles::run_webhooks(&args.nats, &args.webhooks, shutdown_on_signal()).await
             }
             Command::Bot(args) => bot::run(args, shutdown_on_signal()).await,
             Command::BotUser(args) => {

@@ -65,15 +65,11 @@ async fn main() {
     let (wall, cpu) = (wall0.elapsed().as_secs_f64(), common::cpu_seconds() - cpu0);
     shutdown.cancel();
     drain.await.expect("join").expect("drain");
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "drained {total} msgs ({convs} convs): {:.0} msg/s wall ({wall:.2} s), {:.0} msg/s per \
          persister CPU-second ({cpu:.2} s); loadavg {}",
         total as f64 / wall,
         total as f64 / cpu.max(1e-9),
-        load.split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
+        common::load_average()
     );
 }
