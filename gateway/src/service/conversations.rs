@@ -35,6 +35,15 @@ pub struct Created {
     pub members: Vec<UserId>,
 }
 
+/// A membership change of a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberChange {
+    /// Add the user.
+    Add,
+    /// Remove the user.
+    Remove,
+}
+
 impl Service {
     /// Creates a conversation with the caller in it.
     pub async fn create(
@@ -54,29 +63,20 @@ impl Service {
         Ok(Created { info, members })
     }
 
-    /// Adds `user` to the group `conv`; returns its members afterwards.
-    pub async fn add_member(
+    /// Adds `user` to the group `conv` or removes them; returns its members afterwards.
+    pub async fn change_member(
         &self,
         caller: &Caller,
+        change: MemberChange,
         conv: &ConvId,
         user: &UserId,
     ) -> Result<Vec<UserId>, ServiceError> {
         self.client_may(caller, self.limits.client_membership.refuses_change())?;
-        self.membership.add(caller.acting_as(), conv, user).await?;
-        Ok(self.membership.members(conv).await?)
-    }
-
-    /// Removes `user` from the group `conv`; returns its members afterwards.
-    pub async fn remove_member(
-        &self,
-        caller: &Caller,
-        conv: &ConvId,
-        user: &UserId,
-    ) -> Result<Vec<UserId>, ServiceError> {
-        self.client_may(caller, self.limits.client_membership.refuses_change())?;
-        self.membership
-            .remove(caller.acting_as(), conv, user)
-            .await?;
+        let by = caller.acting_as();
+        match change {
+            MemberChange::Add => self.membership.add(by, conv, user).await?,
+            MemberChange::Remove => self.membership.remove(by, conv, user).await?,
+        }
         Ok(self.membership.members(conv).await?)
     }
 

@@ -32,6 +32,6 @@ mod receipts;
 pub use backend::MAX_PRESENCE_USERS;
 pub use caller::Caller;
 pub use context::{Service, ServiceLimits};
-pub use conversations::{Created, NewConversation};
+pub use conversations::{Created, MemberChange, NewConversation};
 pub use error::ServiceError;
 pub use messages::{HistoryRequest, SendRequest, Sent};

@@ -16,7 +16,9 @@ use crate::edge;
 use crate::fanout::Outlet;
 use crate::protocol::{self, close, ClientFrame, ErrorCode, ServerFrame, ServerOp};
 use crate::rate::{RateLimiter, Verdict};
-use crate::service::{Caller, HistoryRequest, NewConversation, SendRequest, Service, ServiceError};
+use crate::service::{
+    Caller, HistoryRequest, MemberChange, NewConversation, SendRequest, Service, ServiceError,
+};
 use crate::state::State;
 
 /// What a finished request asks the connection to write.
@@ -275,18 +277,12 @@ impl Session {
                 conv,
                 user,
                 reference,
-            } => self.later(reference.clone(), |service, caller| async move {
-                let members = service.add_member(&caller, &conv, &user).await?;
-                Ok(Some(members_frame(conv, members, reference)))
-            }),
+            } => self.change_member(MemberChange::Add, conv, user, reference),
             ClientFrame::RemoveMember {
                 conv,
                 user,
                 reference,
-            } => self.later(reference.clone(), |service, caller| async move {
-                let members = service.remove_member(&caller, &conv, &user).await?;
-                Ok(Some(members_frame(conv, members, reference)))
-            }),
+            } => self.change_member(MemberChange::Remove, conv, user, reference),
             ClientFrame::Members { conv, reference } => {
                 self.later(reference.clone(), |service, caller| async move {
                     let members = service.members(&caller, &conv).await?;
@@ -298,6 +294,19 @@ impl Session {
 
     /// A request the service answers: `work` gets the service and this connection's caller; its
     /// answer (if any) is the reply, and an error becomes an `error` frame echoing `reference`.
+    fn change_member(
+        &self,
+        change: MemberChange,
+        conv: ConvId,
+        user: UserId,
+        reference: Option<String>,
+    ) -> Step {
+        self.later(reference.clone(), move |service, caller| async move {
+            let members = service.change_member(&caller, change, &conv, &user).await?;
+            Ok(Some(members_frame(conv, members, reference)))
+        })
+    }
+
     fn later<F, Fut>(&self, reference: Option<String>, work: F) -> Step
     where
         F: FnOnce(Arc<Service>, Caller) -> Fut,
