@@ -17,134 +17,95 @@ pub struct Kind {
     pub kind: &'static str,
 }
 
-/// Every metric a gateway exports.
-#[derive(Clone)]
-pub struct Metrics {
+// One table declares each metric: its doc, field and type, how it is built, and the name and
+// help it is exported under (the struct, its constructor and the registration are made from it).
+macro_rules! gateway_metrics {
+    ($( $(#[doc = $doc:literal])+ $field:ident: $ty:ty = $init:expr, $name:literal, $help:literal; )+) => {
+        /// Every metric a gateway exports.
+        #[derive(Clone)]
+        pub struct Metrics {
+            $( $(#[doc = $doc])+ pub $field: $ty, )+
+        }
+
+        impl Metrics {
+            fn build() -> Self {
+                Self { $( $field: $init, )+ }
+            }
+
+            fn register_each(&self, r: &mut Registry) {
+                $( r.register($name, $help, self.$field.clone()); )+
+            }
+        }
+    };
+}
+
+gateway_metrics! {
     /// Open WebSocket connections (authenticated or not).
-    pub connections: Gauge,
+    connections: Gauge = Gauge::default(), "connections", "Open WebSocket connections";
     /// Open server-sent event streams.
-    pub sse_streams: Gauge,
+    sse_streams: Gauge = Gauge::default(), "sse_streams", "Open server-sent event streams";
     /// Connections accepted since start.
-    pub connections_total: Counter,
+    connections_total: Counter = Counter::default(), "connections_accepted", "Connections accepted";
     /// Inbound frames by op (`invalid` for frames that did not decode).
-    pub frames_in: Family<Kind, Counter>,
+    frames_in: Family<Kind, Counter> = Family::default(), "frames_in", "Inbound frames by op";
     /// Outbound frames by op.
-    pub frames_out: Family<Kind, Counter>,
+    frames_out: Family<Kind, Counter> = Family::default(), "frames_out", "Outbound frames by op (msg frames: see deliveries)";
     /// `msg` frames handed to connections (one per delivery).
-    pub deliveries: Counter,
+    deliveries: Counter = Counter::default(), "deliveries", "Message frames handed to connections";
     /// Sends acknowledged to clients.
-    pub acks: Counter,
+    acks: Counter = Counter::default(), "acks", "Sends acknowledged";
     /// Sends acknowledged as duplicates of an earlier send (retries).
-    pub acks_duplicate: Counter,
+    acks_duplicate: Counter = Counter::default(), "acks_duplicate", "Sends acknowledged as retries of a stored message";
     /// Publishes of a send repeated (same message id) after a lost or refused PubAck.
-    pub publish_retries: Counter,
+    publish_retries: Counter = Counter::default(), "publish_retries", "Sends published again with the same id after a lost or refused PubAck";
     /// `error` frames by code.
-    pub errors: Family<Kind, Counter>,
+    errors: Family<Kind, Counter> = Family::default(), "errors", "Error frames by code";
     /// Connections closed by the gateway, by reason (`slow_consumer`, `flood`, `unauthorized`, ...).
-    pub closes: Family<Kind, Counter>,
+    closes: Family<Kind, Counter> = Family::default(), "closes", "Connections closed by the gateway, by reason";
     /// Gaps in a conversation's live feed that were filled from JetStream.
-    pub gap_fills: Counter,
+    gap_fills: Counter = Counter::default(), "gap_fills", "Live feed gaps filled from JetStream";
     /// Server API requests that reached an endpoint with a valid key, by endpoint.
-    pub server_api_requests: Family<Kind, Counter>,
+    server_api_requests: Family<Kind, Counter> = Family::default(), "server_api_requests", "Server API requests with a valid key, by endpoint";
     /// Messages fetched from JetStream to fill gaps or resume subscriptions.
-    pub fetched: Counter,
+    fetched: Counter = Counter::default(), "fetched_messages", "Messages fetched from JetStream (gap fills, resumes)";
     /// Conversations with local subscribers (one NATS subscription each).
-    pub live_conversations: Gauge,
+    live_conversations: Gauge = Gauge::default(), "live_conversations", "Conversations with local subscribers";
     /// Messages stored for NATS-direct publishers (bots, devices).
-    pub ingest_accepted: Counter,
+    ingest_accepted: Counter = Counter::default(), "ingest_accepted", "Messages stored for NATS-direct publishers";
     /// NATS-direct requests refused, by error code (malformed, oversized, not a member, ...).
-    pub ingest_rejected: Family<Kind, Counter>,
+    ingest_rejected: Family<Kind, Counter> = Family::default(), "ingest_rejected", "NATS-direct requests refused, by error code";
     /// Time from publish to PubAck, seconds.
-    pub publish_latency: Histogram,
+    publish_latency: Histogram = Histogram::new(exponential_buckets(0.000_05, 2.0, 16)), "publish_latency_seconds", "Publish to PubAck latency";
     /// Time to answer one history page (cache, store and JetStream), seconds.
-    pub history_latency: Histogram,
+    history_latency: Histogram = Histogram::new(exponential_buckets(0.000_05, 2.0, 16)), "history_page_seconds", "Time to answer one history page";
     /// Ephemeral frames (presence, typing, read) handed to connections.
-    pub ephemeral_deliveries: Counter,
+    ephemeral_deliveries: Counter = Counter::default(), "ephemeral_deliveries", "Presence, typing and read frames handed to connections";
     /// Ephemeral frames dropped because a connection's queue was full (the connection stays).
-    pub ephemeral_dropped: Counter,
+    ephemeral_dropped: Counter = Counter::default(), "ephemeral_dropped", "Presence, typing and read frames dropped for full queues";
     /// Ephemeral events received from NATS that did not parse or named another conversation.
-    pub ephemeral_invalid: Counter,
+    ephemeral_invalid: Counter = Counter::default(), "ephemeral_invalid", "Ephemeral events from NATS that did not parse";
     /// Writes to the presence bucket (device keys and heartbeats).
-    pub presence_writes: Counter,
+    presence_writes: Counter = Counter::default(), "presence_writes", "Presence bucket writes (device keys, heartbeats)";
     /// Presence bucket writes that failed.
-    pub presence_write_errors: Counter,
+    presence_write_errors: Counter = Counter::default(), "presence_write_errors", "Presence bucket writes that failed";
     /// Times the presence service buried this live gateway and it re-asserted its users.
-    pub presence_reasserts: Counter,
+    presence_reasserts: Counter = Counter::default(), "presence_reasserts", "Times this gateway was declared dead while alive and re-asserted its users";
     /// Bytes queued in all connections' outboxes (each bounded by `--queue-bytes`).
-    pub queued_bytes: Gauge,
+    queued_bytes: Gauge = Gauge::default(), "queued_bytes", "Bytes queued for clients in all outboxes";
     /// Bytes of history pages cached (bounded by `--history-cache-bytes`).
-    pub history_cache_bytes: Gauge,
+    history_cache_bytes: Gauge = Gauge::default(), "history_cache_bytes", "Bytes of cached history pages";
 }
 
 impl Metrics {
     /// Creates the metrics and registers them in `registry` under the `chatfabric_gateway` prefix.
     pub fn new(registry: &mut Registry) -> Self {
-        let m = Self {
-            connections: Gauge::default(),
-            connections_total: Counter::default(),
-            sse_streams: Gauge::default(),
-            frames_in: Family::default(),
-            frames_out: Family::default(),
-            deliveries: Counter::default(),
-            acks: Counter::default(),
-            acks_duplicate: Counter::default(),
-            publish_retries: Counter::default(),
-            errors: Family::default(),
-            closes: Family::default(),
-            gap_fills: Counter::default(),
-            server_api_requests: Family::default(),
-            fetched: Counter::default(),
-            live_conversations: Gauge::default(),
-            ingest_accepted: Counter::default(),
-            ingest_rejected: Family::default(),
-            publish_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
-            history_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
-            ephemeral_deliveries: Counter::default(),
-            ephemeral_dropped: Counter::default(),
-            ephemeral_invalid: Counter::default(),
-            presence_writes: Counter::default(),
-            presence_write_errors: Counter::default(),
-            presence_reasserts: Counter::default(),
-            queued_bytes: Gauge::default(),
-            history_cache_bytes: Gauge::default(),
-        };
-        let r = registry.sub_registry_with_prefix("chatfabric_gateway");
-        chatfabric_nats::register_metrics!(r;
-            "connections", "Open WebSocket connections", m.connections;
-            "connections_accepted", "Connections accepted", m.connections_total;
-            "frames_in", "Inbound frames by op", m.frames_in;
-            "frames_out", "Outbound frames by op (msg frames: see deliveries)", m.frames_out;
-            "deliveries", "Message frames handed to connections", m.deliveries;
-            "acks", "Sends acknowledged", m.acks;
-            "publish_retries", "Sends published again with the same id after a lost or refused PubAck", m.publish_retries;
-            "acks_duplicate", "Sends acknowledged as retries of a stored message", m.acks_duplicate;
-            "errors", "Error frames by code", m.errors;
-            "closes", "Connections closed by the gateway, by reason", m.closes;
-            "server_api_requests", "Server API requests with a valid key, by endpoint", m.server_api_requests;
-            "gap_fills", "Live feed gaps filled from JetStream", m.gap_fills;
-            "fetched_messages", "Messages fetched from JetStream (gap fills, resumes)", m.fetched;
-            "live_conversations", "Conversations with local subscribers", m.live_conversations;
-            "ingest_accepted", "Messages stored for NATS-direct publishers", m.ingest_accepted;
-            "ingest_rejected", "NATS-direct requests refused, by error code", m.ingest_rejected;
-            "sse_streams", "Open server-sent event streams", m.sse_streams;
-            "publish_latency_seconds", "Publish to PubAck latency", m.publish_latency;
-            "history_page_seconds", "Time to answer one history page", m.history_latency;
-            "ephemeral_deliveries", "Presence, typing and read frames handed to connections", m.ephemeral_deliveries;
-            "ephemeral_dropped", "Presence, typing and read frames dropped for full queues", m.ephemeral_dropped;
-            "ephemeral_invalid", "Ephemeral events from NATS that did not parse", m.ephemeral_invalid;
-            "presence_writes", "Presence bucket writes (device keys, heartbeats)", m.presence_writes;
-            "presence_write_errors", "Presence bucket writes that failed", m.presence_write_errors;
-            "presence_reasserts", "Times this gateway was declared dead while alive and re-asserted its users", m.presence_reasserts;
-        );
+        let m = Self::build();
         // Reasons a dashboard charts exist from the start, so a rate over them reads 0, not
         // "no data", until the first close.
         for reason in Self::CHARTED_CLOSES {
             let _ = m.closes.get_or_create(&Kind { kind: reason });
         }
-        chatfabric_nats::register_metrics!(r;
-            "queued_bytes", "Bytes queued for clients in all outboxes", m.queued_bytes;
-            "history_cache_bytes", "Bytes of cached history pages", m.history_cache_bytes;
-        );
+        m.register_each(registry.sub_registry_with_prefix("chatfabric_gateway"));
         m
     }
 
