@@ -67,8 +67,9 @@ pub fn decode_read(payload: &[u8]) -> Result<Read, serde_json::Error> {
     serde_json::from_slice(payload)
 }
 
-/// Serves NATS-direct requests until shutdown.
-pub(crate) async fn run(state: Arc<State>) {
+/// Subscribes to the NATS-direct subjects, confirmed by the server (a flush), so that once this
+/// returns every request reaches this gateway's queue group; `None` when NATS refused.
+pub(crate) async fn subscribe(state: &State) -> Option<Vec<async_nats::Subscriber>> {
     let client = &state.fabric.client;
     let subjects = [
         format!("{}.*.*", subject::IN_PREFIX),
@@ -80,10 +81,18 @@ pub(crate) async fn run(state: Arc<State>) {
             Ok(sub) => subs.push(sub),
             Err(e) => {
                 tracing::error!(subject = %s, error = %e, "ingest cannot subscribe; NATS-direct clients are not served");
-                return;
+                return None;
             }
         }
     }
+    if let Err(e) = client.flush().await {
+        tracing::warn!(error = %e, "ingest subscriptions not confirmed yet");
+    }
+    Some(subs)
+}
+
+/// Serves NATS-direct requests on `subs` until shutdown.
+pub(crate) async fn run(state: Arc<State>, subs: Vec<async_nats::Subscriber>) {
     let mut requests = futures::stream::select_all(subs);
     let mut in_flight = FuturesUnordered::new();
     loop {

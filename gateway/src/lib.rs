@@ -214,7 +214,11 @@ pub async fn run(
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
     });
-    tracker.spawn(ingest::run(state.clone()));
+    // Subscribed before the first client is accepted: a gateway that answers HTTP also serves
+    // NATS-direct requests.
+    if let Some(subs) = ingest::subscribe(&state).await {
+        tracker.spawn(ingest::run(state.clone(), subs));
+    }
     tracing::info!(%addr, "gateway listening");
     http::accept_loop(listener, state).await;
     tracker.close();

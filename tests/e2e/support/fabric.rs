@@ -271,6 +271,8 @@ impl TestGateway {
     }
 
     /// Starts a gateway with `config` and a NATS subscription capacity of `capacity` messages.
+    /// Every start returns once the gateway serves: it answers `/healthz`, and its NATS-direct
+    /// ingest, subscribed before that, takes requests.
     pub async fn start_with(nats: &Nats, config: GatewayConfig, capacity: usize) -> Self {
         let (fabric, missed) = nats.fabric_as(Role::Gateway, "test", capacity).await;
         Self::spawn(fabric, missed, config).await
@@ -295,6 +297,7 @@ impl TestGateway {
                     .expect("gateway runs");
             }
         });
+        serving(addr).await;
         Self {
             addr,
             shutdown,
@@ -375,4 +378,24 @@ pub async fn http_get_auth_status(addr: SocketAddr, path: &str, user: &str) -> (
         .unwrap_or(0);
     let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     (status, body.to_string())
+}
+
+/// Waits until the gateway on `addr` answers `/healthz` (its accept loop runs).
+async fn serving(addr: std::net::SocketAddr) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let answered = async {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut head = [0u8; 12];
+        tcp.read_exact(&mut head).await.ok()?;
+        Some(head.starts_with(b"HTTP/1.1 200"))
+    };
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(30), answered).await;
+    assert_eq!(
+        answer,
+        Ok(Some(true)),
+        "the gateway on {addr} did not serve /healthz"
+    );
 }
