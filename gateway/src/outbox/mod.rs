@@ -149,6 +149,8 @@ impl Outbox {
             }
             match self.write_through(&mut q, item) {
                 None => return Ok(()),
+                // The write found the connection gone.
+                Some(_) if q.failed => return Err(Refused::Closed),
                 Some(item) => q.items.push_back(item),
             }
             q.bytes += size;
@@ -168,6 +170,7 @@ impl Outbox {
             }
             match self.write_through(&mut q, item) {
                 None => return Ok(()),
+                Some(_) if q.failed => return Err(io::ErrorKind::BrokenPipe.into()),
                 Some(item) => {
                     q.replies += usize::from(matches!(item, Outbound::Reply(_)));
                     q.items.push_back(item);
@@ -187,7 +190,7 @@ impl Outbox {
         if !q.items.is_empty() || q.failed {
             return Some(item);
         }
-        match wire::write_gathered([&item], 0, |s| socket.try_write_vectored(s)) {
+        match wire::write_item(&item, |s| socket.try_write_vectored(s)) {
             Ok(n) if n == wire::wire_len(&item) => None,
             Ok(n) => {
                 q.written = n;
@@ -200,6 +203,8 @@ impl Outbox {
             Err(_) => {
                 q.failed = true;
                 q.closed = true;
+                // The connection task learns of it in `flush_some`.
+                self.ready.notify_one();
                 Some(item)
             }
         }

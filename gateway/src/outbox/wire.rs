@@ -83,6 +83,21 @@ pub(crate) fn wire_len(item: &Outbound) -> usize {
     n
 }
 
+/// Writes `item` from its start in one vectored call. A single frame, the fan-out's common case,
+/// is its header and payload, without the gathering below.
+pub(crate) fn write_item(
+    item: &Outbound,
+    write: impl FnOnce(&[IoSlice<'_>]) -> io::Result<usize>,
+) -> io::Result<usize> {
+    match item {
+        Outbound::Frame(p) => {
+            let header = Header::new(TEXT, true, p.len());
+            write(&[IoSlice::new(header.bytes()), IoSlice::new(p.as_bytes())])
+        }
+        other => write_gathered([other], 0, write),
+    }
+}
+
 /// Writes as much of `items` as `write` takes in one vectored call, skipping the first `skip`
 /// bytes (what an earlier call wrote of the first item). Returns the bytes written.
 pub(crate) fn write_gathered<'a>(
@@ -173,6 +188,18 @@ mod tests {
         assert_eq!(all, b"\x8a\x00\x81\x02hi\x81\x01a\x81\x02bc");
         assert_eq!(items.iter().map(wire_len).sum::<usize>(), all.len());
         assert_eq!(gathered(&items, 3), all[3..]);
+    }
+
+    #[test]
+    fn a_single_frame_is_written_as_its_gathered_form() {
+        let item = Outbound::Frame(Utf8Bytes::from_static("hello"));
+        let mut direct = Vec::new();
+        write_item(&item, |slices| {
+            slices.iter().for_each(|s| direct.extend_from_slice(s));
+            Ok(direct.len())
+        })
+        .unwrap();
+        assert_eq!(direct, gathered(std::slice::from_ref(&item), 0));
     }
 
     #[test]
