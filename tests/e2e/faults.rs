@@ -1,5 +1,6 @@
 //! NATS trouble the fabric must ride out: a stalled presence watch, device keys deleted behind a
-//! gateway's back, a start-up while JetStream has no quorum, a paused stream leader.
+//! gateway's back or left behind (a lost or failed delete), a start-up while JetStream has no
+//! quorum, a paused stream leader.
 
 use std::time::{Duration, Instant};
 
@@ -107,6 +108,113 @@ async fn a_gateway_restores_device_keys_deleted_behind_its_back() {
     );
     alice_stays_online(&mut bob, Duration::from_secs(2)).await;
     assert_eq!(query(&mut bob, "alice").await["online"], true);
+}
+
+/// `user`'s device key on any gateway, read through `kv`: waits up to `limit` until its presence
+/// is `present`; returns the key.
+async fn await_device_key(
+    kv: &async_nats::jetstream::kv::Store,
+    user: &str,
+    present: bool,
+    limit: Duration,
+) -> Option<String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut found = None;
+        // A listing that has not ended in 2 s (seen to wait forever when only deletions were
+        // left) is tried again.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut keys = kv.keys().await.ok()?;
+            while let Some(Ok(k)) = keys.next().await {
+                if k.starts_with(&format!("dev.{user}.")) {
+                    found = Some(k);
+                }
+            }
+            Some(())
+        })
+        .await;
+        if found.is_some() == present {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{user}'s device key: wanted present={present}, found {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_gateway_deletes_device_keys_left_behind_for_users_gone() {
+    let nats = Nats::start().await;
+    let g = TestGateway::start(&nats).await;
+    let presence = nats.fabric_as(Role::Presence, "test-breaker", 64).await.0;
+    let kv = &presence.presence;
+    let alice = Client::connect(&g.ws_url(), "alice").await;
+    let key = await_device_key(kv, "alice", true, Duration::from_secs(5))
+        .await
+        .expect("alice's key");
+    drop(alice);
+    await_device_key(kv, "alice", false, Duration::from_secs(5)).await;
+
+    // What a replica that lost the delete brings back: the key, with alice gone.
+    kv.put(&key, "{\"since\":1}".into()).await.expect("put");
+    let stale = Instant::now();
+    await_device_key(kv, "alice", false, Duration::from_secs(5)).await;
+    println!(
+        "stale device key deleted {:?} after it appeared",
+        stale.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_device_key_delete_that_fails_is_retried_until_it_holds() {
+    crate::support::init_tracing();
+    let mut nodes = tokio::task::spawn_blocking(|| {
+        NatsServer::start_cluster_with(3, Some(shipped_auth_conf()))
+    })
+    .await
+    .unwrap()
+    .expect("cluster starts");
+    let urls: Vec<String> = nodes.iter().map(|n| n.url()).collect();
+    let parts = cluster_fabric(&urls, 0).await;
+    let g_node = nodes
+        .iter()
+        .position(|n| n.port() == parts.port())
+        .expect("the gateway's node");
+    let g = TestGateway::start_on(&parts).await;
+    let inspect = admin(&urls[g_node]).await;
+    let kv = inspect
+        .get_key_value("CHAT_PRESENCE")
+        .await
+        .expect("bucket");
+    let alice = Client::connect(&g.ws_url(), "alice").await;
+    await_device_key(&kv, "alice", true, Duration::from_secs(10)).await;
+
+    // JetStream loses its quorum: alice leaves, and the gateway's delete cannot be stored.
+    let others: Vec<usize> = (0..nodes.len()).filter(|i| *i != g_node).collect();
+    for i in &others {
+        nodes[*i].kill();
+    }
+    let errors = g
+        .metric("chatfabric_gateway_presence_write_errors_total")
+        .await;
+    drop(alice);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while g
+        .metric("chatfabric_gateway_presence_write_errors_total")
+        .await
+        <= errors
+    {
+        assert!(Instant::now() < deadline, "the delete never failed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The quorum is back: the gateway deletes the key without anyone's help.
+    for i in &others {
+        nodes[*i].restart().expect("restart");
+    }
+    await_device_key(&kv, "alice", false, Duration::from_secs(30)).await;
 }
 
 /// `GET path` on `port`: the status code, or 0 when nothing answers.

@@ -18,12 +18,25 @@ use tokio::sync::Notify;
 /// Distinct users queued before the queue collapses into one "everyone" entry.
 pub(super) const CAPACITY: usize = 65_536;
 
+/// What is known about a queued user's key in the bucket; a user queued twice keeps the
+/// greater.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Key {
+    /// As the writer last wrote it: only the connection count changed.
+    AsWritten,
+    /// Deleted by someone else: written again if the user is connected, even if the writer
+    /// wrote it before.
+    Gone,
+    /// Not known: a write of ours failed, or the key is present while the user is not connected
+    /// here. The current state is written whatever the writer wrote before.
+    Unknown,
+}
+
 /// What the writer takes from the queue.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Due {
-    /// These users' keys may be out of date; `true` when the key is known to be gone (deleted
-    /// by someone else), so it must be written again even if the writer wrote it before.
-    Users(Vec<(UserId, bool)>),
+    /// These users' keys may be out of date, with what is known about each.
+    Users(Vec<(UserId, Key)>),
     /// Every key may be out of date, and may be gone: compare and write them all.
     Everyone,
 }
@@ -32,8 +45,8 @@ pub(super) enum Due {
 struct Pending {
     /// Users in the order they first changed.
     order: VecDeque<UserId>,
-    /// The same users, with whether their key is known to be gone.
-    gone: HashMap<UserId, bool>,
+    /// The same users, with what is known about their key.
+    known: HashMap<UserId, Key>,
     /// Set instead of the users when they overflowed, or when every key is gone.
     everyone: bool,
 }
@@ -61,16 +74,16 @@ impl Changes {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `user`'s connection count went between 0 and 1 (`gone`: false), or their key was deleted
-    /// behind our back (`gone`: true).
-    pub(super) fn user(&self, user: &UserId, gone: bool) {
+    /// `user`'s connection count went between 0 and 1 ([`Key::AsWritten`]), or their key may
+    /// not be what the writer wrote.
+    pub(super) fn user(&self, user: &UserId, key: Key) {
         {
             let mut p = self.lock();
             if p.everyone {
                 return;
             }
-            if let Some(known_gone) = p.gone.get_mut(user) {
-                *known_gone |= gone;
+            if let Some(known) = p.known.get_mut(user) {
+                *known = (*known).max(key);
                 return;
             }
             if p.order.len() >= self.capacity {
@@ -80,7 +93,7 @@ impl Changes {
                 };
             } else {
                 p.order.push_back(user.clone());
-                p.gone.insert(user.clone(), gone);
+                p.known.insert(user.clone(), key);
             }
         }
         self.ready.notify_one();
@@ -119,14 +132,14 @@ impl Changes {
         let due = users
             .into_iter()
             .map(|u| {
-                let gone = p.gone.remove(&u).unwrap_or(false);
-                (u, gone)
+                let key = p.known.remove(&u).unwrap_or(Key::AsWritten);
+                (u, key)
             })
             .collect();
         if p.order.is_empty() {
             // Give back what a burst allocated.
             p.order.shrink_to(16);
-            p.gone.shrink_to(16);
+            p.known.shrink_to(16);
         }
         if !p.order.is_empty() {
             self.ready.notify_one();
@@ -159,15 +172,22 @@ mod tests {
     async fn changes_of_one_user_coalesce_in_first_change_order() {
         let q = Changes::new(8);
         for _ in 0..1000 {
-            q.user(&user(1), false);
-            q.user(&user(2), false);
+            q.user(&user(1), Key::AsWritten);
+            q.user(&user(2), Key::AsWritten);
+            q.user(&user(3), Key::Gone);
         }
-        q.user(&user(1), true);
-        q.user(&user(1), false);
-        assert_eq!(q.len(), 2);
+        q.user(&user(1), Key::Gone);
+        q.user(&user(1), Key::AsWritten);
+        q.user(&user(3), Key::Unknown);
+        q.user(&user(3), Key::Gone);
+        assert_eq!(q.len(), 3);
         assert_eq!(
             q.next(10).await,
-            Due::Users(vec![(user(1), true), (user(2), false)])
+            Due::Users(vec![
+                (user(1), Key::Gone),
+                (user(2), Key::AsWritten),
+                (user(3), Key::Unknown)
+            ])
         );
         assert!(q.try_next(10).is_none());
     }
@@ -176,13 +196,16 @@ mod tests {
     async fn past_capacity_the_queue_is_one_everyone_entry() {
         let q = Changes::new(4);
         for i in 0..100_000 {
-            q.user(&user(i), i % 2 == 0);
+            q.user(&user(i), Key::AsWritten);
         }
         assert_eq!(q.len(), 0, "no per-user entries are kept past the bound");
         assert_eq!(q.next(10).await, Due::Everyone);
         assert!(q.try_next(10).is_none());
-        q.user(&user(7), false);
-        assert_eq!(q.next(10).await, Due::Users(vec![(user(7), false)]));
+        q.user(&user(7), Key::AsWritten);
+        assert_eq!(
+            q.next(10).await,
+            Due::Users(vec![(user(7), Key::AsWritten)])
+        );
     }
 
     #[tokio::test]
@@ -194,7 +217,7 @@ mod tests {
         });
         tokio::task::yield_now().await;
         for i in 0..3 {
-            q.user(&user(i), false);
+            q.user(&user(i), Key::AsWritten);
         }
         let first = writer.await.unwrap();
         assert!(matches!(first, Due::Users(ref u) if !u.is_empty() && u.len() <= 2));

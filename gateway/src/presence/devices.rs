@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -11,9 +12,10 @@ use chatfabric_nats::wire::now_ms;
 use chatfabric_nats::{Fabric, UserId};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::changes::{Changes, Due, CAPACITY};
+use super::changes::{Changes, Due, Key, CAPACITY};
 use crate::metrics::Metrics;
 
 /// The users connected to this gateway, mirrored into the presence bucket.
@@ -40,7 +42,7 @@ impl Drop for DeviceGuard {
             *n -= 1;
             if *n == 0 {
                 counts.remove(&self.user);
-                self.devices.changes.user(&self.user, false);
+                self.devices.changes.user(&self.user, Key::AsWritten);
             }
         }
     }
@@ -72,12 +74,17 @@ impl Devices {
         let n = counts.entry(user.clone()).or_insert(0);
         *n += 1;
         if *n == 1 {
-            self.changes.user(user, false);
+            self.changes.user(user, Key::AsWritten);
         }
         DeviceGuard {
             devices: self.clone(),
             user: user.clone(),
         }
+    }
+
+    /// Whether `user` has a connection here.
+    pub(super) fn is_connected(&self, user: &UserId) -> bool {
+        self.lock().contains_key(user)
     }
 
     /// The key writes that bring the bucket to the connection counts, given the keys the
@@ -87,12 +94,17 @@ impl Devices {
         let writes: Vec<(UserId, bool)> = match due {
             Due::Users(users) => users
                 .into_iter()
-                .filter_map(|(user, gone)| {
-                    if gone {
-                        written.remove(&user);
-                    }
+                .filter_map(|(user, key)| {
                     let up = counts.contains_key(&user);
-                    (up != written.contains(&user)).then_some((user, up))
+                    let stale = match key {
+                        Key::AsWritten => up != written.contains(&user),
+                        Key::Gone => {
+                            written.remove(&user);
+                            up
+                        }
+                        Key::Unknown => true,
+                    };
+                    stale.then_some((user, up))
                 })
                 .collect(),
             // Any key may be gone: write every connected user's, delete every other we wrote.
@@ -124,8 +136,15 @@ const IN_FLIGHT: usize = 256;
 /// Users taken from the queue at once.
 const BATCH: usize = 64;
 
+/// How long a user whose key write failed waits before the writer tries again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
 /// Writes device keys as the counts change, pipelined (it does not wait for each
 /// acknowledgement before sending the next); a user's writes go out in the order of its changes.
+/// A write that fails or is not acknowledged (JetStream without a leader, a lost connection) is
+/// tried again after [`RETRY_AFTER`] with the user's state then, until one is acknowledged: a
+/// lost delete would otherwise leave a disconnected user online for as long as this gateway
+/// lives.
 pub(super) async fn writer(
     devices: Arc<Devices>,
     fabric: Fabric,
@@ -137,14 +156,28 @@ pub(super) async fn writer(
     let mut acks = FuturesUnordered::new();
     // The keys this writer put and has not deleted: at most one per user connected here.
     let mut written = HashSet::new();
+    // Users whose last write failed, due again at `retry_at`: at most one entry per user.
+    let mut failed: HashSet<UserId> = HashSet::new();
+    let retry_at = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(retry_at);
     let value = || Bytes::from(format!("{{\"since\":{}}}", now_ms()));
     loop {
         let due = tokio::select! {
             _ = shutdown.cancelled() => return,
-            Some(done) = acks.next(), if !acks.is_empty() => {
+            Some((user, done)) = acks.next(), if !acks.is_empty() => {
                 if let Err(e) = done {
                     metrics.presence_write_errors.inc();
-                    tracing::warn!(error = %e, "device key write not acknowledged");
+                    tracing::warn!(%user, error = %e, "device key write not acknowledged; retrying");
+                    if failed.is_empty() {
+                        retry_at.as_mut().reset(Instant::now() + RETRY_AFTER);
+                    }
+                    failed.insert(user);
+                }
+                continue;
+            }
+            _ = &mut retry_at, if !failed.is_empty() => {
+                for user in failed.drain() {
+                    devices.changes.user(&user, Key::Unknown);
                 }
                 continue;
             }
@@ -163,13 +196,14 @@ pub(super) async fn writer(
                     .await
             };
             metrics.presence_writes.inc();
-            match sent {
-                Ok(ack) => acks.push(std::future::IntoFuture::into_future(ack)),
-                Err(e) => {
-                    metrics.presence_write_errors.inc();
-                    tracing::warn!(%user, error = %e, "device key write failed");
-                }
-            }
+            let ack = async move {
+                let done = match sent {
+                    Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                (user, done)
+            };
+            acks.push(ack);
         }
     }
 }
@@ -224,8 +258,8 @@ mod tests {
         drop(bob);
         due_writes(&devices, &mut written);
         // Both keys deleted by someone else (bob's by our own delete): only ann's comes back.
-        devices.changes.user(&user("ann"), true);
-        devices.changes.user(&user("bob"), true);
+        devices.changes.user(&user("ann"), Key::Gone);
+        devices.changes.user(&user("bob"), Key::Gone);
         assert_eq!(
             due_writes(&devices, &mut written),
             vec![(user("ann"), true)]
@@ -236,6 +270,35 @@ mod tests {
         assert_eq!(
             due_writes(&devices, &mut written),
             vec![(user("ann"), true), (user("carl"), false)]
+        );
+    }
+
+    #[test]
+    fn a_key_in_doubt_is_written_again_whatever_was_written() {
+        let devices = Arc::new(Devices::new());
+        let mut written = HashSet::new();
+        let ann = devices.connect(&user("ann"));
+        due_writes(&devices, &mut written);
+        drop(ann);
+        assert_eq!(
+            due_writes(&devices, &mut written),
+            vec![(user("ann"), false)]
+        );
+        // The delete failed, or the key turned up again: delete it again, and again.
+        for _ in 0..2 {
+            devices.changes.user(&user("ann"), Key::Unknown);
+            assert_eq!(
+                due_writes(&devices, &mut written),
+                vec![(user("ann"), false)]
+            );
+        }
+        // A put in doubt while connected is put again.
+        let _ann = devices.connect(&user("ann"));
+        due_writes(&devices, &mut written);
+        devices.changes.user(&user("ann"), Key::Unknown);
+        assert_eq!(
+            due_writes(&devices, &mut written),
+            vec![(user("ann"), true)]
         );
     }
 }

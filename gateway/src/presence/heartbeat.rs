@@ -11,11 +11,15 @@ use chatfabric_nats::wire::now_ms;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use super::changes::Key;
 use super::devices::Devices;
 use crate::metrics::Metrics;
 
-/// Watches this gateway's own device keys and restores any deleted while its user is connected
-/// here. The writer's own deletions come back too; the writer drops those, as the user is gone.
+/// Watches this gateway's own device keys: restores any deleted while its user is connected here,
+/// and deletes any present while its user is not (a delete of ours that a replica lost, or that
+/// failed while nobody could tell; the watch's start lists every key). The writer's own writes
+/// come back too; the writer drops the deletions as the user is gone, and a put that arrives
+/// after its user left costs one more delete.
 pub(super) async fn guard_keys(
     devices: Arc<Devices>,
     kv: kv::Store,
@@ -24,7 +28,7 @@ pub(super) async fn guard_keys(
 ) {
     let pattern = format!("dev.*.{}", devices.gateway());
     while !shutdown.is_cancelled() {
-        match kv.watch(&pattern).await {
+        match kv.watch_with_history(&pattern).await {
             Ok(mut watch) => {
                 // Deletions may have passed while there was no watch.
                 devices.changes.everyone();
@@ -41,14 +45,16 @@ pub(super) async fn guard_keys(
                         }
                         None => break,
                     };
-                    if entry.operation == kv::Operation::Put {
-                        continue;
-                    }
-                    if let Some(subject::PresenceKey::Device(user, _)) =
+                    let Some(subject::PresenceKey::Device(user, _)) =
                         subject::parse_presence_key(&entry.key)
-                    {
+                    else {
+                        continue;
+                    };
+                    if entry.operation != kv::Operation::Put {
                         metrics.presence_reasserts.inc();
-                        devices.changes.user(&user, true);
+                        devices.changes.user(&user, Key::Gone);
+                    } else if !devices.is_connected(&user) {
+                        devices.changes.user(&user, Key::Unknown);
                     }
                 }
             }

@@ -7,7 +7,8 @@
 //!   write nothing. One writer task sends the changes, pipelined (it does not wait for each
 //!   acknowledgement before sending the next), each user's in the order they happened, so a
 //!   reconnect cannot be overtaken by the close before it. Its queue is bounded and coalesced
-//!   per user ([`changes`]): only a user's latest state is written.
+//!   per user ([`changes`]): only a user's latest state is written. A write that fails or is not
+//!   acknowledged is tried again a second later, with the user's state then.
 //! - **Heartbeat.** `gw.<gateway>` is updated every `heartbeat` with the revision it expects. The
 //!   presence service deletes the key when it declares the gateway dead (a crash, or a pause longer
 //!   than its timeout, e.g. a lost NATS connection); the next heartbeat then fails its expected
@@ -16,7 +17,8 @@
 //! - **Keys removed behind our back.** The gateway watches its own device keys: one deleted while
 //!   the user is still connected here (a presence service buried us on a stale view, an operator
 //!   purged it) is written again at once, and every (re)start of that watch re-asserts them all,
-//!   since deletions may have passed unseen meanwhile.
+//!   since deletions may have passed unseen meanwhile. One present while its user is not
+//!   connected here (a delete a replica lost) is deleted again.
 //! - **Clean shutdown** deletes the heartbeat: the presence service buries the gateway at once and
 //!   its users go offline after the grace unless they reconnected elsewhere.
 //!
