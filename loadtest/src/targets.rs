@@ -4,12 +4,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::report::Report;
 
-// The targets (see BENCHMARKS.md).
-const TARGET_US_PER_DELIVERY: f64 = 5.0;
-const TARGET_DELIVERIES_PER_S: f64 = 200_000.0;
+// Issue 12's targets, on one pinned core (see BENCHMARKS.md).
+const TARGET_US_PER_DELIVERY: f64 = 15.0;
+const TARGET_DELIVERIES_PER_S: f64 = 80_000.0;
 const TARGET_RSS_PER_CONN: f64 = 4096.0;
 const TARGET_ACK_P99_MS: f64 = 5.0;
-const TARGET_ACK_RATE: f64 = 10_000.0;
+const TARGET_ACK_RATE: f64 = 2_000.0;
 /// Below this delivery rate, CPU per delivery mostly measures idle work (timers, heartbeats).
 const MIN_DELIVERIES_PER_S: f64 = 1_000.0;
 
@@ -108,10 +108,14 @@ mod tests {
             "12k missed p99 < 50 ms"
         );
         let t = check(&r);
-        assert_eq!(t[0].met, Some(true), "5.0 us is within 5 us");
-        assert_eq!(t[1].met, Some(false), "10k deliveries/s is short of 200k");
+        assert_eq!(t[0].met, Some(true), "5.0 us is within 15 us");
+        assert_eq!(t[1].met, Some(false), "10k deliveries/s is short of 80k");
         assert_eq!(t[2].met, None, "no RSS without --fabric-pid sampling");
-        assert_eq!(t[3].met, Some(true), "ack p99 4 ms at ~12k msg/s");
+        assert_eq!(
+            t[3].met,
+            Some(true),
+            "ack p99 4 ms at the first step past 2k msg/s"
+        );
         // An idle run's CPU per delivery is mostly idle work: no verdict.
         let mut idle = crate::report::tests::sample_report();
         idle.cpu.deliveries = 100;

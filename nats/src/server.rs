@@ -70,12 +70,21 @@ pub struct NatsServer {
     _tmp: Option<tempfile::TempDir>,
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; the OS does not hand it out again at once).
+/// A free TCP port on 127.0.0.1 (bound and released), never one this process was given before:
+/// a server killed and restarted on its ports would otherwise race another test for them.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(0);
+        if port == 0 || !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 fn binary() -> String {

@@ -290,12 +290,7 @@ pub(crate) fn spawn_gateway(nats: &Nats, port: u16, db: &std::path::Path) -> Spa
     ])
 }
 
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
+pub(crate) use chatfabric_nats::server::free_port;
 
 #[tokio::test]
 async fn a_killed_gateway_takes_its_users_offline_within_the_bound() {

@@ -89,7 +89,7 @@ impl ConvActor {
                 .subscribe(subject::ephemeral_filter(&self.conv))
                 .await
                 .map_err(FeedError::nats("subscribe to the ephemeral events"))?;
-            let head = self.head().await?;
+            let head = Box::pin(self.head()).await?;
             Ok::<_, FeedError>((sub, eph, head))
         }
         .await;
@@ -111,7 +111,10 @@ impl ConvActor {
                 biased;
                 _ = inner.shutdown.cancelled() => break,
                 cmd = rx.recv() => match cmd {
-                    Some(cmd) => self.handle(cmd).await,
+                    // Boxed, like the gap fill and the replay step: the actor's future is as
+                    // large as its largest await, and lives as long as the conversation has
+                    // local subscribers (BENCHMARKS.md, "Memory per idle connection").
+                    Some(cmd) => Box::pin(self.handle(cmd)).await,
                     None => break,
                 },
                 msg = sub.next() => match msg {
@@ -133,7 +136,7 @@ impl ConvActor {
                 Some(conn) = wakers.next(), if !wakers.is_empty() => self.unpark(conn),
                 // Lowest priority: one chunk of one replay when nothing else is waiting.
                 _ = std::future::ready(()), if self.replays.iter().any(|r| !r.parked) => {
-                    if let Some(waker) = self.replay_step().await {
+                    if let Some(waker) = Box::pin(self.replay_step()).await {
                         wakers.push(waker);
                     }
                 }
@@ -246,7 +249,7 @@ impl ConvActor {
         let prev = header(LAST_SEQUENCE_HEADER).unwrap_or(0);
         if prev > self.last {
             self.shared.metrics.gap_fills.inc();
-            if let Err(e) = self.fill_to(prev).await {
+            if let Err(e) = Box::pin(self.fill_to(prev)).await {
                 tracing::warn!(error = %e, prev, last = self.last, "gap fill failed; closing subscribers so they resume");
                 self.kick_all(close::INTERNAL);
                 return;

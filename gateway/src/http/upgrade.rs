@@ -59,8 +59,6 @@ pub(crate) fn upgrade(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let config = state.limits.websocket_config();
     state.tracker.clone().spawn(async move {
-        // Held until the connection ends, however it ends.
-        let _slot = slot;
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(e) => return tracing::debug!(error = %e, "upgrade failed"),
@@ -85,7 +83,9 @@ pub(crate) fn upgrade(
         ));
         let io = ws::SocketIo::new(socket, read_ahead, outbox.clone());
         let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-        ws::serve(socket, outbox, identity, state).await;
+        // A task of its own, so that this one's locals do not live as long as the connection.
+        let tracker = state.tracker.clone();
+        tracker.spawn(ws::serve(socket, outbox, identity, slot, state));
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)

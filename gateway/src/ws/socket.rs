@@ -23,6 +23,7 @@ use tracing::Instrument;
 use super::io::SocketIo;
 use super::session::{Reply, Session, Step};
 use crate::auth::Identity;
+use crate::capacity::Slot;
 use crate::config::Limits;
 use crate::fanout::Outlet;
 use crate::outbox::{Outbound, Outbox};
@@ -34,30 +35,37 @@ use crate::state::State;
 pub(crate) type Socket = WebSocketStream<SocketIo>;
 type Sink = SplitSink<Socket, Message>;
 
-/// Runs a connection until it closes. `outbox` writes to the socket; `identity` is set when the
-/// upgrade carried a valid token.
-pub(crate) async fn serve(
+/// The connection's future: runs it until it closes. `outbox` writes to the socket; `identity`
+/// is set when the upgrade carried a valid token; `slot` is the connection's place in the
+/// gateway's capacity, held until the end.
+///
+/// A plain function around one `async fn`, spawned as a task of its own: every value passed
+/// into an async fn by value keeps its place in the future for as long as the future lives, so
+/// each layer between the upgrade and this loop would make every idle connection carry the
+/// socket, the identity and the upgrade's locals once more (BENCHMARKS.md, "Memory per idle
+/// connection").
+pub(crate) fn serve(
     socket: Socket,
     outbox: Arc<Outbox>,
     identity: Option<Identity>,
+    slot: Slot,
     state: Arc<State>,
-) {
+) -> impl std::future::Future<Output = ()> + Send {
     let conn = state.next_conn();
     state.metrics.connections_total.inc();
     let span = tracing::info_span!("connection", conn, user = tracing::field::Empty);
-    run(socket, outbox, identity, conn, &state)
-        .instrument(span)
-        .await;
+    run(socket.split(), outbox, identity, conn, slot, state).instrument(span)
 }
 
 async fn run(
-    socket: Socket,
+    (mut sink, mut stream): (Sink, SplitStream<Socket>),
     outbox: Arc<Outbox>,
     identity: Option<Identity>,
     conn: u64,
-    state: &Arc<State>,
+    _slot: Slot,
+    state: Arc<State>,
 ) {
-    let (mut sink, mut stream) = socket.split();
+    let state = &state;
     let limits = &state.limits;
     let identity = match identity {
         Some(id) => id,
@@ -73,16 +81,7 @@ async fn run(
         },
     };
     tracing::Span::current().record("user", tracing::field::display(&identity.user));
-    let ready = ServerFrame::Ready {
-        user: identity.user.clone(),
-        conn,
-        reference: None,
-    };
-    state.metrics.frame_out(ServerOp::Ready.name());
-    if outbox
-        .push_unbounded(Outbound::Reply(protocol::encode(&ready).into()))
-        .is_err()
-    {
+    if !announce(&outbox, &identity, conn, state) {
         return;
     }
 
@@ -173,6 +172,20 @@ async fn run(
     if let Some(closing) = closing {
         Box::pin(close_with(sink, stream, &outbox, closing)).await;
     }
+}
+
+/// Queues the `ready` frame; false when the connection is already gone. Not inlined into the
+/// connection's future, where the frame would keep its place for the connection's life.
+fn announce(outbox: &Outbox, identity: &Identity, conn: u64, state: &State) -> bool {
+    let ready = ServerFrame::Ready {
+        user: identity.user.clone(),
+        conn,
+        reference: None,
+    };
+    state.metrics.frame_out(ServerOp::Ready.name());
+    outbox
+        .push_unbounded(Outbound::Reply(protocol::encode(&ready).into()))
+        .is_ok()
 }
 
 /// A close the gateway decided on: the code, its reason, and when the TCP connection ends at the

@@ -140,13 +140,7 @@ pub async fn consumer_info(
     .clone()
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use chatfabric_nats::server::free_port;
 
 /// `chatfabric_webhooks_held_messages` of the role listening on `port`.
 pub async fn held(port: u16) -> f64 {
