@@ -174,8 +174,9 @@ async fn run(
     }
 }
 
-/// Queues the `ready` frame; false when the connection is already gone. Not inlined into the
-/// connection's future, where the frame would keep its place for the connection's life.
+/// Queues the `ready` frame; false when the connection is already gone. A function of its own:
+/// written in the connection's future, the frame would keep a place there for the connection's
+/// life.
 fn announce(outbox: &Outbox, identity: &Identity, conn: u64, state: &State) -> bool {
     let ready = ServerFrame::Ready {
         user: identity.user.clone(),
