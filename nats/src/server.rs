@@ -70,21 +70,48 @@ pub struct NatsServer {
     _tmp: Option<tempfile::TempDir>,
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released), never one this process was given before:
-/// a server killed and restarted on its ports would otherwise race another test for them.
+/// A free TCP port on 127.0.0.1 for a listener: bound and released, never one this process was
+/// given before (a server killed and restarted on its ports would otherwise race another test for
+/// them), and below the kernel's ephemeral range, which outgoing connections take their source
+/// ports from (a port the kernel picks for `bind(0)` can be the source port of a connection a
+/// moment later, and the listener's bind then fails).
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
+    let (low, high) = listener_ports();
+    let span = u64::from(high - low);
+    // Different processes start at different places (tests of several binaries may overlap).
+    let mut x = u64::from(std::process::id()) << 32
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos().into())
             .unwrap_or(0);
-        if port == 0 || !given.contains(&port) {
+    for _ in 0..span {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let port = low + ((x >> 33) % span) as u16;
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
             given.push(port);
             return port;
         }
     }
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0);
+    given.push(port);
+    port
+}
+
+/// The 10,000 ports below the kernel's ephemeral range (`ip_local_port_range`, 32768 by default).
+fn listener_ports() -> (u16, u16) {
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768)
+        .max(11_024);
+    (ephemeral - 10_000, ephemeral)
 }
 
 fn binary() -> String {

@@ -75,7 +75,9 @@ impl Proc {
     pub fn exited(&mut self) -> Option<String> {
         let status = self.child.as_mut()?.try_wait().ok()??;
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        // What it said last, without the backtrace that follows an error.
+        let said = log.split("Stack backtrace:").next().unwrap_or_default();
+        let tail: Vec<&str> = said.lines().rev().take(8).collect();
         Some(format!("{} exited ({status}): {tail:?}", self.name))
     }
 }
