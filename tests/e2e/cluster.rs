@@ -4,25 +4,15 @@
 use std::time::Duration;
 
 use crate::support::{fabric::cluster_fabric, Client, TestGateway};
-use chatfabric_nats::server::NatsServer;
 use serde_json::json;
 
 #[tokio::test]
 async fn killing_a_nats_node_loses_no_acknowledged_message() {
-    crate::support::init_tracing();
-    let mut nodes = tokio::task::spawn_blocking(|| {
-        NatsServer::start_cluster_with(3, Some(crate::support::fabric::shipped_auth_conf()))
-    })
-    .await
-    .unwrap()
-    .expect("cluster starts");
+    let mut nodes = crate::support::fabric::start_cluster().await;
     let urls: Vec<String> = nodes.iter().map(|n| n.url()).collect();
     // Gateways connect to different nodes first; each knows all three.
     let parts1 = cluster_fabric(&urls, 0).await;
-    let g1_node = nodes
-        .iter()
-        .position(|n| n.port() == parts1.port())
-        .expect("g1 is connected to a node");
+    let g1_node = parts1.node(&nodes);
     let g1 = TestGateway::start_on(&parts1).await;
     let g2 = TestGateway::start_on(&cluster_fabric(&urls, 1).await).await;
     let mut alice = Client::connect(&g1.ws_url(), "alice").await;

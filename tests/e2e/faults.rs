@@ -5,10 +5,9 @@
 use std::time::{Duration, Instant};
 
 use crate::presence::{presence_of, query, Presence};
-use crate::support::fabric::{cluster_fabric, shipped_auth_conf};
+use crate::support::fabric::cluster_fabric;
 use crate::support::{spawn_chatfabric, Client, Nats, Spawned, TestGateway};
 use chatfabric_nats::permissions::{url_with_credentials, Role};
-use chatfabric_nats::server::NatsServer;
 use futures::StreamExt;
 use serde_json::json;
 
@@ -169,19 +168,10 @@ async fn a_gateway_deletes_device_keys_left_behind_for_users_gone() {
 
 #[tokio::test]
 async fn a_device_key_delete_that_fails_is_retried_until_it_holds() {
-    crate::support::init_tracing();
-    let mut nodes = tokio::task::spawn_blocking(|| {
-        NatsServer::start_cluster_with(3, Some(shipped_auth_conf()))
-    })
-    .await
-    .unwrap()
-    .expect("cluster starts");
+    let mut nodes = crate::support::fabric::start_cluster().await;
     let urls: Vec<String> = nodes.iter().map(|n| n.url()).collect();
     let parts = cluster_fabric(&urls, 0).await;
-    let g_node = nodes
-        .iter()
-        .position(|n| n.port() == parts.port())
-        .expect("the gateway's node");
+    let g_node = parts.node(&nodes);
     let g = TestGateway::start_on(&parts).await;
     let inspect = admin(&urls[g_node]).await;
     let kv = inspect
@@ -243,13 +233,7 @@ fn spawn_role(role: &str, url: &str, extra: &[&str]) -> Spawned {
 
 #[tokio::test]
 async fn roles_wait_for_jetstream_instead_of_exiting() {
-    crate::support::init_tracing();
-    let mut nodes = tokio::task::spawn_blocking(|| {
-        NatsServer::start_cluster_with(3, Some(shipped_auth_conf()))
-    })
-    .await
-    .unwrap()
-    .expect("cluster starts");
+    let mut nodes = crate::support::fabric::start_cluster().await;
     // One node of three: NATS answers, JetStream has no quorum and times out every request.
     nodes[1].kill();
     nodes[2].kill();
@@ -335,13 +319,7 @@ pub(crate) async fn stream_leader(js: &async_nats::jetstream::Context, stream: &
 
 #[tokio::test]
 async fn a_paused_stream_leader_delays_sends_briefly_and_loses_none() {
-    crate::support::init_tracing();
-    let nodes = tokio::task::spawn_blocking(|| {
-        NatsServer::start_cluster_with(3, Some(shipped_auth_conf()))
-    })
-    .await
-    .unwrap()
-    .expect("cluster starts");
+    let nodes = crate::support::fabric::start_cluster().await;
     let urls: Vec<String> = nodes.iter().map(|n| n.url()).collect();
     let bob_parts = cluster_fabric(&urls, 0).await; // provisions the R3 streams
     let js = admin(&urls[0]).await;

@@ -11,12 +11,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use chatfabric_nats::server::NatsServer;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::fabric::{cluster_fabric, shipped_auth_conf};
+use crate::support::fabric::cluster_fabric;
 
 const KEYS: usize = 200;
 
@@ -87,13 +86,7 @@ async fn traffic(kv: async_nats::jetstream::kv::Store, stop: CancellationToken) 
 #[tokio::test]
 #[ignore = "an experiment against a given nats-server; see BENCHMARKS.md"]
 async fn kv_replicas_agree_after_a_node_restart() {
-    crate::support::init_tracing();
-    let mut nodes = tokio::task::spawn_blocking(|| {
-        NatsServer::start_cluster_with(3, Some(shipped_auth_conf()))
-    })
-    .await
-    .unwrap()
-    .expect("cluster starts");
+    let mut nodes = crate::support::fabric::start_cluster().await;
     let urls: Vec<String> = nodes.iter().map(|n| n.url()).collect();
     let _provisioned = cluster_fabric(&urls, 0).await;
     let version = std::process::Command::new(

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use chatfabric_gateway::membership::{ClientMembership, ConversationLimits};
 use chatfabric_gateway::GatewayConfig;
-use chatfabric_nats::server::NatsServer;
 use chatfabric_nats::{ConvId, UserId};
 use serde_json::{json, Value};
 
@@ -377,20 +376,11 @@ async fn a_disconnected_user_is_closed_on_every_gateway_and_old_tokens_stay_out(
 
 #[tokio::test]
 async fn a_gateway_cut_off_from_nats_learns_of_a_disconnect_when_it_is_back() {
-    crate::support::init_tracing();
-    let mut nodes = tokio::task::spawn_blocking(|| {
-        NatsServer::start_cluster_with(3, Some(crate::support::fabric::shipped_auth_conf()))
-    })
-    .await
-    .unwrap()
-    .expect("cluster starts");
+    let mut nodes = crate::support::fabric::start_cluster().await;
     let urls: Vec<String> = nodes.iter().map(|n| n.url()).collect();
     let parts1 = cluster_fabric(&urls, 0).await;
     let parts2 = cluster_fabric(&urls, 1).await;
-    let node2 = nodes
-        .iter()
-        .position(|n| n.port() == parts2.port())
-        .expect("g2 is connected to a node");
+    let node2 = parts2.node(&nodes);
     let keys = |parts: &crate::support::fabric::ClusterGatewayParts| GatewayConfig {
         api_keys: server_api::keys(),
         ..parts.config()

@@ -8,8 +8,6 @@ use std::time::{Duration, Instant};
 use chatfabric_nats::permissions::{url_with_credentials, Role};
 use chatfabric_nats::server::NatsServer;
 
-use crate::support::fabric::shipped_auth_conf;
-
 /// One role process, restartable with the same flags.
 pub struct Proc {
     /// `gateway-1`, `persister-2`, `presence`.
@@ -110,13 +108,7 @@ pub struct Topology {
 impl Topology {
     /// Starts the cluster, then every role, and waits until both gateways are ready.
     pub async fn start() -> Self {
-        crate::support::init_tracing();
-        let nodes = tokio::task::spawn_blocking(|| {
-            NatsServer::start_cluster_with(3, Some(shipped_auth_conf()))
-        })
-        .await
-        .unwrap()
-        .expect("cluster starts");
+        let nodes = crate::support::fabric::start_cluster().await;
         let dir = tempfile::tempdir().expect("tempdir");
         let db = dir.path().join("history.db");
         let all: Vec<String> = nodes.iter().map(|n| n.url()).collect();

@@ -144,6 +144,15 @@ pub fn test_config(history: Arc<dyn HistoryStore>) -> GatewayConfig {
     }
 }
 
+/// A 3-node JetStream cluster on loopback with the shipped permissions.
+pub async fn start_cluster() -> Vec<NatsServer> {
+    super::init_tracing();
+    tokio::task::spawn_blocking(|| NatsServer::start_cluster_with(3, Some(shipped_auth_conf())))
+        .await
+        .expect("spawn_blocking")
+        .expect("cluster starts")
+}
+
 /// A connection to a cluster (first trying node `first`) with streams and buckets provisioned
 /// with 3 replicas, plus the config a test gateway needs; retries while JetStream elects leaders.
 pub async fn cluster_fabric(urls: &[String], first: usize) -> ClusterGatewayParts {
@@ -204,6 +213,14 @@ impl ClusterGatewayParts {
     /// The client port of the node this connection is on.
     pub fn port(&self) -> u16 {
         self.fabric.client.server_info().port
+    }
+
+    /// Which of `nodes` this connection is on.
+    pub fn node(&self, nodes: &[NatsServer]) -> usize {
+        nodes
+            .iter()
+            .position(|n| n.port() == self.port())
+            .expect("connected to one of the nodes")
     }
 
     /// Gateway test defaults reading history from this cluster's store.
