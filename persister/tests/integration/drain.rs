@@ -148,8 +148,14 @@ async fn two_drains_share_the_load_without_duplicates() {
     let nats = NatsFixture::start().await;
     let db = SqliteFixture::open().await;
     let other_fabric = NatsFixture::connect(&nats.server).await;
-    let a = RunningDrain::spawn(nats.fabric.clone(), db.store.clone(), config(16));
-    let b = RunningDrain::spawn(other_fabric, db.reopen().await, config(16));
+    // Pulls that wait a second, so that both are seen waiting at once: with 50 ms ones, CI's load
+    // once kept them from overlapping for 10 s.
+    let patient = DrainConfig {
+        max_wait: Duration::from_secs(1),
+        ..config(16)
+    };
+    let a = RunningDrain::spawn(nats.fabric.clone(), db.store.clone(), patient.clone());
+    let b = RunningDrain::spawn(other_fabric, db.reopen().await, patient);
     // Both processes must be pulling before the messages arrive, or one may take them all.
     await_waiting_pulls(&nats, 2).await;
 
