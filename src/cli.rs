@@ -66,7 +66,7 @@ pub(crate) enum Command {
     /// Print a nats-server user block granting a bot exactly the given conversations.
     BotUser(BotUserArgs),
     /// Print the nats-server `authorization` block of the fabric's roles (gateway, persister,
-    /// presence), each with least privilege and a fresh random password.
+    /// presence, webhooks), each with least privilege and a fresh random password.
     NatsUsers(NatsUsersArgs),
     /// Drive a running fabric with a load scenario.
     Loadtest(chatfabric_loadtest::LoadtestArgs),
@@ -237,7 +237,8 @@ pub(crate) struct GatewayArgs {
     /// Sustained inbound frames/s per connection.
     #[arg(long, env = "CHATFABRIC_RATE", default_value_t = Limits::default().rate)]
     pub(crate) rate: f64,
-    /// Inbound burst per connection (that many refusals in a row close it with 4029).
+    /// Inbound burst per connection; more refusals than this within 10 s (in a row or not) close
+    /// it with 4029.
     #[arg(long, env = "CHATFABRIC_BURST", default_value_t = Limits::default().burst)]
     pub(crate) burst: f64,
     /// Connections accepted before answering 503.

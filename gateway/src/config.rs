@@ -23,7 +23,8 @@ pub struct Limits {
     pub queue_bytes: usize,
     /// Sustained inbound frames per second per connection.
     pub rate: f64,
-    /// Inbound burst per connection; this many refusals in a row close the connection (4029).
+    /// Inbound burst per connection; more refusals than this within 10 s (in a row or not) close
+    /// the connection (4029).
     pub burst: f64,
     /// Requests (sends, subscribes, ...) in flight per connection before the gateway stops reading.
     pub max_in_flight: usize,

@@ -8,8 +8,10 @@
 //!   inbox `_INBOX.<bot>.>`. The sender is a subject token, so the server's permission check is the
 //!   authentication.
 //! - A **role** (gateway, persister, presence, webhooks) may use the streams and buckets it works on, and
-//!   create or update their configuration (any role may start first), but never delete or purge a
-//!   stream, delete a stored message, or publish where its work does not take it. Each role's own
+//!   create the ones missing (any role may start first), but never change a stream's configuration
+//!   (an update that shrinks a limit discards messages), delete or purge a stream, delete a stored
+//!   message, roll up a bucket (streams and buckets refuse rollups and purges), or publish where its
+//!   work does not take it. Each role's own
 //!   request inbox is `_CF.<role>.>`, out of every bot's reach.
 //! - The gateway answers bot requests, and nats-server checks a request's subject but not its
 //!   reply subject. The gateway therefore answers only replies under the requester's own inbox
@@ -170,10 +172,10 @@ impl Role {
                 }
             }
         }
+        // Create what is missing, never update: an update that shrinks a limit discards messages.
         for s in &provisioned {
             publish.extend(info(s));
             publish.push(format!("$JS.API.STREAM.CREATE.{s}"));
-            publish.push(format!("$JS.API.STREAM.UPDATE.{s}"));
         }
         dedup(&mut publish);
         Permissions { publish, subscribe }
@@ -390,7 +392,14 @@ mod tests {
             let p = role.permissions(Partitions::new(4));
             for s in p.publish.iter().chain(&p.subscribe) {
                 assert!(s != ">" && !s.starts_with("$JS.API.>"), "{role:?}: {s}");
-                for verb in ["PURGE", "DELETE.", "MSG.DELETE", "SNAPSHOT", "RESTORE"] {
+                for verb in [
+                    "PURGE",
+                    "DELETE.",
+                    "MSG.DELETE",
+                    "SNAPSHOT",
+                    "RESTORE",
+                    "UPDATE",
+                ] {
                     let forbidden = format!("$JS.API.STREAM.{verb}");
                     assert!(!s.starts_with(&forbidden), "{role:?}: {s}");
                 }

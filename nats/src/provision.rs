@@ -1,8 +1,10 @@
 //! Idempotent provisioning of the message streams and the KV buckets.
 //!
-//! Every role calls [`provision`] at start-up. It creates what is missing and brings existing streams
-//! to the configured settings (create-or-update), so any number of processes may run it concurrently:
-//! JetStream accepts a create whose config equals the existing one.
+//! Every role calls [`provision`] at start-up. It creates what is missing and keeps what exists
+//! ([`ensure_stream`]), so any number of processes may run it concurrently. No role changes an
+//! existing stream: their NATS users have no `STREAM.UPDATE`, because an update that shrinks a
+//! limit discards stored messages as surely as a purge. Settings that differ from an existing
+//! stream's are logged, and an operator applies them with admin credentials (`nats stream edit`).
 
 use std::time::Duration;
 
@@ -60,8 +62,9 @@ impl StreamSettings {
             discard: stream::DiscardPolicy::Old,
             // Direct gets let any replica serve gap fills and resumes.
             allow_direct: true,
-            // Messages are immutable history: nobody deletes or purges single messages.
+            // Messages are immutable history: nobody deletes single messages or purges the stream.
             deny_delete: true,
+            deny_purge: true,
             republish: Some(stream::Republish {
                 source: format!("{}.{part}.*", subject::MSG_PREFIX),
                 destination: format!("{}.{part}.{{{{wildcard(1)}}}}", subject::LIVE_PREFIX),
@@ -154,8 +157,11 @@ pub fn bucket_config(bucket: &str, description: &str, replicas: usize) -> stream
         max_message_size: 512 * 1024,
         storage: stream::StorageType::File,
         num_replicas: replicas,
-        allow_rollup: true,
+        // No rollups (a `Nats-Rollup: all` publish to any key would empty the bucket) and no purges:
+        // keys are deleted one by one with delete markers, which is all the fabric uses.
+        allow_rollup: false,
         deny_delete: true,
+        deny_purge: true,
         allow_direct: true,
         discard: stream::DiscardPolicy::New,
         duplicate_window: Duration::from_secs(120),
@@ -194,7 +200,52 @@ pub fn users_bucket(replicas: usize) -> stream::Config {
     )
 }
 
-/// Creates or updates a KV bucket from its stream config and opens it.
+/// Creates a stream that does not exist yet and otherwise keeps the one there, logging the
+/// settings in which it differs from `config` (see the module docs for why roles never update).
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<stream::Stream, jetstream::context::CreateStreamError> {
+    let name = config.name.clone();
+    let stream = js.get_or_create_stream(config.clone()).await?;
+    let differ = differences(&config, &stream.cached_info().config);
+    if !differ.is_empty() {
+        tracing::warn!(
+            stream = %name,
+            settings = ?differ,
+            "the stream exists with other settings than this role's; keeping them (an operator \
+             applies new ones with admin credentials: nats stream edit)"
+        );
+    }
+    Ok(stream)
+}
+
+/// The settings a deployment chooses in which `have` differs from `want`.
+fn differences(want: &stream::Config, have: &stream::Config) -> Vec<&'static str> {
+    let checks = [
+        ("replicas", want.num_replicas != have.num_replicas),
+        ("max_age", want.max_age != have.max_age),
+        ("max_bytes", want.max_bytes != have.max_bytes),
+        (
+            "max_message_size",
+            want.max_message_size != have.max_message_size,
+        ),
+        (
+            "duplicate_window",
+            want.duplicate_window != have.duplicate_window,
+        ),
+        ("storage", want.storage != have.storage),
+        ("allow_rollup", want.allow_rollup != have.allow_rollup),
+        ("deny_purge", want.deny_purge != have.deny_purge),
+    ];
+    checks
+        .into_iter()
+        .filter(|(_, d)| *d)
+        .map(|(n, _)| n)
+        .collect()
+}
+
+/// Creates a KV bucket from its stream config (or keeps the existing one) and opens it.
 ///
 /// This goes through the stream API rather than `create_key_value`, whose account-info query does
 /// not parse on nats-server 2.9.
@@ -203,7 +254,7 @@ pub async fn ensure_bucket(
     config: stream::Config,
 ) -> Result<kv::Store, ProvisionError> {
     let bucket = config.name.trim_start_matches("KV_").to_string();
-    js.create_or_update_stream(config)
+    ensure_stream(js, config)
         .await
         .map_err(|e| ProvisionError::Bucket {
             name: bucket.clone(),
@@ -217,7 +268,7 @@ pub async fn ensure_bucket(
         })
 }
 
-/// Creates or updates the message streams and KV buckets, and returns handles to them.
+/// Creates the message streams and KV buckets that are missing, and returns handles to them.
 pub async fn provision(
     client: async_nats::Client,
     settings: StreamSettings,
@@ -227,23 +278,10 @@ pub async fn provision(
     for part in 0..settings.partitions.count() {
         let config = settings.stream_config(part);
         let name = config.name.clone();
-        js.create_or_update_stream(config)
+        let stream = ensure_stream(&js, config)
             .await
-            .map_err(|source| ProvisionError::Stream {
-                name: name.clone(),
-                source,
-            })?;
-        streams.push(
-            js.get_stream(&name)
-                .await
-                .map_err(|e| ProvisionError::Stream {
-                    name: name.clone(),
-                    source: jetstream::context::CreateStreamError::with_source(
-                        jetstream::context::CreateStreamErrorKind::Response,
-                        e,
-                    ),
-                })?,
-        );
+            .map_err(|source| ProvisionError::Stream { name, source })?;
+        streams.push(stream);
     }
     let convs = ensure_bucket(
         &js,

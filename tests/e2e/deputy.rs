@@ -112,34 +112,52 @@ async fn a_bot_cannot_choose_where_the_gateway_answers() {
     alice.no_msg_within(Duration::from_millis(200)).await;
 }
 
+/// Connects as `role` with the shipped config's dev password.
+async fn role_client(nats: &Nats, role: Role) -> async_nats::Client {
+    let password = format!("{}-dev-password", role.user());
+    async_nats::ConnectOptions::with_user_and_password(role.user().into(), password)
+        .custom_inbox_prefix(role.inbox_prefix())
+        .connect(nats.url_as(""))
+        .await
+        .expect("role connects")
+}
+
 #[tokio::test]
-async fn no_role_may_purge_or_delete_what_the_fabric_keeps() {
+async fn no_role_may_purge_delete_or_reconfigure_what_the_fabric_keeps() {
     let nats = Nats::start().await;
     seed(&nats, "lobby", &["alice"]).await;
     let g = TestGateway::start(&nats).await;
     let mut alice = Client::connect(&g.ws_url(), "alice").await;
     alice.post("lobby", "a1", "keep me").await;
     let before = counts(&nats, "CHAT_MSGS_0").await;
+    // An update that keeps one message is a purge by another name.
+    let shrink = |stream: &str| {
+        let mut config = chatfabric_nats::provision::StreamSettings::default().stream_config(0);
+        config.name = stream.into();
+        config.max_messages = 1;
+        Bytes::from(serde_json::to_vec(&config).expect("config json"))
+    };
     let destructive = [
-        "$JS.API.STREAM.PURGE.CHAT_MSGS_0",
-        "$JS.API.STREAM.DELETE.CHAT_MSGS_0",
-        "$JS.API.STREAM.MSG.DELETE.CHAT_MSGS_0",
-        "$JS.API.STREAM.PURGE.KV_CHAT_CONVS",
-        "$JS.API.STREAM.DELETE.KV_CHAT_CONVS",
+        ("$JS.API.STREAM.PURGE.CHAT_MSGS_0", Bytes::new()),
+        ("$JS.API.STREAM.DELETE.CHAT_MSGS_0", Bytes::new()),
+        (
+            "$JS.API.STREAM.MSG.DELETE.CHAT_MSGS_0",
+            Bytes::from_static(br#"{"seq":1}"#),
+        ),
+        ("$JS.API.STREAM.UPDATE.CHAT_MSGS_0", shrink("CHAT_MSGS_0")),
+        ("$JS.API.STREAM.PURGE.KV_CHAT_CONVS", Bytes::new()),
+        ("$JS.API.STREAM.DELETE.KV_CHAT_CONVS", Bytes::new()),
+        (
+            "$JS.API.STREAM.UPDATE.KV_CHAT_CONVS",
+            shrink("KV_CHAT_CONVS"),
+        ),
     ];
     let mut refusals = Vec::new();
     for role in Role::ALL {
-        let password = format!("{}-dev-password", role.user());
-        let client =
-            async_nats::ConnectOptions::with_user_and_password(role.user().into(), password)
-                .custom_inbox_prefix(role.inbox_prefix())
-                .connect(nats.url_as(""))
-                .await
-                .expect("role connects");
-        for subject in destructive {
+        let client = role_client(&nats, role).await;
+        for (subject, body) in destructive.clone() {
             let client = client.clone();
             refusals.push(async move {
-                let body = Bytes::from_static(br#"{"seq":1}"#);
                 let answer =
                     tokio::time::timeout(Duration::from_secs(1), client.request(subject, body))
                         .await;
@@ -153,13 +171,46 @@ async fn no_role_may_purge_or_delete_what_the_fabric_keeps() {
     futures::future::join_all(refusals).await;
     assert_eq!(counts(&nats, "CHAT_MSGS_0").await, before);
     assert_eq!(before.messages, 1);
-    // The same request does work for a user allowed it, so the refusals above are the server's.
-    let purged = admin(&nats)
-        .await
+    // The streams refuse a purge whoever asks, the operators' user included ...
+    let admin = admin(&nats).await;
+    let purge = admin
         .request("$JS.API.STREAM.PURGE.CHAT_MSGS_0", Bytes::new())
         .await
-        .expect("admin purges");
-    let purged: Value = serde_json::from_slice(&purged.payload).expect("json");
-    assert_eq!(purged["success"], true, "{purged}");
-    assert_eq!(counts(&nats, "CHAT_MSGS_0").await.messages, 0);
+        .expect("the stream answers");
+    let purge: Value = serde_json::from_slice(&purge.payload).expect("json");
+    assert!(purge["error"].is_object(), "{purge}");
+    assert_eq!(counts(&nats, "CHAT_MSGS_0").await.messages, 1);
+    // ... and the update refused to every role works for a user allowed it, so those refusals
+    // were the server's permissions.
+    let (subject, body) = destructive[3].clone();
+    let updated = admin.request(subject, body).await.expect("admin updates");
+    let updated: Value = serde_json::from_slice(&updated.payload).expect("json");
+    assert_eq!(updated["config"]["max_msgs"], 1, "{updated}");
+}
+
+#[tokio::test]
+async fn a_role_that_writes_keys_cannot_roll_a_bucket_up() {
+    let nats = Nats::start().await;
+    seed(&nats, "lobby", &["alice", "bob"]).await;
+    let before = counts(&nats, "KV_CHAT_CONVS").await.messages;
+    assert_eq!(before, 3, "the conversation and its two members");
+    // The gateway writes memberships and presence writes presence keys: a rollup publish to one
+    // key would delete every other key of the bucket.
+    for (role, subject) in [
+        (Role::Gateway, "$KV.CHAT_CONVS.m.lobby.mallory"),
+        (Role::Presence, "$KV.CHAT_PRESENCE.user.mallory"),
+    ] {
+        let js = async_nats::jetstream::new(role_client(&nats, role).await);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Rollup", "all");
+        let ack = match js
+            .publish_with_headers(subject, headers, Bytes::from_static(b"{}"))
+            .await
+        {
+            Ok(ack) => ack.await.map(|a| a.sequence),
+            Err(e) => panic!("{role:?} could not publish at all: {e}"),
+        };
+        assert!(ack.is_err(), "{role:?} rolled up {subject}: {ack:?}");
+    }
+    assert_eq!(counts(&nats, "KV_CHAT_CONVS").await.messages, before);
 }

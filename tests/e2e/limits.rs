@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use crate::support::fabric::http_get_auth;
+use crate::support::fabric::{http_get_auth, http_get_auth_status};
 use crate::support::heavy::{
     close_code, persist_up_to, pipeline, seed_memberships, silent_socket, store_messages,
 };
@@ -134,10 +134,15 @@ async fn history_reads_are_rate_limited_per_user_over_http_and_websocket() {
     let mut limited = 0;
     for before in 1..=10 {
         let path = format!("/v1/conversations/{conv}/messages?before={before}");
-        let body = http_get_auth(g.addr, &path, "alice").await;
-        if body.contains("\"code\":\"rate_limited\"") {
+        let (status, body) = http_get_auth_status(g.addr, &path, "alice").await;
+        if status == 429 {
+            // The documented 429 body: the code and a message.
+            let refusal: Value = serde_json::from_str(&body).expect("a JSON body");
+            assert_eq!(refusal["code"], "rate_limited", "{body}");
+            assert!(refusal["message"].is_string(), "{body}");
             limited += 1;
         } else {
+            assert_eq!(status, 200, "{body}");
             assert!(body.contains("\"op\":\"history\""), "{body}");
             answered += 1;
         }

@@ -157,7 +157,71 @@ async fn unknown_fields_are_ignored_and_stamped_fields_never_taken() {
     assert_ne!(msg["ts"], 1);
     assert_eq!(msg["seq"], ack["seq"]);
     // Over HTTP too.
+    let (status, ack) = crate::sse::http_post(
+        g.addr,
+        &format!("/v1/conversations/{conv}/messages"),
+        "alice",
+        &json!({"client_id":"f2","body":"hi again","priority":"high","sender":"mallory","seq":1}),
+    )
+    .await;
+    assert_eq!(status, 200, "{ack}");
+    let msg = bob.msg().await;
+    assert_eq!(
+        (&msg["sender"], &msg["body"]),
+        (&json!("alice"), &json!("hi again"))
+    );
+    assert_eq!(msg["seq"], ack["seq"], "{ack}");
     bob.no_msg_within(Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn a_client_id_with_a_space_or_control_character_is_invalid() {
+    let nats = Nats::start().await;
+    let g = TestGateway::start(&nats).await;
+    let mut alice = Client::connect(&g.ws_url(), "alice").await;
+    let conv = alice.create_group(&[]).await;
+    // A send's reply carries its client_id as the `ref`, the refused one too.
+    for id in ["a b", " ab", "a\tb", "a\u{7f}b"] {
+        alice
+            .send(json!({"op":"send","conv":conv,"client_id":id,"body":"x"}))
+            .await;
+        let r = alice.reply().await;
+        assert_eq!(
+            (r["code"].as_str(), r["ref"].as_str()),
+            (Some("invalid"), Some(id)),
+            "{id:?}: {r}"
+        );
+    }
+    alice
+        .post(&conv, "a-b_c.d:1", "printable ASCII is fine")
+        .await;
+}
+
+#[tokio::test]
+async fn metrics_are_openmetrics_text() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let nats = Nats::start().await;
+    let g = TestGateway::start(&nats).await;
+    let mut s = tokio::net::TcpStream::connect(g.addr)
+        .await
+        .expect("connect");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    let (head, body) = out.split_once("\r\n\r\n").expect("a response");
+    assert!(
+        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+        "{head}"
+    );
+    assert!(
+        head.to_ascii_lowercase().lines().any(
+            |l| l == "content-type: application/openmetrics-text; version=1.0.0; charset=utf-8"
+        ),
+        "{head}"
+    );
+    assert!(body.trim_end().ends_with("# EOF"), "{body}");
 }
 
 #[tokio::test]

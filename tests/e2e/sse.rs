@@ -4,7 +4,8 @@ use crate::support::{sse::SseClient, Client, Nats, TestGateway};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-async fn http_post(
+/// A POST of `body` as `user`: the status and the JSON answer.
+pub(crate) async fn http_post(
     addr: std::net::SocketAddr,
     path: &str,
     user: &str,
@@ -96,6 +97,29 @@ async fn sse_refuses_non_members_and_bad_tokens() {
     assert!(
         out.starts_with("HTTP/1.0 401") || out.starts_with("HTTP/1.1 401"),
         "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_of_more_than_100_conversations_is_refused_as_too_large() {
+    let nats = Nats::start().await;
+    let g = TestGateway::start(&nats).await;
+    let convs =
+        crate::support::heavy::seed_memberships(&nats.fabric("seed").await, "wide", "peer", 101)
+            .await;
+    // All of a user's conversations, when they are more than a stream carries: refused up front.
+    let refused = SseClient::connect(g.addr, "wide", "", None).await;
+    assert_eq!(refused.status, 400);
+    let body: Value = serde_json::from_str(&refused.body().await).expect("a JSON error");
+    assert_eq!(body["code"], "too_large", "{body}");
+    // Naming 100 of them is the documented way out.
+    let named: String = convs[..100].iter().map(|c| format!("&conv={c}")).collect();
+    let query = format!("?{}", &named[1..]);
+    assert_eq!(
+        SseClient::connect(g.addr, "wide", &query, None)
+            .await
+            .status,
+        200
     );
 }
 

@@ -41,6 +41,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use chatfabric_nats::provision::ensure_stream;
 use chatfabric_nats::{subject, Fabric};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -191,11 +192,12 @@ pub async fn run(
     ready: &watch::Sender<bool>,
     shutdown: CancellationToken,
 ) -> Result<(), WebhookError> {
-    fabric
-        .js
-        .create_or_update_stream(dead::dead_stream_config(fabric.settings.replicas))
-        .await
-        .map_err(WebhookError::DeadLetterStream)?;
+    ensure_stream(
+        &fabric.js,
+        dead::dead_stream_config(fabric.settings.replicas),
+    )
+    .await
+    .map_err(WebhookError::DeadLetterStream)?;
     let endpoints = config
         .urls
         .iter()

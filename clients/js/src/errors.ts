@@ -17,6 +17,8 @@ export type ErrorCode =
   | "unauthenticated"
   | "forbidden"
   | "not_found"
+  | "server_managed"
+  | "conflict"
   | "rate_limited"
   | "cursor_expired"
   | "unavailable";
@@ -49,6 +51,13 @@ export class UnauthenticatedError extends ChatfabricError {}
 export class ForbiddenError extends ChatfabricError {}
 /** `not_found`: the conversation does not exist. */
 export class NotFoundError extends ChatfabricError {}
+/**
+ * `server_managed`: the gateway leaves membership to the application's backend
+ * (`--client-membership groups` or `off`): ask the backend to create or change the conversation.
+ */
+export class ServerManagedError extends ChatfabricError {}
+/** `conflict`: (server API only) a conversation with this id exists with another kind, title or members. */
+export class ConflictError extends ChatfabricError {}
 /** `rate_limited`: too many frames per second; the frame was dropped. */
 export class RateLimitedError extends ChatfabricError {}
 /** `cursor_expired`: a resume cursor older than the stream keeps (the SDK reads history instead). */
@@ -99,6 +108,8 @@ const byCode: Record<ErrorCode, new (code: string, message: string, ref?: string
   unauthenticated: UnauthenticatedError,
   forbidden: ForbiddenError,
   not_found: NotFoundError,
+  server_managed: ServerManagedError,
+  conflict: ConflictError,
   rate_limited: RateLimitedError,
   cursor_expired: CursorExpiredError,
   unavailable: UnavailableError,

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv};
-use chatfabric_nats::provision::{bucket_config, ensure_bucket};
+use chatfabric_nats::provision::{bucket_config, ensure_bucket, ensure_stream};
 use chatfabric_nats::{subject, Fabric};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -139,9 +139,7 @@ pub enum PersistError {
 /// the watermarks before a persister started may call it too.
 pub async fn prepare(fabric: &Fabric) -> Result<kv::Store, PersistError> {
     let replicas = fabric.settings.replicas;
-    fabric
-        .js
-        .create_or_update_stream(poison::dead_stream_config(replicas))
+    ensure_stream(&fabric.js, poison::dead_stream_config(replicas))
         .await
         .map_err(PersistError::DeadLetterStream)?;
     // Through the stream API: async-nats' KV creation does not parse nats-server 2.9's answers.

@@ -66,6 +66,15 @@ impl SseClient {
         Self { lines, status }
     }
 
+    /// The rest of the response: the JSON body of a refusal.
+    pub async fn body(mut self) -> String {
+        let mut body = String::new();
+        while let Ok(Some(line)) = self.lines.next_line().await {
+            body.push_str(&line);
+        }
+        body
+    }
+
     /// The next event (comments and `retry:` skipped); `None` when the stream ended.
     pub async fn next(&mut self) -> Option<Event> {
         let (mut id, mut kind, mut data) = (String::new(), String::new(), None);
