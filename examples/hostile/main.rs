@@ -253,6 +253,33 @@ async fn patterns(addr: SocketAddr, gw: u32, nats: u32, head: u64) -> Result<(),
         (cpu(gw) - gw_cpu) / secs * 100.0,
         (cpu(nats) - nats_cpu) / secs * 100.0
     );
+
+    // 5. A ping flood from a socket that never reads its pongs.
+    let before = rss(gw);
+    let mut pinger = socket(addr, "m0", true).await?;
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed() < Duration::from_secs(5) {
+        let ping = Message::Ping(vec![0u8; 125].into());
+        match tokio::time::timeout(Duration::from_secs(1), pinger.send(ping)).await {
+            Ok(Ok(())) => sent += 1,
+            // Closed (4029) or no longer read by the gateway: either way the flood ends here.
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    report("ping flood, 5 s, pongs never read", before, gw);
+    let close = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(frame)) = pinger.next().await {
+            if let Message::Close(close) = frame {
+                return close.map(|c| u16::from(c.code));
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten();
+    println!("    {sent} pings sent; closed with {close:?}");
     Ok(())
 }
 

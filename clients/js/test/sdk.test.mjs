@@ -95,6 +95,31 @@ test("a send whose ack was lost is retried with the same client_id and stored on
   assert.deepEqual(stored.map((m) => [m.body, m.client_id, m.seq]), [["once", ack.clientId, ack.seq]]);
 });
 
+test("a send answered `unavailable` that was stored is retried with its client_id and resolves once", async () => {
+  let replaced = false;
+  const flaky = interceptingWebSocket((frame, socket) => {
+    if (frame.op === "ack" && !replaced) {
+      replaced = true;
+      // What a gateway answers when the PubAck was late although JetStream stored the message
+      // (PROTOCOL.md: `unavailable` means "not known to be stored").
+      const refusal = { op: "error", code: "unavailable", message: "timed out", ref: frame.client_id };
+      socket.onmessage?.({ data: JSON.stringify(refusal) });
+      return false;
+    }
+    return true;
+  });
+  const alice = client("alice", { WebSocket: flaky.WebSocket });
+  const conv = await group(alice, "bob");
+  const ack = await alice.send(conv, "stored once");
+  assert.equal(replaced, true, "the first ack was turned into `unavailable`");
+  assert.equal(ack.duplicate, true, "the retry found the stored original");
+  const sends = flaky.sent.filter((f) => f.op === "send");
+  assert.deepEqual(sends.map((f) => f.client_id), [ack.clientId, ack.clientId], "retried with its client_id");
+  const stored = [];
+  for await (const m of alice.history(conv)) stored.push(m);
+  assert.deepEqual(stored.map((m) => [m.body, m.seq]), [["stored once", ack.seq]]);
+});
+
 test("an expired token (4001) is refreshed and the subscription resumes without loss", async () => {
   let calls = 0;
   const alice = client("alice", {
