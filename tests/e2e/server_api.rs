@@ -10,7 +10,9 @@ use chatfabric_nats::{ConvId, UserId};
 use serde_json::{json, Value};
 
 use crate::support::fabric::cluster_fabric;
-use crate::support::server_api::{self, api, call, token_issued, ws_refused, MESSAGES_KEY};
+use crate::support::server_api::{
+    self, api, call, token_issued, ws_refused, MANAGER_KEY, MESSAGES_KEY,
+};
 use crate::support::sse::SseClient;
 use crate::support::{Client, Nats, TestGateway};
 
@@ -71,6 +73,44 @@ async fn requests_without_a_valid_key_scope_or_input_are_refused() {
             (status, code(&body)),
             (403, "forbidden"),
             "{method} {path}: {body}"
+        );
+    }
+    // ... and the manager key manages but neither posts nor reads messages.
+    for (method, path) in [
+        ("POST", "/v1/server/conversations/g1/messages"),
+        ("GET", "/v1/server/conversations/g1/messages"),
+    ] {
+        let post = json!({"service": "billing", "body": "hi", "idempotency_key": "k"});
+        let (status, body) = call(g.addr, Some(MANAGER_KEY), method, path, Some(&post)).await;
+        assert_eq!(
+            (status, code(&body)),
+            (403, "forbidden"),
+            "{method} {path}: {body}"
+        );
+    }
+    let other = group("g2", &["alice"]);
+    assert_eq!(api(g.addr, "POST", path, Some(&other)).await.0, 201);
+    let members = "/v1/server/conversations/g2/members";
+    for bad in [json!({"user": "a b"}), json!({}), json!({"user": "svc_x"})] {
+        let (status, body) = api(g.addr, "POST", members, Some(&bad)).await;
+        assert_eq!((status, code(&body)), (400, "invalid"), "{bad}: {body}");
+    }
+    for (path, bad) in [
+        ("/v1/server/users/a.b/disconnect", json!({})),
+        (
+            "/v1/server/users/alice/disconnect",
+            json!({"revoke_before": "soon"}),
+        ),
+        (
+            "/v1/server/users/alice/disconnect",
+            json!({"revoke": true, "extra": 1}),
+        ),
+    ] {
+        let (status, body) = api(g.addr, "POST", path, Some(&bad)).await;
+        assert_eq!(
+            (status, code(&body)),
+            (400, "invalid"),
+            "{path} {bad}: {body}"
         );
     }
     for bad in [
@@ -141,16 +181,21 @@ async fn conversations_are_created_idempotently_and_managed_by_the_application()
 
     // Members: added and removed by the application, seen by the members.
     let members = "/v1/server/conversations/g1/members";
-    let (status, body) = api(g.addr, "POST", members, Some(&json!({"user": "carol"}))).await;
-    assert_eq!(
-        (status, &body["members"]),
-        (200, &json!(["alice", "bob", "carol"]))
-    );
-    let (status, body) = api(g.addr, "DELETE", &format!("{members}/bob"), None).await;
-    assert_eq!(
-        (status, &body["members"]),
-        (200, &json!(["alice", "carol"]))
-    );
+    // Each twice, as a retrying caller would: the second changes nothing and succeeds.
+    for _ in 0..2 {
+        let (status, body) = api(g.addr, "POST", members, Some(&json!({"user": "carol"}))).await;
+        assert_eq!(
+            (status, &body["members"]),
+            (200, &json!(["alice", "bob", "carol"]))
+        );
+    }
+    for _ in 0..2 {
+        let (status, body) = api(g.addr, "DELETE", &format!("{members}/bob"), None).await;
+        assert_eq!(
+            (status, &body["members"]),
+            (200, &json!(["alice", "carol"]))
+        );
+    }
     alice.subscribe("g1", None).await;
     let (status, body) = api(g.addr, "GET", "/v1/server/conversations/g1", None).await;
     assert_eq!(status, 200, "{body}");

@@ -14,6 +14,8 @@ use super::Nats;
 pub const FULL_KEY: &str = "cfk_full-test-key";
 /// A key with the `messages` scope only.
 pub const MESSAGES_KEY: &str = "cfk_messages-test-key";
+/// A key with every scope but `messages`.
+pub const MANAGER_KEY: &str = "cfk_manager-test-key";
 
 /// The test keys as a gateway holds them (digests only).
 pub fn keys() -> ApiKeys {
@@ -21,8 +23,9 @@ pub fn keys() -> ApiKeys {
         format!("{name} {scopes} {}\n", api_keys::digest_hex(key))
     };
     let all: Vec<&str> = Scope::ALL.iter().map(|s| s.as_str()).collect();
-    let text =
-        line("backend", &all.join(","), FULL_KEY) + &line("poster", "messages", MESSAGES_KEY);
+    let text = line("backend", &all.join(","), FULL_KEY)
+        + &line("poster", "messages", MESSAGES_KEY)
+        + &line("manager", "conversations,users", MANAGER_KEY);
     ApiKeys::parse(&text).expect("test keys")
 }
 
