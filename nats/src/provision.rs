@@ -220,15 +220,20 @@ pub async fn ensure_stream(
     Ok(stream)
 }
 
-/// The settings a deployment chooses in which `have` differs from `want`.
+/// The settings a deployment chooses in which `have` differs from `want`. The server answers
+/// "unlimited" as -1 and one replica as 1 where a config may leave them 0.
 fn differences(want: &stream::Config, have: &stream::Config) -> Vec<&'static str> {
+    let limit = |v: i64| if v <= 0 { -1 } else { v };
     let checks = [
-        ("replicas", want.num_replicas != have.num_replicas),
+        (
+            "replicas",
+            want.num_replicas.max(1) != have.num_replicas.max(1),
+        ),
         ("max_age", want.max_age != have.max_age),
-        ("max_bytes", want.max_bytes != have.max_bytes),
+        ("max_bytes", limit(want.max_bytes) != limit(have.max_bytes)),
         (
             "max_message_size",
-            want.max_message_size != have.max_message_size,
+            limit(want.max_message_size.into()) != limit(have.max_message_size.into()),
         ),
         (
             "duplicate_window",
@@ -303,4 +308,26 @@ pub async fn provision(
         presence,
         receipts,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_as_the_server_reports_it_differs_only_in_what_was_changed() {
+        let want = bucket_config("B", "b", 1);
+        // The server fills in what a config leaves unset: unlimited as -1.
+        let mut have = want.clone();
+        have.max_bytes = -1;
+        have.max_message_size = want.max_message_size;
+        assert!(differences(&want, &have).is_empty());
+        have.max_age = Duration::from_secs(60);
+        have.num_replicas = 3;
+        have.allow_rollup = true;
+        assert_eq!(
+            differences(&want, &have),
+            ["replicas", "max_age", "allow_rollup"]
+        );
+    }
 }
