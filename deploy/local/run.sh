@@ -34,8 +34,9 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
-# nats-server and haproxy live in /usr/sbin, which a normal user's PATH may lack.
-PATH="$PATH:/usr/sbin:/sbin"
+# nats-server and haproxy live in /usr/sbin (hand installs in /usr/local/bin), which a normal
+# user's PATH may lack: the same places nats/src/server.rs::binary() looks in.
+PATH="$PATH:/usr/local/bin:/usr/sbin:/sbin"
 cmd=${1:-}
 
 die() { echo "run.sh: $*" >&2; exit 1; }
