@@ -10,7 +10,8 @@
 #   deploy/local/run.sh kill NAME DIR  # SIGKILL one process (a crash): n1..n3, gateway-1,
 #                                      # nats-exporter-n1, ...
 #   deploy/local/run.sh term NAME DIR  # SIGTERM one process (a clean stop, e.g. gateway drain)
-#   deploy/local/run.sh restart NAME DIR  # start a stopped or killed process again
+#   deploy/local/run.sh restart NAME DIR  # start a stopped or killed process again (waiting
+#                                         # up to 30 s for one still stopping)
 #
 # Needs nats-server, haproxy, prometheus and curl (apt-get install nats-server haproxy prometheus
 # curl) and a built chatfabric (cargo build --release).
@@ -387,8 +388,14 @@ case "$cmd" in
     name=${2:?usage: run.sh restart NAME DIR}
     dir=${3:?usage: run.sh restart NAME DIR}
     [ -f "$dir/cmd/$name.sh" ] || die "no process $name in $dir"
-    if [ -f "$dir/pids/$name" ] && running "$(cat "$dir/pids/$name")"; then
-      die "$name is running"
+    # A process sent SIGTERM may still be draining: give it 30 s to exit.
+    if [ -f "$dir/pids/$name" ]; then
+      pid=$(cat "$dir/pids/$name")
+      for _ in $(seq 1 300); do
+        running "$pid" || break
+        sleep 0.1
+      done
+      running "$pid" && die "$name is running"
     fi
     relaunch "$name"
     ;;
