@@ -68,6 +68,9 @@ pub(crate) enum Command {
     /// Print the nats-server `authorization` block of the fabric's roles (gateway, persister,
     /// presence, webhooks), each with least privilege and a fresh random password.
     NatsUsers(NatsUsersArgs),
+    /// Serve one nats-server's `/varz` as Prometheus metrics (`gnatsd_varz_*`, as
+    /// prometheus-nats-exporter's -varz mode), for hosts without that exporter.
+    NatsExporter(crate::nats_exporter::NatsExporterArgs),
     /// Drive a running fabric with a load scenario.
     Loadtest(chatfabric_loadtest::LoadtestArgs),
 }

@@ -9,6 +9,7 @@ mod bot;
 mod cli;
 mod dev;
 mod metrics;
+mod nats_exporter;
 mod process;
 mod roles;
 mod server_api;
@@ -122,6 +123,7 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::ApiKey(args) => server_api::print_new_key(&args),
+            Command::NatsExporter(args) => nats_exporter::run(args, shutdown_on_signal()).await,
             Command::Loadtest(args) => chatfabric_loadtest::run(args).await,
         }
     })

@@ -2,13 +2,16 @@
 # The production topology on one machine, from the distribution's packages, on free loopback ports:
 # a 3-node NATS cluster (JetStream, streams and buckets R3, several partitions), two gateways
 # behind HAProxy (WebSocket and SSE), two persisters, two presence services, and Prometheus
-# scraping every role and the load balancer; with CHATFABRIC_WEBHOOK_URL, the webhook role too.
+# scraping every role, the load balancer and every NATS node (through `chatfabric nats-exporter`,
+# one per node); with CHATFABRIC_WEBHOOK_URL, the webhook role too.
 #
 #   deploy/local/run.sh start          # prints the URLs and the stack's directory
 #   deploy/local/run.sh stop DIR       # stops everything it started and waits (DIR stays)
-#   deploy/local/run.sh kill NAME DIR  # SIGKILL one process (a crash): n1..n3, gateway-1, ...
+#   deploy/local/run.sh kill NAME DIR  # SIGKILL one process (a crash): n1..n3, gateway-1,
+#                                      # nats-exporter-n1, ...
 #   deploy/local/run.sh term NAME DIR  # SIGTERM one process (a clean stop, e.g. gateway drain)
-#   deploy/local/run.sh restart NAME DIR  # start a stopped or killed process again
+#   deploy/local/run.sh restart NAME DIR  # start a stopped or killed process again (waiting
+#                                         # up to 30 s for one still stopping)
 #
 # Needs nats-server, haproxy, prometheus and curl (apt-get install nats-server haproxy prometheus
 # curl) and a built chatfabric (cargo build --release).
@@ -32,8 +35,9 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
-# nats-server and haproxy live in /usr/sbin, which a normal user's PATH may lack.
-PATH="$PATH:/usr/sbin:/sbin"
+# nats-server and haproxy live in /usr/sbin (hand installs in /usr/local/bin), which a normal
+# user's PATH may lack: the same places nats/src/server.rs::binary() looks in.
+PATH="$PATH:/usr/local/bin:/usr/sbin:/sbin"
 cmd=${1:-}
 
 die() { echo "run.sh: $*" >&2; exit 1; }
@@ -153,11 +157,12 @@ start() {
   secret=${CHATFABRIC_JWT_SECRET:-chatfabric-dev-secret}
 
   claim_ports
-  local i names=(n1 n2 n3) clients routes monitors r1 r2 r3 m1 m2 m3 g1 g2 pm1 pm2 qm1 qm2 wm
-  for v in nats1 nats2 nats3 r1 r2 r3 m1 m2 m3 g1 g2 pm1 pm2 qm1 qm2 wm lb lb_stats prom; do alloc "$v"; done
+  local i names=(n1 n2 n3) clients routes monitors exporters r1 r2 r3 m1 m2 m3 x1 x2 x3 g1 g2 pm1 pm2 qm1 qm2 wm
+  for v in nats1 nats2 nats3 r1 r2 r3 m1 m2 m3 x1 x2 x3 g1 g2 pm1 pm2 qm1 qm2 wm lb lb_stats prom; do alloc "$v"; done
   clients=("$nats1" "$nats2" "$nats3")
   routes=("$r1" "$r2" "$r3")
   monitors=("$m1" "$m2" "$m3")
+  exporters=("$x1" "$x2" "$x3")
   gw=("$g1" "$g2")
   persister_metrics=("$pm1" "$pm2")
   presence_metrics=("$qm1" "$qm2")
@@ -200,6 +205,13 @@ EOF
   for i in 0 1 2; do
     # Ready once JetStream has a meta leader (the cluster formed).
     wait_http "http://127.0.0.1:${monitors[$i]}/jsz" 30 '"leader"'
+  done
+  # nats-server serves JSON monitoring only; prometheus-nats-exporter, which compose runs, has no
+  # distribution package, so `chatfabric nats-exporter` renders each node's /varz the same way.
+  for i in 0 1 2; do
+    launch "nats-exporter-${names[$i]}" "$bin" nats-exporter "http://127.0.0.1:${monitors[$i]}" \
+      --listen "127.0.0.1:${exporters[$i]}"
+    wait_role "nats-exporter-${names[$i]}" "http://127.0.0.1:${exporters[$i]}/metrics" gnatsd_varz_mem
   done
 
   # Every role agrees on the stream layout.
@@ -244,9 +256,7 @@ EOF
     GATEWAY_1="127.0.0.1:${gw[0]}" GATEWAY_2="127.0.0.1:${gw[1]}" \
     launch haproxy haproxy -db -f "$root/deploy/haproxy/haproxy.cfg"
 
-  # Prometheus: the jobs of deploy/prometheus/prometheus.yml, on these ports. nats-server has no
-  # Prometheus endpoint of its own; compose scrapes it through prometheus-nats-exporter, which no
-  # distribution package provides, so here the NATS nodes are not scraped.
+  # Prometheus: the jobs of deploy/prometheus/prometheus.yml, on these ports.
   cat >"$dir/prometheus.yml" <<EOF
 global:
   scrape_interval: ${SCRAPE_INTERVAL:-2s}
@@ -260,6 +270,8 @@ scrape_configs:
     static_configs: [{targets: ["127.0.0.1:${presence_metrics[0]}", "127.0.0.1:${presence_metrics[1]}"]}]
   - job_name: haproxy
     static_configs: [{targets: ["127.0.0.1:$lb_stats"]}]
+  - job_name: nats
+    static_configs: [{targets: ["127.0.0.1:${exporters[0]}", "127.0.0.1:${exporters[1]}", "127.0.0.1:${exporters[2]}"]}]
 $webhooks_job
 EOF
   launch prometheus prometheus --config.file="$dir/prometheus.yml" \
@@ -286,6 +298,9 @@ NATS_URLS=$(nats_urls NATS_GATEWAY_USER NATS_GATEWAY_PASSWORD)
 NATS_MONITOR_n1=127.0.0.1:${monitors[0]}
 NATS_MONITOR_n2=127.0.0.1:${monitors[1]}
 NATS_MONITOR_n3=127.0.0.1:${monitors[2]}
+NATS_EXPORTER_n1=127.0.0.1:${exporters[0]}
+NATS_EXPORTER_n2=127.0.0.1:${exporters[1]}
+NATS_EXPORTER_n3=127.0.0.1:${exporters[2]}
 GATEWAY_1=127.0.0.1:${gw[0]}
 GATEWAY_2=127.0.0.1:${gw[1]}
 PERSISTER_1=127.0.0.1:${persister_metrics[0]}
@@ -302,6 +317,7 @@ chatfabric stack is running (stop: $0 stop $dir)
   HAProxy      http://127.0.0.1:$lb_stats/stats   (metrics: /metrics)
   Prometheus   http://127.0.0.1:$prom
   NATS         $(nats_urls NO_USER NO_PASSWORD)
+  NATS metrics http://127.0.0.1:${exporters[0]}/metrics  http://127.0.0.1:${exporters[1]}/metrics  http://127.0.0.1:${exporters[2]}/metrics
   gateways     http://127.0.0.1:${gw[0]}/metrics  http://127.0.0.1:${gw[1]}/metrics
   persisters   http://127.0.0.1:${persister_metrics[0]}/metrics  http://127.0.0.1:${persister_metrics[1]}/metrics
   presence     http://127.0.0.1:${presence_metrics[0]}/metrics  http://127.0.0.1:${presence_metrics[1]}/metrics
@@ -330,7 +346,7 @@ stop() {
     rm -f "$dir/watchdog.pid"
   fi
   # Clients first (the balancer), then the roles, NATS last: each drains into a live next hop.
-  for group in "haproxy prometheus" "gateway-1 gateway-2 presence-1 presence-2 persister-1 persister-2 webhooks-1" "n1 n2 n3"; do
+  for group in "haproxy prometheus nats-exporter-n1 nats-exporter-n2 nats-exporter-n3" "gateway-1 gateway-2 presence-1 presence-2 persister-1 persister-2 webhooks-1" "n1 n2 n3"; do
     for name in $group; do
       [ -f "$dir/pids/$name" ] && kill -TERM "$(cat "$dir/pids/$name")" 2>/dev/null || true
     done
@@ -372,8 +388,14 @@ case "$cmd" in
     name=${2:?usage: run.sh restart NAME DIR}
     dir=${3:?usage: run.sh restart NAME DIR}
     [ -f "$dir/cmd/$name.sh" ] || die "no process $name in $dir"
-    if [ -f "$dir/pids/$name" ] && running "$(cat "$dir/pids/$name")"; then
-      die "$name is running"
+    # A process sent SIGTERM may still be draining: give it 30 s to exit.
+    if [ -f "$dir/pids/$name" ]; then
+      pid=$(cat "$dir/pids/$name")
+      for _ in $(seq 1 300); do
+        running "$pid" || break
+        sleep 0.1
+      done
+      running "$pid" && die "$name is running"
     fi
     relaunch "$name"
     ;;

@@ -14,8 +14,9 @@
 //! 4. `queries`: a user in 5,000 conversations sending `presence` queries and `conversations`
 //!    listings at 50 per second; CPU of the gateway and of nats-server.
 //!
-//! Needs `nats-server` on the PATH (or `NATS_SERVER_BIN`). `HOSTILE_MEMBERS` (45) and
-//! `HOSTILE_SILENT` (8) scale patterns 1 and 2 down, for a run against a gateway without limits.
+//! Needs `nats-server` (on the PATH, in /usr/sbin or /usr/local/bin, or `NATS_SERVER_BIN`).
+//! `HOSTILE_MEMBERS` (45) and `HOSTILE_SILENT` (8) scale patterns 1 and 2 down, for a run against
+//! a gateway without limits.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,21 +47,19 @@ async fn main() -> Result<(), Error> {
     }
     let dir = tempfile::tempdir()?;
     let nats_port = free_port();
-    let mut nats = std::process::Command::new(
-        std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into()),
-    )
-    .args([
-        "-js",
-        "-a",
-        "127.0.0.1",
-        "-p",
-        &nats_port.to_string(),
-        "-sd",
-    ])
-    .arg(dir.path().join("js"))
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null())
-    .spawn()?;
+    let mut nats = std::process::Command::new(chatfabric_nats::server::binary())
+        .args([
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &nats_port.to_string(),
+            "-sd",
+        ])
+        .arg(dir.path().join("js"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
     let url = format!("nats://127.0.0.1:{nats_port}");
     let fabric = connect(&url).await?;
     let db = dir.path().join("history.db");

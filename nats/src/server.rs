@@ -114,8 +114,47 @@ fn listener_ports() -> (u16, u16) {
     (ephemeral - 10_000, ephemeral)
 }
 
-fn binary() -> String {
-    std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into())
+/// Where distributions install programs a normal user's `PATH` may lack: Debian's nats-server and
+/// haproxy are in `/usr/sbin`; hand installs go to `/usr/local/bin`.
+pub const FALLBACK_DIRS: [&str; 3] = ["/usr/local/bin", "/usr/sbin", "/sbin"];
+
+/// The nats-server to run: `NATS_SERVER_BIN` if set, else `nats-server` from `PATH` or
+/// [`FALLBACK_DIRS`], else the bare name (whose spawn then fails as [`ServerError::NotInstalled`]).
+pub fn binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("NATS_SERVER_BIN") {
+        return bin.into();
+    }
+    find_program(
+        "nats-server",
+        std::env::var_os("PATH").as_deref(),
+        &FALLBACK_DIRS,
+    )
+    .unwrap_or_else(|| "nats-server".into())
+}
+
+/// The first executable file `name` in the directories of `path` (a `PATH` value), then in
+/// `fallbacks`.
+pub fn find_program(
+    name: &str,
+    path: Option<&std::ffi::OsStr>,
+    fallbacks: &[&str],
+) -> Option<PathBuf> {
+    let listed = path.into_iter().flat_map(std::env::split_paths);
+    listed
+        .chain(fallbacks.iter().map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        path.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    }
+    #[cfg(not(unix))]
+    path.is_file()
 }
 
 impl NatsServer {
@@ -234,7 +273,9 @@ impl NatsServer {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => ServerError::NotInstalled(bin),
+                std::io::ErrorKind::NotFound => {
+                    ServerError::NotInstalled(bin.display().to_string())
+                }
                 _ => ServerError::Io(e),
             })?;
         self.child = Some(child);
@@ -375,4 +416,45 @@ fn healthz(monitor_port: u16) -> bool {
     let mut buf = String::new();
     let _ = s.read_to_string(&mut buf);
     buf.starts_with("HTTP/1.") && buf.contains(" 200 ") && buf.contains("ok")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_program;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn program(dir: &std::path::Path, name: &str, mode: u32) {
+        let p = dir.join(name);
+        std::fs::write(&p, "#!/bin/sh\n").expect("write");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    /// `PATH` first, then the fallbacks (Debian's /usr/sbin, which a normal user's PATH lacks);
+    /// files that are not executable are passed over.
+    #[test]
+    fn programs_are_found_on_path_then_in_the_fallback_dirs() {
+        let (on_path, sbin) = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
+        let fallback = [sbin.path().to_str().expect("utf-8")];
+        program(sbin.path(), "nats-server", 0o755);
+        let path = std::env::join_paths([on_path.path()]).expect("PATH");
+        assert_eq!(
+            find_program("nats-server", Some(&path), &fallback),
+            Some(sbin.path().join("nats-server"))
+        );
+        program(on_path.path(), "nats-server", 0o644);
+        assert_eq!(
+            find_program("nats-server", Some(&path), &fallback),
+            Some(sbin.path().join("nats-server")),
+            "a file without the executable bit is no program"
+        );
+        program(on_path.path(), "nats-server", 0o755);
+        assert_eq!(
+            find_program("nats-server", Some(&path), &fallback),
+            Some(on_path.path().join("nats-server"))
+        );
+        assert_eq!(find_program("haproxy", None, &fallback), None);
+    }
 }

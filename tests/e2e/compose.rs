@@ -212,15 +212,36 @@ fn prometheus_scrapes_every_role_and_nats_node_of_compose() {
     let services = services();
     let hosts = hostnames(&services);
     let prom = yaml("deploy/prometheus/prometheus.yml");
+    // Static targets must run on a plain `docker compose up` (else they show as down); services
+    // of a profile are found through DNS, so they are targets only when their profile runs.
+    let in_profile = |host: &str| services.get(host).is_some_and(|s| !s["profiles"].is_null());
     let mut scraped = BTreeSet::new();
     for job in prom["scrape_configs"]
         .as_sequence()
         .expect("scrape_configs")
     {
-        for sc in job["static_configs"].as_sequence().expect("static_configs") {
-            for t in strings(&sc["targets"]) {
-                let host = t.split(':').next().unwrap_or_default().to_string();
-                assert!(hosts.contains(&host), "scrape target {t} is no service");
+        let name = job["job_name"].as_str().expect("job_name");
+        let statics = job["static_configs"].as_sequence().into_iter().flatten();
+        for t in statics.flat_map(|sc| strings(&sc["targets"])) {
+            let host = t.split(':').next().unwrap_or_default().to_string();
+            assert!(
+                hosts.contains(&host),
+                "{name}: scrape target {t} is no service"
+            );
+            assert!(
+                !in_profile(&host),
+                "{name}: {t} runs only with a profile; a plain `up` would show it down"
+            );
+            scraped.insert(host);
+        }
+        let dns = job["dns_sd_configs"].as_sequence().into_iter().flatten();
+        for sd in dns {
+            assert!(
+                sd["port"].as_u64().is_some(),
+                "{name}: DNS discovery without a port"
+            );
+            for host in strings(&sd["names"]) {
+                assert!(hosts.contains(&host), "{name}: {host} is no service");
                 scraped.insert(host);
             }
         }

@@ -1,5 +1,6 @@
 //! `--log-format json`: every line one JSON object, events inside a connection carrying the
-//! connection span's fields; pretty stays the default.
+//! connection span's fields and the conversation actor's the conversation's; pretty stays the
+//! default.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -82,8 +83,20 @@ async fn connect_and_vanish(addr: std::net::SocketAddr) {
     drop(c);
 }
 
+/// Creates a group, subscribes to it and posts once: the gateway starts the conversation's feed
+/// (a debug event in the `conversation` span). Returns the conversation id.
+async fn subscribe_and_send(addr: std::net::SocketAddr) -> String {
+    let mut c = Client::connect(&format!("ws://{addr}/ws"), "alice").await;
+    let conv = c.create_group(&["bob"]).await;
+    c.subscribe(&conv, None).await;
+    c.post(&conv, "c1", "hello").await;
+    assert_eq!(c.msg().await["client_id"], "c1");
+    c.close().await;
+    conv
+}
+
 #[tokio::test]
-async fn json_logs_are_one_object_per_line_with_the_connection_span() {
+async fn json_logs_are_one_object_per_line_with_the_connection_and_conversation_spans() {
     let nats = Nats::start().await;
     let gw = Gateway::start(&nats, &["--log-format", "json"]).await;
     connect_and_vanish(gw.addr).await;
@@ -96,6 +109,7 @@ async fn json_logs_are_one_object_per_line_with_the_connection_span() {
         assert!(Instant::now() < until, "connection not closed within 10 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let conv = subscribe_and_send(gw.addr).await;
     let lines = gw.stop();
     assert!(!lines.is_empty(), "no logs");
     let events: Vec<Value> = lines
@@ -117,6 +131,24 @@ async fn json_logs_are_one_object_per_line_with_the_connection_span() {
             .as_array()
             .is_some_and(|s| !s.is_empty()),
         "{in_connection}"
+    );
+    // The conversation actor's events name the conversation, and no connection: the actor is
+    // shared by every subscriber of the conversation on this gateway.
+    let in_conversation = events
+        .iter()
+        .find(|e| e["span"]["name"] == "conversation")
+        .unwrap_or_else(|| panic!("no event inside a conversation span in {lines:#?}"));
+    println!("{in_conversation}");
+    assert_eq!(
+        in_conversation["span"]["conv"],
+        conv.as_str(),
+        "{in_conversation}"
+    );
+    assert!(
+        in_conversation["spans"]
+            .as_array()
+            .is_some_and(|s| s.iter().all(|s| s["name"] != "connection")),
+        "{in_conversation}"
     );
 }
 

@@ -1,6 +1,7 @@
 //! The production topology (`deploy/local/run.sh`): clients only through HAProxy, gateways
 //! stopped and killed under their clients, the NATS node leading a stream killed under load, and
-//! every query of the Grafana dashboard evaluated against the live Prometheus.
+//! every query of the Grafana dashboard evaluated against the live Prometheus (which scrapes every
+//! role, the webhook role included, and every NATS node).
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,7 +16,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::support::dashboard;
 use crate::support::fabric::token;
+use crate::support::receiver::{Answer, Receiver};
 use crate::support::sse::SseClient;
 use crate::support::stack::{http_get, metric, Stack};
 use crate::support::Client;
@@ -211,71 +214,10 @@ async fn gateway_metric(stack: &Stack, gateway: &str, series: &str) -> f64 {
     metric(&http_get(stack.addr(gateway), "/metrics").await, series).unwrap_or(0.0)
 }
 
-/// Every expression of the dashboard, with Grafana's interval variables given fixed values.
-fn dashboard_queries() -> Vec<(String, String)> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/deploy/grafana/dashboards/chatfabric.json"
-    );
-    let dash: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard"))
-        .expect("dashboard JSON");
-    let mut out = Vec::new();
-    for panel in dash["panels"].as_array().expect("panels") {
-        for t in panel["targets"].as_array().into_iter().flatten() {
-            let expr = t["expr"].as_str().expect("expr");
-            let expr = expr
-                .replace("$__rate_interval", "1m")
-                .replace("$__range", "5m");
-            out.push((panel["title"].as_str().expect("title").to_string(), expr));
-        }
-    }
-    out
-}
-
-/// Polls until every dashboard query returns at least one series with a number (not NaN: the
-/// quantiles need observations); returns each query's series count and largest value. Queries of
-/// the NATS exporter are skipped when Prometheus has no `nats` job (no exporter package here), and
-/// the webhook role's when the stack runs none (it does only with CHATFABRIC_WEBHOOK_URL; its
-/// metrics are tested in webhooks.rs).
-async fn dashboard_has_data(stack: &Stack) -> Vec<(String, String, usize, String)> {
-    let targets = stack.targets().await;
-    let has_nats = targets.iter().any(|(job, _, _)| job == "nats");
-    let has_webhooks = targets.iter().any(|(job, _, _)| job == "webhooks");
-    let until = Instant::now() + DEADLINE;
-    let mut rows = Vec::new();
-    for (title, expr) in dashboard_queries() {
-        if expr.contains("gnatsd_") && !has_nats {
-            rows.push((title, expr, 0, "skipped: no NATS exporter".into()));
-            continue;
-        }
-        if expr.contains("chatfabric_webhooks_") && !has_webhooks {
-            rows.push((title, expr, 0, "skipped: no webhook role".into()));
-            continue;
-        }
-        loop {
-            let result = stack.query(&expr).await;
-            let largest = result
-                .iter()
-                .filter_map(|r| r["value"][1].as_str()?.parse::<f64>().ok())
-                .filter(|x| !x.is_nan())
-                .reduce(f64::max);
-            if let Some(v) = largest {
-                rows.push((title, expr, result.len(), format!("{v:.6}")));
-                break;
-            }
-            assert!(
-                Instant::now() < until,
-                "dashboard panel {title:?}: `{expr}` returns no data: {result:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-    rows
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_through_the_balancer_survive_gateway_stop_and_kill_and_the_dashboard_has_data() {
-    let stack = Stack::start();
+    let receiver = Receiver::start(Answer::Ok).await;
+    let stack = Stack::start_with_webhooks(&receiver.url());
     let url = stack.ws_url();
     let users: Vec<String> = (0..8).map(|i| format!("u{i}")).collect();
     let mut owner = Client::connect(&url, "u0").await;
@@ -306,15 +248,28 @@ async fn clients_through_the_balancer_survive_gateway_stop_and_kill_and_the_dash
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // Every target up (and so scraped once: counters' increases from here on show in rates).
+    // Every target up (and so scraped once: counters' increases from here on show in rates):
+    // each role's processes, the balancer and the three NATS nodes' exporters.
+    let expected = [
+        ("gateway", 2),
+        ("haproxy", 1),
+        ("nats", 3),
+        ("persister", 2),
+        ("presence", 2),
+        ("webhooks", 1),
+    ];
     let until = Instant::now() + DEADLINE;
     loop {
         let targets = stack.targets().await;
         let down: Vec<_> = targets.iter().filter(|(_, _, h)| h != "up").collect();
-        if down.is_empty() && targets.len() == 7 {
+        let mut jobs = std::collections::BTreeMap::new();
+        for (job, _, _) in &targets {
+            *jobs.entry(job.as_str()).or_insert(0) += 1;
+        }
+        if down.is_empty() && jobs.into_iter().eq(expected) {
             break;
         }
-        assert!(Instant::now() < until, "targets not up: {down:?}");
+        assert!(Instant::now() < until, "targets not all up: {targets:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
@@ -334,12 +289,18 @@ async fn clients_through_the_balancer_survive_gateway_stop_and_kill_and_the_dash
     let (seq, _) = owner.post(&conv, "sse-1", "through the balancer").await;
     all.push(("sse-1".into(), seq));
     assert_eq!(sse.msg().await.data["client_id"], "sse-1");
+    // A message for a member who is offline: the webhook role tells the receiver (after its
+    // coalescing window), and its delivery latency has an observation.
+    let quiet = owner.create_group(&["offline-1"]).await;
+    owner.post(&quiet, "w-1", "for someone offline").await;
+    receiver
+        .wait_until(DEADLINE, |got| {
+            got.iter()
+                .any(|r| r.status == 200 && r.json["type"] == "message.offline")
+        })
+        .await;
 
-    let rows = dashboard_has_data(&stack).await;
-    println!("dashboard queries against the live Prometheus:");
-    for (title, expr, n, v) in &rows {
-        println!("  {title:38} | {n} series | {v:>12} | {expr}");
-    }
+    dashboard::print(&dashboard::has_data(&stack, DEADLINE).await);
 
     // Stop gateway-2 cleanly while messages flow (it drains: its clients reconnect through the
     // balancer to gateway-1), start it again, then kill gateway-1 the same way: every client

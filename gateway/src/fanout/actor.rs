@@ -71,7 +71,9 @@ impl ConvActor {
         }
     }
 
-    #[tracing::instrument(name = "conversation", skip_all, fields(conv = %self.conv))]
+    // A root span: the actor outlives the connection whose subscribe started it, and its events
+    // are the conversation's, not that connection's.
+    #[tracing::instrument(name = "conversation", parent = None, skip_all, fields(conv = %self.conv))]
     pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
         let inner = self.shared.clone();
         let live = inner.fabric.settings.partitions.live_subject(&self.conv);
@@ -103,6 +105,7 @@ impl ConvActor {
         };
         self.last = head;
         inner.metrics.live_conversations.inc();
+        tracing::debug!(head, "conversation feed started");
         // Resolve with a connection whose queue drained enough for its parked replay to go on.
         // A local, not a field: the futures are not `Sync`, and the actor is borrowed across awaits.
         let mut wakers: FuturesUnordered<BoxFuture<'static, ConnId>> = FuturesUnordered::new();
@@ -146,6 +149,7 @@ impl ConvActor {
             }
         }
         inner.metrics.live_conversations.dec();
+        tracing::debug!(last = self.last, "conversation feed stopped");
         // Unsubscribes from NATS on drop.
         drop(sub);
         drop(eph);

@@ -2,6 +2,7 @@
 //! WebSocket client that speaks the protocol.
 
 pub mod client;
+pub mod dashboard;
 pub mod fabric;
 pub mod heavy;
 pub mod hooks;

@@ -1,5 +1,6 @@
-//! The whole production topology of `deploy/local/run.sh` (3 NATS nodes, two gateways behind
-//! HAProxy, two persisters, two presence services, Prometheus) in a temp dir, stopped when dropped.
+//! The whole production topology of `deploy/local/run.sh` (3 NATS nodes and their exporters, two
+//! gateways behind HAProxy, two persisters, two presence services, optionally the webhook role,
+//! Prometheus) in a temp dir, stopped when dropped.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,10 +24,20 @@ impl Stack {
     /// Starts the stack with the test binary, the tests' JWT secret and a 1 s scrape interval. The
     /// script's watchdog stops it after 10 minutes even if this process is killed.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// [`start`](Self::start) with the webhook role posting to `url` (a test receiver).
+    pub fn start_with_webhooks(url: &str) -> Self {
+        Self::start_with(&[("CHATFABRIC_WEBHOOK_URL", url)])
+    }
+
+    fn start_with(settings: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let out = Command::new("bash")
             .arg(script())
             .arg("start")
+            .envs(settings.iter().copied())
             .env("CHATFABRIC_BIN", env!("CARGO_BIN_EXE_chatfabric"))
             .env("CHATFABRIC_STACK_DIR", dir.path())
             .env("CHATFABRIC_STACK_TTL", "600")
@@ -49,22 +60,31 @@ impl Stack {
             dir,
         };
         if !out.status.success() {
-            let logs: String = ["n1", "n2", "n3", "gateway-1", "gateway-2", "persister-1"]
-                .iter()
-                .chain(&[
-                    "persister-2",
-                    "presence-1",
-                    "presence-2",
-                    "haproxy",
-                    "prometheus",
-                ])
-                .map(|name| {
-                    let log = stack.log(name);
-                    let tail: Vec<&str> = log.lines().rev().take(15).collect();
-                    let tail: Vec<&str> = tail.into_iter().rev().collect();
-                    format!("--- {name}\n{}\n", tail.join("\n"))
-                })
-                .collect();
+            let logs: String = [
+                "n1",
+                "n2",
+                "n3",
+                "nats-exporter-n1",
+                "nats-exporter-n2",
+                "nats-exporter-n3",
+                "gateway-1",
+                "gateway-2",
+                "persister-1",
+                "persister-2",
+                "presence-1",
+                "presence-2",
+                "webhooks-1",
+                "haproxy",
+                "prometheus",
+            ]
+            .iter()
+            .map(|name| {
+                let log = stack.log(name);
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!("--- {name}\n{}\n", tail.join("\n"))
+            })
+            .collect();
             panic!(
                 "deploy/local/run.sh start failed:\n{}{}\n{logs}",
                 String::from_utf8_lossy(&out.stdout),
