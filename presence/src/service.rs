@@ -21,9 +21,10 @@ use chatfabric_nats::{Fabric, UserId};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::PresenceConfig;
 use crate::members::Memberships;
+use crate::metrics::PresenceMetrics;
 use crate::tracker::{Action, Timing, Tracker};
-use crate::{PresenceConfig, PresenceMetrics};
 
 /// What `user.<user>` holds after a write: the entry and its revision, or nothing.
 type Stored = Option<(PresenceEntry, u64)>;
