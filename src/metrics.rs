@@ -6,9 +6,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// Serves `registry` as Prometheus text on `addr` (any path) until `shutdown`.
+/// Serves `registry` as Prometheus text on `addr` (any path) until `shutdown`, which also ends
+/// the scrapes still being answered.
 pub(crate) async fn serve(
     addr: SocketAddr,
     registry: Registry,
@@ -19,13 +21,16 @@ pub(crate) async fn serve(
         .with_context(|| format!("binding the metrics address {addr}"))?;
     let registry = Arc::new(registry);
     tokio::spawn(async move {
+        // The scrapes being answered, aborted when the server stops (dropping the set).
+        let mut scrapes = JoinSet::new();
         loop {
             let (mut stream, _) = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
             };
+            while scrapes.try_join_next().is_some() {}
             let registry = registry.clone();
-            tokio::spawn(async move {
+            scrapes.spawn(async move {
                 // Read (and ignore) the request head; every path answers with the metrics.
                 let mut buf = [0u8; 1024];
                 let _ =
