@@ -82,7 +82,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut persister = PersisterDefaults::parse_from(["dev"]).args;
     persister.store.sqlite_path = history.clone();
 
-    let shutdown = crate::shutdown_on_signal();
+    let shutdown = crate::signal::shutdown_on_signal();
     let listen = args.listen;
     println!("chatfabric dev is running (Ctrl-C to stop)");
     println!(

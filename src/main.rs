@@ -13,13 +13,13 @@ mod nats_exporter;
 mod process;
 mod roles;
 mod server_api;
+mod signal;
 mod startup;
 
 use anyhow::Context;
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
-
 use cli::{Cli, Command, LogFormat};
+use signal::shutdown_on_signal;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -127,34 +127,4 @@ fn main() -> anyhow::Result<()> {
             Command::Loadtest(args) => chatfabric_loadtest::run(args).await,
         }
     })
-}
-
-/// A token cancelled on Ctrl-C or SIGTERM: the one shutdown signal every role listens to.
-pub(crate) fn shutdown_on_signal() -> CancellationToken {
-    let token = CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(_) => {
-                        let _ = ctrl_c.await;
-                        t.cancel();
-                        return;
-                    }
-                };
-            tokio::select! {
-                _ = ctrl_c => {},
-                _ = term.recv() => {},
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
-        tracing::info!("shutting down");
-        t.cancel();
-    });
-    token
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// What one scrape answers: a metrics page, or why there is none (a 503, which Prometheus records
@@ -22,7 +23,8 @@ pub(crate) struct Page {
     pub(crate) body: String,
 }
 
-/// Serves `registry` as OpenMetrics text on `addr` (any path) until `shutdown`.
+/// Serves `registry` as OpenMetrics text on `addr` (any path) until `shutdown`, which also ends
+/// the scrapes still being answered.
 pub(crate) async fn serve(
     addr: SocketAddr,
     registry: Registry,
@@ -59,13 +61,16 @@ where
         .with_context(|| format!("binding the metrics address {addr}"))?;
     let scrape = Arc::new(scrape);
     tokio::spawn(async move {
+        // The scrapes being answered, aborted when the server stops (dropping the set).
+        let mut scrapes = JoinSet::new();
         loop {
             let (mut stream, _) = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
             };
+            while scrapes.try_join_next().is_some() {}
             let scrape = scrape.clone();
-            tokio::spawn(async move {
+            scrapes.spawn(async move {
                 // Read (and ignore) the request head; every path answers with the metrics.
                 let mut buf = [0u8; 1024];
                 let _ =

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// The first pause between attempts; it doubles up to [`MAX_BACKOFF`].
@@ -70,13 +71,17 @@ where
 /// take the listener over): `/healthz` 200 (the process is alive), everything else 503, so a load
 /// balancer sends clients elsewhere meanwhile.
 pub(crate) async fn answer_not_ready(listener: &TcpListener) {
+    // The requests being answered, aborted with the future (dropping the set): nothing answers
+    // "not ready" once the gateway took the listener over or shutdown stopped the start-up.
+    let mut answers = JoinSet::new();
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             // Out of file descriptors, most likely: let some close.
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        tokio::spawn(async move {
+        while answers.try_join_next().is_some() {}
+        answers.spawn(async move {
             let mut head = [0u8; 1024];
             let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut head))
                 .await

@@ -20,10 +20,12 @@ use chatfabric_nats::wire::{now_ms, EphemeralEvent, PresenceEntry};
 use chatfabric_nats::{Fabric, UserId};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use crate::config::PresenceConfig;
 use crate::members::Memberships;
+use crate::metrics::PresenceMetrics;
 use crate::tracker::{Action, Timing, Tracker};
-use crate::{PresenceConfig, PresenceMetrics};
 
 /// What `user.<user>` holds after a write: the entry and its revision, or nothing.
 type Stored = Option<(PresenceEntry, u64)>;
@@ -41,18 +43,22 @@ pub(crate) async fn run(fabric: Fabric, config: PresenceConfig, shutdown: Cancel
         offline_grace: config.offline_grace,
     };
     let metrics = config.metrics.clone();
+    // The probe writes in flight, so the service returns only after they finished (or timed out).
+    let probes = TaskTracker::new();
     while !shutdown.is_cancelled() {
-        match session(&fabric, timing, &config, &metrics, &shutdown).await {
-            Ok(()) => return,
+        match session(&fabric, timing, &config, &metrics, &probes, &shutdown).await {
+            Ok(()) => break,
             Err(e) => {
                 tracing::warn!(error = %e, "presence watch failed; restarting with a fresh state");
                 tokio::select! {
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
         }
     }
+    probes.close();
+    probes.wait().await;
 }
 
 /// One watch session: state rebuilt from the buckets' current contents, then kept current.
@@ -61,6 +67,7 @@ async fn session(
     timing: Timing,
     config: &PresenceConfig,
     metrics: &PresenceMetrics,
+    probes: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<(), String> {
     let mut presence = fabric
@@ -92,7 +99,7 @@ async fn session(
             _ = probe.tick() => {
                 let kv = fabric.presence.clone();
                 let value = Bytes::from(now_ms().to_string());
-                tokio::spawn(async move {
+                probes.spawn(async move {
                     let _ = tokio::time::timeout(Duration::from_secs(5), kv.put(PROBE_KEY, value)).await;
                 });
                 continue;

@@ -1,12 +1,38 @@
-//! Flags of `chatfabric webhooks` (each with a `CHATFABRIC_*` environment twin).
+//! Flags of `chatfabric webhooks` (each with a `CHATFABRIC_*` environment twin), and the
+//! configuration of the role they become.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::endpoint::DeliveryPolicy;
+use crate::metrics::Metrics;
 use crate::sign::{NoSecret, Signer};
-use crate::{Metrics, WebhookConfig};
+
+/// The role's configuration.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// Receiver URLs; each gets every event.
+    pub urls: Vec<String>,
+    /// Signs every event.
+    pub signer: Signer,
+    /// Coalescing window per conversation.
+    pub coalesce: Duration,
+    /// Messages listed per `message.offline` event.
+    pub last_messages: usize,
+    /// Retries, timeouts and queues per URL.
+    pub delivery: DeliveryPolicy,
+    /// Durable consumer name; the membership consumer is `<durable>-members`.
+    pub durable: String,
+    /// JetStream's redelivery timeout for unacked messages.
+    pub ack_wait: Duration,
+    /// Unacked messages per stream.
+    pub max_ack_pending: i64,
+    /// Messages per fetch.
+    pub batch: usize,
+    /// Where the role reports; register it once with [`Metrics::register`].
+    pub metrics: Metrics,
+}
 
 /// Flags of the webhook role.
 #[derive(Debug, Clone, clap::Args)]

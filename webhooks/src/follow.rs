@@ -20,7 +20,7 @@ use crate::endpoint::Event;
 use crate::event::{self, EventKind, MemberChange, MessageView, OfflineMessages};
 use crate::metrics::StreamLabel;
 use crate::pending::{self, Held};
-use crate::Shared;
+use crate::shared::Shared;
 
 /// Longest a fetch waits for messages (also bounds how late a window closes and shutdown).
 const MAX_WAIT: Duration = Duration::from_millis(100);

@@ -11,9 +11,11 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// Serves the endpoints on `listener` until `shutdown`; `ready` says what `/readyz` answers.
+/// Serves the endpoints on `listener` until `shutdown`, which also closes the connections still
+/// open; `ready` says what `/readyz` answers.
 pub async fn serve(
     listener: TcpListener,
     registry: Registry,
@@ -21,6 +23,9 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let registry = Arc::new(registry);
+    // The connections being served, aborted when the server stops (dropping the set): a
+    // scraper's idle keep-alive connection must not outlive the role, nor hold up its shutdown.
+    let mut connections = JoinSet::new();
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -34,8 +39,9 @@ pub async fn serve(
                 }
             },
         };
+        while connections.try_join_next().is_some() {}
         let (registry, ready) = (registry.clone(), ready.clone());
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let response = answer(req.uri().path(), &registry, *ready.borrow());
                 async move { Ok::<_, Infallible>(response) }

@@ -18,7 +18,8 @@
 //! - [`dead`]: the dead-letter stream `CHAT_WEBHOOKS_DEAD`.
 //! - [`sign`]: `Chatfabric-Signature` (HMAC-SHA256 over timestamp and body) and its check.
 //! - [`metrics`], [`health`]: `/metrics`, `/healthz`, `/readyz`.
-//! - [`config`]: the flags of `chatfabric webhooks`.
+//! - [`config`]: the flags of `chatfabric webhooks` and the role's configuration.
+//! - `shared`: what every follower and delivery shares, and the hand-off of an event to every URL.
 //!
 //! `chatfabric webhooks` is: parse [`WebhooksArgs`], connect and provision, [`health::serve`],
 //! then [`run`] until the shutdown token fires. docs/WEBHOOKS.md is the receivers' contract.
@@ -35,6 +36,7 @@ mod follow;
 pub mod health;
 pub mod metrics;
 pub mod pending;
+mod shared;
 pub mod sign;
 
 use std::sync::Arc;
@@ -47,41 +49,17 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{ConfigError, WebhooksArgs};
+pub use config::{ConfigError, WebhookConfig, WebhooksArgs};
 pub use endpoint::{DeliveryPolicy, Endpoint, Event, UrlError};
 pub use metrics::Metrics;
 pub use sign::{verify, Signer};
 
 use follow::{Follower, Source};
+use shared::Shared;
 
 /// How long shutdown waits for deliveries to stop (they abandon their events; the messages are
 /// redelivered after a restart).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The role's configuration.
-#[derive(Debug, Clone)]
-pub struct WebhookConfig {
-    /// Receiver URLs; each gets every event.
-    pub urls: Vec<String>,
-    /// Signs every event.
-    pub signer: Signer,
-    /// Coalescing window per conversation.
-    pub coalesce: Duration,
-    /// Messages listed per `message.offline` event.
-    pub last_messages: usize,
-    /// Retries, timeouts and queues per URL.
-    pub delivery: DeliveryPolicy,
-    /// Durable consumer name; the membership consumer is `<durable>-members`.
-    pub durable: String,
-    /// JetStream's redelivery timeout for unacked messages.
-    pub ack_wait: Duration,
-    /// Unacked messages per stream.
-    pub max_ack_pending: i64,
-    /// Messages per fetch.
-    pub batch: usize,
-    /// Where the role reports; register it once with [`Metrics::register`].
-    pub metrics: Metrics,
-}
 
 /// Why the role could not start.
 #[derive(Debug, thiserror::Error)]
@@ -103,37 +81,6 @@ pub enum WebhookError {
         #[source]
         source: jetstream::stream::ConsumerError,
     },
-}
-
-/// What every follower and delivery shares.
-pub(crate) struct Shared {
-    /// For acks and progress.
-    pub(crate) client: async_nats::Client,
-    /// The settings.
-    pub(crate) config: WebhookConfig,
-    /// The held messages.
-    pub(crate) inflight: Arc<pending::InFlight>,
-    /// Members and presence.
-    pub(crate) directory: directory::Directory,
-    /// One per URL.
-    pub(crate) endpoints: Vec<Arc<Endpoint>>,
-    /// Delivery tasks, waited for (bounded) at shutdown.
-    pub(crate) tasks: TaskTracker,
-    /// Cancelled to stop.
-    pub(crate) shutdown: CancellationToken,
-    /// Metrics.
-    pub(crate) metrics: Metrics,
-}
-
-impl Shared {
-    /// Hands `event` to every URL; its messages are acked when the last one is done.
-    pub(crate) async fn dispatch(&self, event: Event) {
-        let event = Arc::new(event);
-        for endpoint in &self.endpoints {
-            endpoint.submit(Arc::clone(&event), &self.tasks, &self.shutdown);
-        }
-        endpoint::release(event).await;
-    }
 }
 
 /// The followed streams, each with its durable consumer created (or updated): every message

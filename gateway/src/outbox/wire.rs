@@ -7,7 +7,7 @@
 
 use std::io::{self, IoSlice};
 
-use super::Outbound;
+use super::outbound::Outbound;
 
 /// Replies larger than this go out in fragments of this size (a continuation frame each), so a
 /// large reply, such as the listing of a user in thousands of conversations, is written in

@@ -11,7 +11,7 @@ use chatfabric_nats::{ConvId, UserId};
 use super::caller::Caller;
 use super::context::Service;
 use super::conversations::Created;
-use super::error::ServiceError;
+use super::error::{ServiceError, UsersError};
 use crate::membership::managed::{Outcome, Wanted};
 use crate::membership::{MembershipError, MAX_LISTING_PAGE};
 use crate::presence::query::{self, Presence};
@@ -104,7 +104,6 @@ impl Service {
     ) -> Result<UserDisconnect, ServiceError> {
         application(caller)?;
         let key = subject::disconnect_key(user);
-        let users_err = |e: Box<dyn std::error::Error + Send + Sync>| ServiceError::Users(e);
         // Compare-and-set, so a plain disconnect racing a revocation on another gateway never
         // drops the revocation: the later of the two times holds.
         let mut tries = 0;
@@ -113,7 +112,7 @@ impl Service {
                 .users
                 .entry(&key)
                 .await
-                .map_err(|e| users_err(e.into()))?;
+                .map_err(|e| ServiceError::Users(UsersError::Read(e)))?;
             let (earlier, revision) = match entry {
                 Some(e) if e.operation == kv::Operation::Put => (
                     serde_json::from_slice::<UserDisconnect>(&e.value)
@@ -128,25 +127,26 @@ impl Service {
                 at: now_ms(),
                 tokens_before: revoke_before.max(earlier),
             };
-            let value =
-                Bytes::from(serde_json::to_vec(&disconnect).map_err(|e| users_err(e.into()))?);
+            let value = serde_json::to_vec(&disconnect)
+                .map_err(|e| ServiceError::Users(UsersError::Encode(e)))?;
+            let value = Bytes::from(value);
             let written = match revision {
                 Some(revision) => self
                     .users
                     .update(&key, value, revision)
                     .await
                     .map(|_| ())
-                    .map_err(|e| e.to_string()),
+                    .map_err(UsersError::Update),
                 None => self
                     .users
                     .create(&key, value)
                     .await
                     .map(|_| ())
-                    .map_err(|e| e.to_string()),
+                    .map_err(UsersError::Create),
             };
             match written {
                 Ok(()) => break disconnect,
-                Err(e) if tries >= 5 => return Err(users_err(e.into())),
+                Err(e) if tries >= 5 => return Err(ServiceError::Users(e)),
                 Err(_) => tries += 1,
             }
         };

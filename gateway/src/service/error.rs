@@ -3,6 +3,8 @@
 //! It wraps the domain's errors unchanged (their sources included); the front ends turn it into
 //! the client-facing error code once, in [`edge`](crate::edge).
 
+use async_nats::jetstream::kv;
+
 use crate::fanout::FanoutError;
 use crate::history::HistoryError;
 use crate::membership::MembershipError;
@@ -28,7 +30,7 @@ pub enum ServiceError {
     ServiceId,
     /// The users bucket (disconnects, revocations) could not be read or written.
     #[error("users store unavailable: {0}")]
-    Users(#[source] crate::membership::BoxError),
+    Users(#[source] UsersError),
     /// Membership refused the request, or could not be read or written.
     #[error(transparent)]
     Membership(#[from] MembershipError),
@@ -50,4 +52,22 @@ pub enum ServiceError {
     /// A typing event could not be published.
     #[error("typing event not sent: {0}")]
     Typing(#[source] async_nats::PublishError),
+}
+
+/// Why a user's record in the users bucket (a disconnect or revocation) could not be read or
+/// written. Each says what its source says.
+#[derive(Debug, thiserror::Error)]
+pub enum UsersError {
+    /// The user's current record could not be read.
+    #[error("{0}")]
+    Read(#[source] kv::EntryError),
+    /// The new record could not be encoded.
+    #[error("{0}")]
+    Encode(#[source] serde_json::Error),
+    /// The record could not be replaced at the revision read (the last of several tries).
+    #[error("{0}")]
+    Update(#[source] kv::UpdateError),
+    /// The first record could not be created (the last of several tries).
+    #[error("{0}")]
+    Create(#[source] kv::CreateError),
 }

@@ -33,5 +33,5 @@ pub use backend::MAX_PRESENCE_USERS;
 pub use caller::Caller;
 pub use context::{Service, ServiceLimits};
 pub use conversations::{Created, MemberChange, NewConversation};
-pub use error::ServiceError;
+pub use error::{ServiceError, UsersError};
 pub use messages::{HistoryRequest, SendRequest, Sent};

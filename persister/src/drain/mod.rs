@@ -22,86 +22,25 @@
 //! - **Shutdown.** When the token is cancelled, each partition finishes its in-flight batch (a
 //!   fetch waits at most [`DrainConfig::max_wait`]), acks it, stores a last watermark and returns.
 
+mod consumer;
 mod partition;
 pub mod poison;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, kv};
+use async_nats::jetstream::{self, kv};
 use chatfabric_nats::provision::{bucket_config, ensure_bucket, ensure_stream};
 use chatfabric_nats::{subject, Fabric};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
 use chatfabric_storage::HistoryStore;
 
+pub use consumer::DrainConfig;
+pub use partition::watermark_key;
 pub use poison::PoisonReason;
 
 pub use chatfabric_nats::subject::WATERMARKS_BUCKET;
-
-/// The [`WATERMARKS_BUCKET`] key of partition `part`.
-pub fn watermark_key(part: u16) -> String {
-    format!("p{part}")
-}
-
-/// How the drain consumes.
-#[derive(Debug, Clone)]
-pub struct DrainConfig {
-    /// Durable consumer name, shared by every persister process of a deployment.
-    pub durable: String,
-    /// Most messages per fetch (and per store write).
-    pub max_batch: usize,
-    /// Longest a fetch waits for a batch to fill; also bounds the shutdown latency.
-    pub max_wait: Duration,
-    /// Payloads above this many bytes are dead-lettered.
-    pub max_message_bytes: usize,
-    /// How long JetStream waits for an ack before redelivering to another persister.
-    pub ack_wait: Duration,
-    /// How often the consumer's ack floor is read and the watermark stored and published.
-    pub watermark_interval: Duration,
-    /// First delay after a failed store write or fetch; doubles up to `retry_max`.
-    pub retry_min: Duration,
-    /// Longest delay between retries.
-    pub retry_max: Duration,
-    /// Where the drain reports; register it once with [`Metrics::register`].
-    pub metrics: Metrics,
-}
-
-impl Default for DrainConfig {
-    fn default() -> Self {
-        Self {
-            durable: "persister".into(),
-            max_batch: 256,
-            max_wait: Duration::from_millis(100),
-            max_message_bytes: 64 * 1024,
-            ack_wait: Duration::from_secs(30),
-            watermark_interval: Duration::from_millis(100),
-            retry_min: Duration::from_millis(100),
-            retry_max: Duration::from_secs(10),
-            metrics: Metrics::default(),
-        }
-    }
-}
-
-impl DrainConfig {
-    /// The pull consumer configuration every persister shares.
-    pub fn consumer_config(&self) -> consumer::pull::Config {
-        consumer::pull::Config {
-            durable_name: Some(self.durable.clone()),
-            description: Some("chatfabric persister: stream -> history store".into()),
-            deliver_policy: consumer::DeliverPolicy::All,
-            ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: self.ack_wait,
-            // Never give up on a message: a store outage must not turn into lost history.
-            max_deliver: -1,
-            // Room for a few persisters with a batch each in flight, plus naks waiting out delays.
-            max_ack_pending: (self.max_batch as i64).saturating_mul(64).max(1024),
-            ..Default::default()
-        }
-    }
-}
 
 /// Why the drain could not start or stopped.
 #[derive(Debug, thiserror::Error)]

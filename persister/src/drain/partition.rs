@@ -7,10 +7,15 @@ use async_nats::jetstream::{self, consumer::PullConsumer, kv, AckKind};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use super::consumer::DrainConfig;
 use super::poison::{self, Poison};
-use super::{watermark_key, DrainConfig};
 use crate::metrics::{DeadLetterLabel, PartitionLabel};
 use chatfabric_storage::{HistoryStore, StoredRecord, Watermark};
+
+/// The [`WATERMARKS_BUCKET`](chatfabric_nats::subject::WATERMARKS_BUCKET) key of partition `part`.
+pub fn watermark_key(part: u16) -> String {
+    format!("p{part}")
+}
 
 /// How many acks are in flight at once after a batch is stored.
 const ACK_CONCURRENCY: usize = 128;

@@ -22,6 +22,7 @@
 //!
 //! # Files
 //!
+//! - `config.rs`: where and how to open the file (path, durability, readers);
 //! - `schema.rs`: the migrations, the writer's `migrate` and the reader's version check;
 //! - `write.rs`: the writer thread (group commit) and the checkpointer;
 //! - `read.rs`: the pool of read connections, pages and watermarks.
@@ -45,8 +46,6 @@
 //! we make (an acked message survives any single process dying); choose
 //! [`Synchronous::Full`] (fsync on every commit) to also survive OS crashes, at a lower write rate.
 
-use std::path::PathBuf;
-
 use async_trait::async_trait;
 use chatfabric_nats::ConvId;
 use rusqlite::{Connection, OpenFlags};
@@ -55,43 +54,13 @@ use crate::store::{HistoryStore, PageQuery, StoreError, StoredRecord, Watermark}
 use read::ReadPool;
 use write::Writer;
 
+mod config;
 mod read;
 mod schema;
 mod write;
 
+pub use config::{SqliteConfig, Synchronous};
 pub use write::{CHECKPOINT_EVERY, WAL_RESTART_PAGES};
-
-/// How hard SQLite flushes commits to disk; see the module docs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum Synchronous {
-    /// Survives the process dying; an OS crash may roll back the last commits.
-    #[default]
-    Normal,
-    /// fsync on every commit: survives OS crashes and power loss too.
-    Full,
-}
-
-/// Where and how to open the SQLite store.
-#[derive(Debug, Clone)]
-pub struct SqliteConfig {
-    /// The database file; created with its directory if missing.
-    pub path: PathBuf,
-    /// Commit durability.
-    pub synchronous: Synchronous,
-    /// Read connections (concurrent history reads).
-    pub readers: usize,
-}
-
-impl SqliteConfig {
-    /// Defaults for `path`: `synchronous=NORMAL`, four readers.
-    pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self {
-            path: path.into(),
-            synchronous: Synchronous::Normal,
-            readers: 4,
-        }
-    }
-}
 
 /// The SQLite [`HistoryStore`]. Cheap to share behind an `Arc`; dropping the last handle stops the
 /// writer thread after it finished the queued batches.
@@ -163,13 +132,6 @@ impl SqliteStore {
             writer: None,
             readers,
         })
-    }
-}
-
-fn synchronous_pragma(s: Synchronous) -> &'static str {
-    match s {
-        Synchronous::Normal => "NORMAL",
-        Synchronous::Full => "FULL",
     }
 }
 

@@ -10,7 +10,7 @@ use chatfabric_nats::ConvId;
 use rusqlite::{params, Connection, OpenFlags};
 use tokio::sync::Semaphore;
 
-use super::SqliteConfig;
+use super::config::SqliteConfig;
 use crate::store::{
     bound_to_i64, record_from_columns, PageQuery, RecordColumns, StoreError, StoredRecord,
 };

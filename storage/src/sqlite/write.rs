@@ -8,8 +8,8 @@ use std::time::Duration;
 use rusqlite::{params, Connection};
 use tokio::sync::{mpsc, oneshot};
 
+use super::config::{synchronous_pragma, SqliteConfig};
 use super::schema::migrate;
-use super::{synchronous_pragma, SqliteConfig};
 use crate::store::{batch_rows, bound_to_i64, RecordColumns, StoreError, StoredRecord, Watermark};
 
 pub(super) const INSERT_MESSAGE: &str =

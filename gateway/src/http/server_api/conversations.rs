@@ -6,7 +6,7 @@ use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
-use super::{path_id, read_json, Refused};
+use super::request::{path_id, read_json, Refused};
 use crate::http::reply::{json, Reply};
 use crate::membership::managed::{Outcome, Wanted};
 use crate::protocol::ErrorCode;

@@ -5,7 +5,7 @@ use http::Request;
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use super::{path_id, read_json, Refused};
+use super::request::{path_id, read_json, Refused};
 use crate::edge;
 use crate::http::query;
 use crate::http::reply::{json, Reply};

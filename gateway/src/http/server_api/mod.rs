@@ -8,33 +8,30 @@
 //!
 //! # Layout
 //!
-//! - this file: routing, the key check, request bodies.
+//! - this file: routing, the key check.
+//! - `request`: request bodies, path ids, and the refusal when either is bad.
 //! - `conversations`: create, read, members, a user's listing.
 //! - `messages`: post as a service or on a user's behalf, history.
 //! - `users`: disconnect (and revoke), presence.
 
 use http::{Method, Request};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use serde::de::DeserializeOwned;
 
 use super::reply::{bearer, json_error, Reply};
 use crate::api_keys::Scope;
-use crate::edge;
 use crate::metrics::Kind;
 use crate::protocol::ErrorCode;
-use crate::service::{Caller, ServiceError};
+use crate::service::Caller;
 use crate::state::State;
+use request::Refused;
 
 mod conversations;
 mod messages;
+mod request;
 mod users;
 
 /// The prefix of every server API path.
 pub(crate) const PREFIX: &str = "/v1/server/";
-
-/// Largest request body of the server API, bytes (a create with a full group of long ids fits).
-const MAX_REQUEST: usize = 128 * 1024;
 
 /// Routes a request under [`PREFIX`].
 pub(crate) async fn route(req: Request<Incoming>, state: &State) -> Reply {
@@ -119,25 +116,6 @@ pub(crate) async fn route(req: Request<Incoming>, state: &State) -> Reply {
     }
 }
 
-/// A request refused before it reached the service: its code and message.
-struct Refused(ErrorCode, String);
-
-impl Refused {
-    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self(code, message.into())
-    }
-
-    fn reply(self) -> Reply {
-        json_error(self.0, &self.1)
-    }
-}
-
-impl From<ServiceError> for Refused {
-    fn from(e: ServiceError) -> Self {
-        Self(edge::code(&e), e.to_string())
-    }
-}
-
 /// The application caller of a request with a known key that holds `scope`.
 fn authorize(req: &Request<Incoming>, state: &State, scope: Scope) -> Result<Caller, Refused> {
     let Some(holder) = bearer(req).and_then(|key| state.api_keys.find(key)) else {
@@ -154,32 +132,4 @@ fn authorize(req: &Request<Incoming>, state: &State, scope: Scope) -> Result<Cal
     }
     tracing::debug!(key = holder.name, path = %req.uri().path(), "server API request");
     Ok(Caller::Service(holder.service.clone()))
-}
-
-/// Reads and parses a JSON request body (within [`MAX_REQUEST`] and the request timeout),
-/// whatever its `Content-Type` says (curl's `-d` says form data).
-async fn read_json<T: DeserializeOwned>(
-    req: Request<Incoming>,
-    state: &State,
-) -> Result<T, Refused> {
-    let body = Limited::new(req.into_body(), MAX_REQUEST).collect();
-    let raw = match tokio::time::timeout(state.limits.request_timeout, body).await {
-        Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(_)) => return Err(Refused::new(ErrorCode::TooLarge, "request body too large")),
-        Err(_) => {
-            return Err(Refused::new(
-                ErrorCode::Invalid,
-                "request body not received in time",
-            ))
-        }
-    };
-    // An empty body reads as `{}`: endpoints whose fields are all optional need none.
-    let raw: &[u8] = if raw.is_empty() { b"{}" } else { &raw };
-    serde_json::from_slice(raw).map_err(|e| Refused::new(ErrorCode::Invalid, e.to_string()))
-}
-
-/// Parses an id from the path, or answers `invalid`.
-fn path_id<T: std::str::FromStr>(raw: &str, what: &str) -> Result<T, Refused> {
-    raw.parse()
-        .map_err(|_| Refused::new(ErrorCode::Invalid, format!("invalid {what} id")))
 }

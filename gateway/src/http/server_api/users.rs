@@ -6,7 +6,7 @@ use http::Request;
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use super::{path_id, read_json, Refused};
+use super::request::{path_id, read_json, Refused};
 use crate::http::reply::{json, Reply};
 use crate::protocol::ErrorCode;
 use crate::service::{Caller, MAX_PRESENCE_USERS};
