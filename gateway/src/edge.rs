@@ -9,7 +9,7 @@ use crate::history::HistoryError;
 use crate::membership::MembershipError;
 use crate::protocol::{ConversationView, ErrorCode, ServerFrame};
 use crate::receipts::ReceiptError;
-use crate::send::SendError;
+use crate::service::send::SendError;
 use crate::service::{Sent, ServiceError};
 
 /// The client-facing code of a service error.

@@ -70,7 +70,7 @@ pub mod presence;
 pub mod protocol;
 pub mod rate;
 pub mod receipts;
-pub mod send;
+pub use service::send;
 pub mod service;
 mod state;
 pub mod users;

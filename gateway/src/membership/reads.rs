@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{push, DeliverPolicy, ReplayPolicy};
 use async_nats::jetstream::kv;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use chatfabric_nats::subject::{self, parse_member_key};
 use chatfabric_nats::wire::ConversationInfo;
 use chatfabric_nats::{ConvId, UserId};
@@ -58,11 +59,38 @@ impl Membership {
         let key = (conv.clone(), user.clone());
         self.members
             .try_get_with(key, async {
-                let v = self.kv.get(subject::member_key(conv, user)).await?;
-                Ok::<_, async_nats::jetstream::kv::EntryError>(v.is_some())
+                let key = subject::member_key(conv, user);
+                if self
+                    .kv
+                    .get(&key)
+                    .await
+                    .map_err(MemberRead::Direct)?
+                    .is_some()
+                {
+                    return Ok(true);
+                }
+                // Any replica answers a direct get, and one that has not applied a member key
+                // written a moment ago (on another gateway) says "absent": refusing, and caching
+                // that, would lock a new member out. The stream leader has every acked write.
+                self.on_leader(&key).await
             })
             .await
             .map_err(store_err)
+    }
+
+    /// Whether `key` holds a value (not a delete marker), asked of the bucket's stream leader.
+    async fn on_leader(&self, key: &str) -> Result<bool, MemberRead> {
+        let subject = format!("{}{key}", self.kv.prefix);
+        match self
+            .kv
+            .stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+        {
+            Ok(m) => Ok(!is_delete_marker(Some(&m.headers))),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(false),
+            Err(e) => Err(MemberRead::Leader(e)),
+        }
     }
 
     /// Fails with `Forbidden` unless `user` is a member of `conv`: also when `conv` does not
@@ -218,12 +246,7 @@ impl Membership {
         while let Some(msg) = messages.next().await {
             let msg = msg.map_err(store_err)?;
             let pending = msg.info().map_err(store_err)?.pending;
-            let deleted = msg
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("KV-Operation"))
-                .is_some_and(|op| op.as_str() != "PUT");
-            if !deleted {
+            if !is_delete_marker(msg.headers.as_ref()) {
                 if let Some(key) = msg.subject.strip_prefix(self.kv.prefix.as_str()) {
                     keys.push(key.to_string());
                 }
@@ -234,4 +257,20 @@ impl Membership {
         }
         Ok(keys)
     }
+}
+
+/// Whether a KV stream message with `headers` marks its key deleted or purged.
+fn is_delete_marker(headers: Option<&async_nats::HeaderMap>) -> bool {
+    headers
+        .and_then(|h| h.get("KV-Operation"))
+        .is_some_and(|op| op.as_str() != "PUT")
+}
+
+/// Why a member key could not be read.
+#[derive(Debug, thiserror::Error)]
+enum MemberRead {
+    #[error("reading the member key: {0}")]
+    Direct(#[source] kv::EntryError),
+    #[error("reading the member key from the stream leader: {0}")]
+    Leader(#[source] async_nats::jetstream::stream::LastRawMessageError),
 }

@@ -3,13 +3,14 @@
 //! It wraps the domain's errors unchanged (their sources included); the front ends turn it into
 //! the client-facing error code once, in [`edge`](crate::edge).
 
+use async_nats::jetstream::context::PublishError;
 use async_nats::jetstream::kv;
+use chatfabric_nats::wire;
 
 use crate::fanout::FanoutError;
 use crate::history::HistoryError;
 use crate::membership::MembershipError;
 use crate::receipts::ReceiptError;
-use crate::send::SendError;
 
 /// Why an operation of the [`Service`](super::Service) failed.
 #[derive(Debug, thiserror::Error)]
@@ -70,4 +71,39 @@ pub enum UsersError {
     /// The first record could not be created (the last of several tries).
     #[error("{0}")]
     Create(#[source] kv::CreateError),
+}
+
+/// Why a send was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The client id is empty, too long or not printable ASCII.
+    #[error(
+        "client_id must be 1 to {} printable ASCII characters",
+        wire::MAX_CLIENT_ID_LEN
+    )]
+    InvalidClientId,
+    /// The body is empty.
+    #[error("body is empty")]
+    EmptyBody,
+    /// The body exceeds the limit.
+    #[error("body exceeds {0} bytes")]
+    TooLarge(usize),
+    /// The message could not be encoded (it holds only strings and integers: not expected).
+    #[error("{0}")]
+    Encode(#[source] serde_json::Error),
+    /// JetStream did not acknowledge within the deadline, or refused: the message is not known to
+    /// be stored (it may be); retrying with the same client id is safe and stores it once.
+    #[error("message not known to be stored ({0}); retry with the same client_id")]
+    Unavailable(#[source] NotStored),
+}
+
+/// Why JetStream did not acknowledge a send.
+#[derive(Debug, thiserror::Error)]
+pub enum NotStored {
+    /// The last attempt's publish failed, or the stream refused the message.
+    #[error("{0}")]
+    Publish(#[source] PublishError),
+    /// No PubAck came within the deadline.
+    #[error("timed out waiting for the stream")]
+    TimedOut,
 }

@@ -28,10 +28,12 @@ pub mod error;
 mod messages;
 mod presence;
 mod receipts;
+pub mod send;
 
 pub use backend::MAX_PRESENCE_USERS;
 pub use caller::Caller;
 pub use context::{Service, ServiceLimits};
 pub use conversations::{Created, MemberChange, NewConversation};
 pub use error::{ServiceError, UsersError};
-pub use messages::{HistoryRequest, SendRequest, Sent};
+pub use messages::HistoryRequest;
+pub use send::{SendRequest, Sent};

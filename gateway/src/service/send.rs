@@ -1,4 +1,4 @@
-//! The send path: validate -> stamp -> publish to JetStream -> ack after the PubAck.
+//! The send path: validate -> membership -> stamp -> publish to JetStream -> ack after the PubAck.
 //!
 //! The message's `Nats-Msg-Id` is derived from (conversation, sender, client id), so a retried send
 //! within the stream's duplicate window is stored once and acknowledged with the original sequence.
@@ -19,42 +19,11 @@ use bytes::Bytes;
 use chatfabric_nats::wire::{self, now_ms, StoredMessage, Via};
 use chatfabric_nats::{ConvId, Fabric, UserId};
 
+use super::caller::Caller;
+use super::context::Service;
+use super::error::ServiceError;
+pub use super::error::{NotStored, SendError};
 use crate::metrics::Metrics;
-
-/// Why a send was refused or failed.
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    /// The client id is empty, too long or not printable ASCII.
-    #[error(
-        "client_id must be 1 to {} printable ASCII characters",
-        wire::MAX_CLIENT_ID_LEN
-    )]
-    InvalidClientId,
-    /// The body is empty.
-    #[error("body is empty")]
-    EmptyBody,
-    /// The body exceeds the limit.
-    #[error("body exceeds {0} bytes")]
-    TooLarge(usize),
-    /// The message could not be encoded (it holds only strings and integers: not expected).
-    #[error("{0}")]
-    Encode(#[source] serde_json::Error),
-    /// JetStream did not acknowledge within the deadline, or refused: the message is not known to
-    /// be stored (it may be); retrying with the same client id is safe and stores it once.
-    #[error("message not known to be stored ({0}); retry with the same client_id")]
-    Unavailable(#[source] NotStored),
-}
-
-/// Why JetStream did not acknowledge a send.
-#[derive(Debug, thiserror::Error)]
-pub enum NotStored {
-    /// The last attempt's publish failed, or the stream refused the message.
-    #[error("{0}")]
-    Publish(#[source] PublishError),
-    /// No PubAck came within the deadline.
-    #[error("timed out waiting for the stream")]
-    TimedOut,
-}
 
 /// A stored send: the sequence and whether it was a retry of an earlier one.
 #[derive(Debug, Clone, Copy)]
@@ -192,5 +161,59 @@ mod tests {
             validate("k", "12345678901", 10),
             Err(SendError::TooLarge(10))
         ));
+    }
+}
+
+/// A message to post.
+#[derive(Debug, Clone)]
+pub struct SendRequest {
+    /// The conversation.
+    pub conv: ConvId,
+    /// The sender's idempotency key.
+    pub client_id: String,
+    /// The text.
+    pub body: String,
+}
+
+/// A stored message: what its sender is acknowledged with.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    /// The conversation.
+    pub conv: ConvId,
+    /// The sender's idempotency key.
+    pub client_id: String,
+    /// The message's cursor.
+    pub seq: u64,
+    /// True when the client id had been stored before (a retry); `seq` is the original's.
+    pub duplicate: bool,
+}
+
+impl Service {
+    /// Stores a message as the caller and resolves once JetStream acknowledged it: the same
+    /// validation, dedupe id and ack point for every front end. What the application posts
+    /// (as a service or on a user's behalf) is stored with the caller's [`Caller::via`].
+    pub async fn send(&self, caller: &Caller, req: SendRequest) -> Result<Sent, ServiceError> {
+        validate(&req.client_id, &req.body, self.limits.max_body)?;
+        self.require_member(caller, &req.conv).await?;
+        let stored = publish(
+            &self.fabric,
+            &self.metrics,
+            Draft {
+                conv: req.conv.clone(),
+                sender: caller.acting_as().clone(),
+                via: caller.via(),
+                client_id: req.client_id.clone(),
+                body: req.body,
+            },
+            self.limits.publish_timeout,
+        )
+        .await
+        .inspect_err(|e| tracing::warn!(conv = %req.conv, error = %e, "send failed"))?;
+        Ok(Sent {
+            conv: req.conv,
+            client_id: req.client_id,
+            seq: stored.seq,
+            duplicate: stored.duplicate,
+        })
     }
 }
