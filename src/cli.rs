@@ -176,7 +176,7 @@ pub(crate) struct PersisterCmd {
     pub(crate) nats: NatsArgs,
     #[command(flatten)]
     pub(crate) persister: PersisterArgs,
-    /// Address to serve /metrics on.
+    /// Address to serve /metrics, /healthz and /readyz on.
     #[arg(
         long,
         env = "CHATFABRIC_PERSISTER_METRICS",
@@ -192,7 +192,7 @@ pub(crate) struct PresenceCmd {
     pub(crate) nats: NatsArgs,
     #[command(flatten)]
     pub(crate) presence: chatfabric_presence::PresenceArgs,
-    /// Address to serve /metrics on.
+    /// Address to serve /metrics, /healthz and /readyz on.
     #[arg(
         long,
         env = "CHATFABRIC_PRESENCE_METRICS",

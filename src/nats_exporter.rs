@@ -41,7 +41,7 @@ pub(crate) struct NatsExporterArgs {
 /// Serves the node's `/varz` as metrics until `shutdown`.
 pub(crate) async fn run(args: NatsExporterArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let target = Target::parse(&args.url)?;
-    crate::metrics::serve_with(args.listen, shutdown.clone(), move || {
+    crate::metrics::serve_with(args.listen, shutdown.clone(), move |_path| {
         let target = target.clone();
         async move { target.scrape().await }
     })

@@ -2,6 +2,7 @@
 //! shutdown (`chatfabric <role>` and `chatfabric dev` call these).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -68,7 +69,8 @@ async fn open_history(
 }
 
 /// Runs one persister until `shutdown`, writing to `store` (else the store its flags name) and
-/// serving its metrics on `metrics_listen`.
+/// serving its metrics on `metrics_listen` from the start: `/readyz` answers 503 until every
+/// partition drains (the store opened, NATS connected, streams and consumers provisioned).
 pub(crate) async fn run_persister(
     nats: &NatsArgs,
     args: &PersisterArgs,
@@ -76,22 +78,39 @@ pub(crate) async fn run_persister(
     metrics_listen: Option<SocketAddr>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let config = args.drain_config();
+    if let Some(addr) = metrics_listen {
+        let mut registry = prometheus_client::registry::Registry::default();
+        crate::process::register(&mut registry);
+        config.metrics.register(&mut registry);
+        let draining = config.metrics.draining.clone();
+        let partitions =
+            i64::from(chatfabric_nats::subject::Partitions::new(nats.partitions).count());
+        let ready = move || draining.get() >= partitions;
+        crate::metrics::serve(addr, registry, ready, shutdown.clone()).await?;
+    }
     let store = match store {
         Some(s) => s,
-        None => open_store(&args.store)
+        // A ScyllaDB cluster that does not answer yet is waited for, as NATS is; a SQLite file
+        // that cannot be opened or a schema from a newer version is not.
+        None => {
+            let opened = retry("opening the history store", &shutdown, || async {
+                open_store(&args.store).await.map_err(|e| match e {
+                    StoreError::ScyllaConnect { .. } => Failure::Transient(e),
+                    _ => Failure::Fatal(e),
+                })
+            })
             .await
-            .context("opening the history store")?,
+            .context("opening the history store")?;
+            match opened {
+                Some(store) => store,
+                None => return Ok(()),
+            }
+        }
     };
     let Some((fabric, _missed)) = nats.connect(Role::Persister, &shutdown).await? else {
         return Ok(());
     };
-    let config = args.drain_config();
-    let mut registry = prometheus_client::registry::Registry::default();
-    crate::process::register(&mut registry);
-    config.metrics.register(&mut registry);
-    if let Some(addr) = metrics_listen {
-        crate::metrics::serve(addr, registry, shutdown.clone()).await?;
-    }
     // Start-up (dead-letter stream, watermark bucket, consumers) is retried like provisioning;
     // once draining, the persister retries by itself and returns only on shutdown or a panic.
     let drained = retry(
@@ -117,23 +136,28 @@ pub(crate) async fn run_persister(
     Ok(())
 }
 
-/// Runs one presence service until `shutdown`, serving its metrics on `metrics_listen`.
+/// Runs one presence service until `shutdown`, serving its metrics on `metrics_listen` from the
+/// start: `/readyz` answers 503 until NATS is connected and the buckets are provisioned.
 pub(crate) async fn run_presence(
     nats: &NatsArgs,
     args: &chatfabric_presence::PresenceArgs,
     metrics_listen: Option<SocketAddr>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let config = args.config();
+    let connected = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = metrics_listen {
+        let mut registry = prometheus_client::registry::Registry::default();
+        crate::process::register(&mut registry);
+        config.metrics.register(&mut registry);
+        let connected = connected.clone();
+        let ready = move || connected.load(Ordering::Relaxed);
+        crate::metrics::serve(addr, registry, ready, shutdown.clone()).await?;
+    }
     let Some((fabric, _missed)) = nats.connect(Role::Presence, &shutdown).await? else {
         return Ok(());
     };
-    let config = args.config();
-    let mut registry = prometheus_client::registry::Registry::default();
-    crate::process::register(&mut registry);
-    config.metrics.register(&mut registry);
-    if let Some(addr) = metrics_listen {
-        crate::metrics::serve(addr, registry, shutdown.clone()).await?;
-    }
+    connected.store(true, Ordering::Relaxed);
     chatfabric_presence::run(fabric, config, shutdown).await;
     Ok(())
 }

@@ -50,6 +50,9 @@ pub struct Metrics {
     /// Acks (or ack flushes) that could not be sent; those messages will be redelivered and
     /// rewritten.
     pub ack_failures: Family<PartitionLabel, Counter>,
+    /// Partition drains running (their consumer exists and they fetch): the persister is ready
+    /// when all are.
+    pub draining: Gauge,
 }
 
 impl Default for Metrics {
@@ -65,6 +68,7 @@ impl Default for Metrics {
             dead_letters: Family::default(),
             redeliveries: Family::default(),
             ack_failures: Family::default(),
+            draining: Gauge::default(),
         }
     }
 }
@@ -84,6 +88,7 @@ impl Metrics {
             "dead_letters", "Messages moved to the dead-letter stream", self.dead_letters;
             "redeliveries", "Messages delivered more than once", self.redeliveries;
             "ack_failures", "Acks that could not be sent (the message is redelivered)", self.ack_failures;
+            "draining_partitions", "Partition drains running", self.draining;
         );
     }
 

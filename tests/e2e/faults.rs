@@ -261,22 +261,42 @@ async fn roles_wait_for_jetstream_instead_of_exiting() {
         &url(Role::Persister),
         &["--sqlite-path", db, "--metrics-listen", &metrics],
     );
+    let metrics_port: u16 = metrics.rsplit(':').next().unwrap().parse().unwrap();
+    let presence_port = crate::presence::free_port();
+    let presence_metrics = format!("127.0.0.1:{presence_port}");
+    let mut presence = spawn_role(
+        "presence",
+        &url(Role::Presence),
+        &["--metrics-listen", &presence_metrics],
+    );
 
-    // Longer than a JetStream request's timeout (5 s): the roles used to exit by then.
+    // Longer than a JetStream request's timeout (5 s): the roles used to exit by then. Each
+    // says it is not ready meanwhile (the persister and presence from their first answer on).
     let mut not_ready = 0;
     let until = Instant::now() + Duration::from_secs(12);
     while Instant::now() < until {
         assert!(gateway.exited().is_none(), "the gateway exited");
         assert!(persister.exited().is_none(), "the persister exited");
+        assert!(presence.exited().is_none(), "the presence service exited");
         match http_status(port, "/readyz").await {
             503 => not_ready += 1,
             0 => {}
             other => panic!("/readyz answered {other} without JetStream"),
         }
+        for (role, p) in [("persister", metrics_port), ("presence", presence_port)] {
+            match http_status(p, "/readyz").await {
+                503 | 0 => {}
+                other => panic!("the {role}'s /readyz answered {other} without JetStream"),
+            }
+        }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(not_ready > 0, "/readyz never answered 503 while starting");
     assert_eq!(http_status(port, "/healthz").await, 200);
+    for p in [metrics_port, presence_port] {
+        assert_eq!(http_status(p, "/readyz").await, 503, "port {p}");
+        assert_eq!(http_status(p, "/healthz").await, 200, "port {p}");
+    }
 
     let nodes = tokio::task::spawn_blocking(move || {
         nodes[1].restart().expect("n1 restarts");
@@ -291,11 +311,18 @@ async fn roles_wait_for_jetstream_instead_of_exiting() {
         assert!(Instant::now() < deadline, "the gateway never became ready");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    for (role, p) in [("persister", metrics_port), ("presence", presence_port)] {
+        while http_status(p, "/readyz").await != 200 {
+            assert!(Instant::now() < deadline, "the {role} never became ready");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
     let mut alice = Client::connect(&format!("ws://{listen}/ws"), "alice").await;
     let conv = alice.create_group(&["bob"]).await;
     let (seq, _) = alice.post(&conv, "k1", "hello").await;
     assert!(seq > 0);
     assert!(persister.exited().is_none(), "the persister exited");
+    assert!(presence.exited().is_none(), "the presence service exited");
     for n in &nodes {
         assert!(n.role_violations().is_empty(), "{:?}", n.role_violations());
     }

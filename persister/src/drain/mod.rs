@@ -129,7 +129,11 @@ pub async fn run(
             shutdown: stop.clone(),
             mark: partition::MarkState::default(),
         };
-        tasks.spawn(drain.run());
+        let running = Running::new(&config.metrics.draining);
+        tasks.spawn(async move {
+            drain.run().await;
+            drop(running);
+        });
     }
     tracing::info!(
         partitions = fabric.settings.partitions.count(),
@@ -146,4 +150,20 @@ pub async fn run(
         }
     }
     result
+}
+
+/// Counts a partition drain in `draining_partitions` while it lives (a panic included).
+struct Running(prometheus_client::metrics::gauge::Gauge);
+
+impl Running {
+    fn new(gauge: &prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
