@@ -14,7 +14,6 @@
 
 use std::sync::Arc;
 
-use async_nats::jetstream::stream::{DirectGetErrorKind, LastRawMessageErrorKind};
 use chatfabric_nats::wire::StoredMessage;
 use chatfabric_nats::{ConvId, Fabric};
 use chatfabric_storage::{HistoryStore, PageQuery, StoredRecord, MAX_PAGE_LIMIT};
@@ -334,12 +333,9 @@ impl History {
         let subject = self.fabric.settings.partitions.msg_subject(&key.conv);
         let mut cursor = after;
         while cursor + 1 < before {
-            let m = match stream
-                .direct_get_next_for_subject(&subject, Some(cursor + 1))
-                .await
-            {
-                Ok(m) => m,
-                Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
+            let m = match crate::stored::next(stream, &subject, cursor + 1).await {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
                 Err(e) => return Err(unavailable(e)),
             };
             if m.sequence >= before {
@@ -379,14 +375,9 @@ impl History {
     /// and the page, cached as fixed, would miss the newest messages.
     async fn head(&self, conv: &ConvId) -> Result<u64, HistoryError> {
         let subject = self.fabric.settings.partitions.msg_subject(conv);
-        match self
-            .fabric
-            .stream_for(conv)
-            .get_last_raw_message_by_subject(&subject)
-            .await
-        {
-            Ok(m) => Ok(m.sequence),
-            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => self
+        match crate::stored::last(self.fabric.stream_for(conv), &subject).await {
+            Ok(Some(m)) => Ok(m.sequence),
+            Ok(None) => self
                 .fabric
                 .stream_for(conv)
                 .get_info()

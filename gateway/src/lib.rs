@@ -73,6 +73,7 @@ pub mod receipts;
 pub use service::send;
 pub mod service;
 mod state;
+mod stored;
 pub mod users;
 mod ws;
 

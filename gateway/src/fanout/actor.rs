@@ -5,7 +5,6 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::stream::DirectGetErrorKind;
 use chatfabric_nats::subject;
 use chatfabric_nats::wire::{EphemeralEvent, StoredMessage, LAST_SEQUENCE_HEADER, SEQUENCE_HEADER};
 use chatfabric_nats::ConvId;
@@ -20,6 +19,7 @@ use super::outlet::{ConnId, Outlet};
 use super::shards::{Cmd, Shared};
 use crate::outbox::{Outbound, Refused};
 use crate::protocol::{close, encode, encode_event, encode_msg, ServerFrame};
+use crate::stored;
 
 /// A subscription catching up from JetStream before it joins the live list.
 pub(super) struct Replay {
@@ -300,12 +300,11 @@ impl ConvActor {
         Ok(())
     }
 
-    /// The conversation's newest stored sequence (0 if it has none).
+    /// The conversation's newest stored sequence (0 if it has none), from the stream leader.
     async fn head(&self) -> Result<u64, FeedError> {
         let stream = self.shared.fabric.stream_for(&self.conv);
-        match stream.direct_get_last_for_subject(&self.msg_subject).await {
-            Ok(m) => Ok(m.sequence),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(0),
+        match stored::last(stream, &self.msg_subject).await {
+            Ok(m) => Ok(m.map_or(0, |m| m.sequence)),
             Err(e) => Err(FeedError::nats("read the conversation's head")(e)),
         }
     }
@@ -318,12 +317,9 @@ impl ConvActor {
     ) -> Result<Option<(u64, StoredMessage)>, FeedError> {
         let stream = self.shared.fabric.stream_for(&self.conv);
         loop {
-            let m = match stream
-                .direct_get_next_for_subject(&self.msg_subject, Some(after + 1))
-                .await
-            {
-                Ok(m) => m,
-                Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(None),
+            let m = match stored::next(stream, &self.msg_subject, after + 1).await {
+                Ok(Some(m)) => m,
+                Ok(None) => return Ok(None),
                 Err(e) => return Err(FeedError::nats("read a stored message")(e)),
             };
             match serde_json::from_slice::<StoredMessage>(&m.payload) {

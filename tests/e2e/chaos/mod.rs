@@ -328,11 +328,21 @@ async fn chaos() {
         Ok("full") => FULL,
         _ => SHORT,
     };
+    // CHATFABRIC_CHAOS_ONLY=<part of a fault's name> runs only the matching faults (to chase one).
+    let only = std::env::var("CHATFABRIC_CHAOS_ONLY").unwrap_or_default();
+    let faults: Vec<Fault> = faults
+        .iter()
+        .copied()
+        .filter(|f| f.name().contains(&only))
+        .collect();
     let mut t = Topology::start().await;
     let probe = PresenceProbe::start(t.ws_urls()).await;
     let mut rows = Vec::new();
     for (n, fault) in faults.iter().enumerate() {
         rows.push(run_fault(&mut t, &probe, *fault, n).await);
+    }
+    if std::env::var_os("CHATFABRIC_CHAOS_KEEP").is_some() {
+        println!("chaos run kept in {}", t.dir.path().display());
     }
     t.assert_running();
     let mut table = format!("{TABLE_HEAD}\n");

@@ -109,7 +109,12 @@ impl Topology {
     /// Starts the cluster, then every role, and waits until both gateways are ready.
     pub async fn start() -> Self {
         let nodes = crate::support::fabric::start_cluster().await;
-        let dir = tempfile::tempdir().expect("tempdir");
+        // CHATFABRIC_CHAOS_KEEP keeps the run's logs and load reports for a look afterwards.
+        let dir = tempfile::Builder::new()
+            .prefix("chaos")
+            .disable_cleanup(std::env::var_os("CHATFABRIC_CHAOS_KEEP").is_some())
+            .tempdir()
+            .expect("tempdir");
         let db = dir.path().join("history.db");
         let all: Vec<String> = nodes.iter().map(|n| n.url()).collect();
         let url = |role: Role, first: usize| {
