@@ -72,7 +72,23 @@ impl PresenceProbe {
     /// Creates the group and starts the watched users and the observer.
     pub async fn start(urls: Vec<String>) -> Self {
         let mut observer = crate::support::Client::connect(&urls[0], "pobs").await;
-        observer.create_group(&WATCHED).await;
+        // A fresh cluster may still be electing the buckets' leaders: `unavailable` is retried,
+        // as PROTOCOL.md asks of clients.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            observer
+                .send(json!({"op":"create","kind":"group","members":WATCHED}))
+                .await;
+            let r = observer.reply().await;
+            if r["op"] == "conversation" {
+                break;
+            }
+            assert!(
+                r["code"] == "unavailable" && Instant::now() < deadline,
+                "creating the watched group: {r}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         drop(observer);
         let probe = Self {
             users: Arc::new(Mutex::new(
