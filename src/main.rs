@@ -21,6 +21,23 @@ use clap::Parser;
 use cli::{Cli, Command, LogFormat};
 use signal::shutdown_on_signal;
 
+/// The tokio runtime: one worker per CPU the process may use (`available_parallelism` follows
+/// the affinity mask and the cgroup quota). On one CPU (`taskset -c 1`, a one-core container)
+/// it is a current-thread runtime, so the tasks run on the thread that also polls the
+/// `main` future and the I/O driver, with no hand-offs between a worker and the main thread.
+/// The load generator keeps the multi-thread runtime: it is the measuring side.
+/// `CHATFABRIC_MULTI_THREAD=1` keeps it for the roles too (BENCHMARKS.md compares the two).
+fn runtime(fabric: bool) -> std::io::Result<tokio::runtime::Runtime> {
+    let one_cpu = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+    if fabric && one_cpu && std::env::var_os("CHATFABRIC_MULTI_THREAD").is_none() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Runtime::new()
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
@@ -33,7 +50,8 @@ fn main() -> anyhow::Result<()> {
         // The event's fields at the top level; `span` and `spans` carry the enclosing spans'.
         LogFormat::Json => logs.json().flatten_event(true).with_span_list(true).init(),
     }
-    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    let runtime = runtime(!matches!(cli.command, Command::Loadtest(_)))
+        .context("starting the tokio runtime")?;
     runtime.block_on(async move {
         match cli.command {
             Command::Dev(args) => dev::run(args).await,
