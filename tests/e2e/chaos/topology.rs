@@ -99,6 +99,8 @@ pub struct Topology {
     pub persisters: Vec<Proc>,
     /// The presence service.
     pub presence: Proc,
+    /// The persisters' and the presence service's metrics ports (`/readyz`), in that order.
+    role_ports: Vec<u16>,
     /// The SQLite history every persister writes and every gateway reads.
     pub db: PathBuf,
     /// Role logs.
@@ -106,7 +108,7 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// Starts the cluster, then every role, and waits until both gateways are ready.
+    /// Starts the cluster, then every role, and waits until every role is ready.
     pub async fn start() -> Self {
         let nodes = crate::support::fabric::start_cluster().await;
         // CHATFABRIC_CHAOS_KEEP keeps the run's logs and load reports for a look afterwards.
@@ -152,6 +154,7 @@ impl Topology {
                 Proc::start(&format!("gateway-{}", i + 1), args, dir.path())
             })
             .collect();
+        let role_ports = vec![free(), free(), free()];
         let persisters = (0..2)
             .map(|i| {
                 let mut args = vec!["persister".to_string()];
@@ -160,14 +163,17 @@ impl Topology {
                     "--sqlite-path".into(),
                     db_s.clone(),
                     "--metrics-listen".into(),
-                    format!("127.0.0.1:{}", free()),
+                    format!("127.0.0.1:{}", role_ports[i]),
                 ]);
                 Proc::start(&format!("persister-{}", i + 1), args, dir.path())
             })
             .collect();
         let mut args = vec!["presence".to_string()];
         args.extend(common(Role::Presence, 2));
-        args.extend(["--metrics-listen".into(), format!("127.0.0.1:{}", free())]);
+        args.extend([
+            "--metrics-listen".into(),
+            format!("127.0.0.1:{}", role_ports[2]),
+        ]);
         let presence = Proc::start("presence", args, dir.path());
         let mut t = Self {
             nodes,
@@ -175,11 +181,17 @@ impl Topology {
             gateway_ports,
             persisters,
             presence,
+            role_ports,
             db,
             dir,
         };
+        // Every role, not only the gateways: faults begin with the whole fabric serving (a
+        // presence service still provisioning would count as presence error in the first fault).
         for i in 0..2 {
             t.await_gateway_ready(i, Duration::from_secs(120)).await;
+        }
+        for port in t.role_ports.clone() {
+            t.await_ready(port, Duration::from_secs(120)).await;
         }
         t
     }
@@ -194,10 +206,18 @@ impl Topology {
 
     /// Waits until gateway `i` answers `/readyz` with 200.
     pub async fn await_gateway_ready(&mut self, i: usize, limit: Duration) {
+        self.await_ready(self.gateway_ports[i], limit).await;
+    }
+
+    /// Waits until the role serving `/readyz` on `port` answers 200.
+    async fn await_ready(&mut self, port: u16, limit: Duration) {
         let deadline = Instant::now() + limit;
-        while crate::faults::http_status(self.gateway_ports[i], "/readyz").await != 200 {
+        while crate::faults::http_status(port, "/readyz").await != 200 {
             self.assert_running();
-            assert!(Instant::now() < deadline, "gateway {i} never became ready");
+            assert!(
+                Instant::now() < deadline,
+                "the role on port {port} never became ready"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
