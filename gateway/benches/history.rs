@@ -11,7 +11,7 @@
 //! - **uncached**: a random conversation and a random `before` cursor below the watermark, read
 //!   through a `History` with no page cache, so every call reads the store;
 //! - **above watermark**: the newest page of a random conversation, uncached: ~10 messages from
-//!   JetStream direct gets, the rest from the store.
+//!   JetStream (read from the stream leader), the rest from the store.
 //!
 //! The targets are p99s, so before criterion's means the bench times [`SAMPLES`] single calls of
 //! each kind and prints p50/p90/p99/max.

@@ -60,7 +60,8 @@ impl StreamSettings {
             num_replicas: self.replicas,
             duplicate_window: self.duplicate_window,
             discard: stream::DiscardPolicy::Old,
-            // Direct gets let any replica serve gap fills and resumes.
+            // Direct gets let any replica serve single-message reads (read receipts' heads); what
+            // the gateway hands clients (gap fills, resumes, history) it asks of the leader.
             allow_direct: true,
             // Messages are immutable history: nobody deletes single messages or purges the stream.
             deny_delete: true,

@@ -157,7 +157,7 @@ async fn unknown_fields_are_ignored_and_stamped_fields_never_taken() {
     assert_ne!(msg["ts"], 1);
     assert_eq!(msg["seq"], ack["seq"]);
     // Over HTTP too.
-    let (status, ack) = crate::sse::http_post(
+    let (status, ack) = crate::support::fabric::http_post(
         g.addr,
         &format!("/v1/conversations/{conv}/messages"),
         "alice",

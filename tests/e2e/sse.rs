@@ -1,30 +1,9 @@
 //! Server-sent events and HTTP sends.
 
+use crate::support::fabric::http_post;
 use crate::support::{sse::SseClient, Client, Nats, TestGateway};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A POST of `body` as `user`: the status and the JSON answer.
-pub(crate) async fn http_post(
-    addr: std::net::SocketAddr,
-    path: &str,
-    user: &str,
-    body: &Value,
-) -> (u16, Value) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let body = body.to_string();
-    let req = format!(
-        "POST {path} HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        crate::support::fabric::token(user),
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap();
-    let (_, body) = out.split_once("\r\n\r\n").unwrap();
-    (status, serde_json::from_str(body).unwrap())
-}
 
 #[tokio::test]
 async fn sse_resumes_with_last_event_id_across_a_gateway_restart() {

@@ -8,6 +8,7 @@ use chatfabric_nats::permissions::Role;
 use chatfabric_nats::server::{NatsServer, ServerOptions};
 use chatfabric_nats::{ConnectOptions, Fabric, StreamSettings, UserId};
 use chatfabric_storage::{HistoryStore, SqliteConfig, SqliteStore};
+use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -379,12 +380,30 @@ pub async fn http_get_auth(addr: SocketAddr, path: &str, user: &str) -> String {
 
 /// A GET with `user`'s bearer token, returning the status code and the body.
 pub async fn http_get_auth_status(addr: SocketAddr, path: &str, user: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let req = format!(
         "GET {path} HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
         token(user)
     );
+    http_exchange(addr, &req).await
+}
+
+/// A POST of the JSON `body` as `user`: the status and the JSON answer.
+pub async fn http_post(addr: SocketAddr, path: &str, user: &str, body: &Value) -> (u16, Value) {
+    let body = body.to_string();
+    let req = format!(
+        "POST {path} HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        token(user),
+        body.len()
+    );
+    let (status, answer) = http_exchange(addr, &req).await;
+    let answer = serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    (status, answer)
+}
+
+/// Sends one HTTP/1.0 request and reads the answer to its end: the status and the body.
+async fn http_exchange(addr: SocketAddr, req: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     s.write_all(req.as_bytes()).await.expect("write");
     let mut out = String::new();
     s.read_to_string(&mut out).await.expect("read");
