@@ -1,9 +1,11 @@
 //! A worker: holds its share of the connections and publishers (see `plan`), paces their sends,
 //! and reports every second.
 //!
-//! Sends are paced by one timer per worker, not per connection: every 10 ms it hands out the
+//! Sends are paced by one timer per worker, not per connection: every [`PACE`] it hands out the
 //! messages due at the worker's share of the aggregate rate, round-robin over its members, so the
-//! offered rate is exact whatever the number of connections. Its NATS publishers take their turn
+//! offered rate is exact whatever the number of connections. The step is short so that what is
+//! due goes out a few at a time, as independent users' sends would, and not in bursts that make
+//! every send of a burst wait for the fan-out of the ones before it. Its NATS publishers take their turn
 //! in the same round-robin as the WebSocket senders.
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -25,6 +27,8 @@ use crate::shared::{Order, Shared, Target};
 const ORDER_QUEUE: usize = 16;
 /// How long finishing connections get to close before the worker reports without them.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(10);
+/// The pacer's step: at 2,000 msg/s in, two sends per step.
+const PACE: Duration = Duration::from_millis(1);
 
 /// Runs a worker: waits for its plan, then serves commands until `Finish`.
 pub(crate) async fn run(mut commands: UnboundedReceiver<Command>, events: UnboundedSender<Event>) {
@@ -87,12 +91,13 @@ async fn drive(
         ));
     }
     let mut to_spawn = members.into_iter();
-    let connect_per_tick = (s.connect_rate / workers / 100.0).max(0.01);
+    // At least one connection a second, as when the step was 10 ms and the floor 0.01 a step.
+    let connect_per_tick = (s.connect_rate / workers).max(1.0) * PACE.as_secs_f64();
     let mut connect_credit = 1.0;
     let (mut rate, mut churn) = (0.0f64, 0.0f64);
-    let (mut send_credit, mut churn_credit) = (0.0f64, 0.0f64);
+    let (mut sends, mut drops) = (Credit::default(), Credit::default());
     let mut next_sender = 0usize;
-    let mut pace = tokio::time::interval(Duration::from_millis(10));
+    let mut pace = tokio::time::interval(PACE);
     pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Ticks end on whole Unix seconds, in every worker, so the coordinator (which closes its
     // timeline points 300 ms later) puts each worker's second in the same point.
@@ -137,9 +142,7 @@ async fn drive(
                     tasks.spawn(connection::run(member, shared.clone(), rx, finish.clone()));
                 }
                 if !senders.is_empty() {
-                    send_credit += rate * dt;
-                    while send_credit >= 1.0 {
-                        send_credit -= 1.0;
+                    for _ in 0..sends.due(rate, dt) {
                         let q = &senders[next_sender % senders.len()];
                         next_sender += 1;
                         if q.try_send(Order::Send).is_err() {
@@ -147,9 +150,10 @@ async fn drive(
                         }
                     }
                 }
-                churn_credit += churn * dt;
-                while churn_credit >= 1.0 && !queues.is_empty() {
-                    churn_credit -= 1.0;
+                for _ in 0..drops.due(churn, dt) {
+                    if queues.is_empty() {
+                        break;
+                    }
                     let q = &queues[fastrand::usize(0..queues.len())];
                     if q.try_send(Order::Drop).is_err() {
                         shared.counters.send_backlog.fetch_add(1, Relaxed);
@@ -205,6 +209,20 @@ async fn drive(
     Ok(())
 }
 
+/// Work due at a rate, handed out in whole units as time passes (the fraction carries over).
+#[derive(Debug, Default)]
+struct Credit(f64);
+
+impl Credit {
+    /// Adds `per_sec` over `secs` and takes the whole units now due.
+    fn due(&mut self, per_sec: f64, secs: f64) -> u64 {
+        self.0 += per_sec * secs;
+        let whole = self.0.floor().max(0.0);
+        self.0 -= whole;
+        whole as u64
+    }
+}
+
 fn make_tick(plan: &WorkerPlan, shared: &Shared, assigned: u64) -> Tick {
     let [e2e, ack, nats_ack, connect] = shared.take_histograms();
     Tick {
@@ -223,5 +241,24 @@ fn make_tick(plan: &WorkerPlan, shared: &Shared, assigned: u64) -> Tick {
         } else {
             crate::procstat::sample("self").map(|p| p.cpu_secs)
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sends_go_out_a_few_per_step_at_the_exact_rate() {
+        // 2,000 msg/s for one second: two a step, not the twenty of a 10 ms step, and none lost
+        // to rounding.
+        let mut sends = Credit::default();
+        let steps: Vec<u64> = (0..1000)
+            .map(|_| sends.due(2000.0, PACE.as_secs_f64()))
+            .collect();
+        assert!(steps.iter().all(|&n| n <= 2), "{steps:?}");
+        assert!((1999..=2000).contains(&steps.iter().sum::<u64>()));
+        // A late step (the generator was descheduled) hands out what fell due meanwhile.
+        assert_eq!(sends.due(2000.0, 0.0105), 21);
     }
 }
