@@ -125,6 +125,12 @@ pub struct LoadtestArgs {
     #[arg(long, env = "CHATFABRIC_LOADTEST_CONNECT_RATE")]
     pub connect_rate: Option<f64>,
 
+    /// Milliseconds between the pacer's steps: what fell due in a step goes out at once, so 10
+    /// sends each step's 2,000 msg/s as bursts of 20 (the generator's step before it was 1).
+    #[arg(long, env = "CHATFABRIC_LOADTEST_PACE_MS", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub pace_ms: u64,
+
     /// Seconds to wait after sending stops for the last deliveries, before loss is counted.
     #[arg(long, env = "CHATFABRIC_LOADTEST_DRAIN", default_value_t = 5.0)]
     pub drain: f64,

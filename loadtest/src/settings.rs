@@ -59,6 +59,8 @@ pub(crate) struct Settings {
     pub(crate) storm_at: Option<f64>,
     /// Connections opened per second in the connect phase.
     pub(crate) connect_rate: f64,
+    /// Milliseconds between the pacer's steps.
+    pub(crate) pace_ms: u64,
     /// Drain period after sending, seconds.
     pub(crate) drain: f64,
     /// Worker processes (0: in-process).
@@ -131,6 +133,7 @@ impl Settings {
             idle_room_size: args.idle_room_size,
             storm_at: args.storm_at.or(p.storm_at),
             connect_rate: args.connect_rate.or(p.connect_rate).unwrap_or(2_000.0),
+            pace_ms: args.pace_ms,
             drain: args.drain,
             workers,
             fabric_pids: args.fabric_pids.clone(),

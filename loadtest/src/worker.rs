@@ -1,7 +1,7 @@
 //! A worker: holds its share of the connections and publishers (see `plan`), paces their sends,
 //! and reports every second.
 //!
-//! Sends are paced by one timer per worker, not per connection: every [`PACE`] it hands out the
+//! Sends are paced by one timer per worker, not per connection: every `--pace-ms` (1 ms) it hands out the
 //! messages due at the worker's share of the aggregate rate, round-robin over its members, so the
 //! offered rate is exact whatever the number of connections. The step is short so that what is
 //! due goes out a few at a time, as independent users' sends would, and not in bursts that make
@@ -27,7 +27,8 @@ use crate::shared::{Order, Shared, Target};
 const ORDER_QUEUE: usize = 16;
 /// How long finishing connections get to close before the worker reports without them.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(10);
-/// The pacer's step: at 2,000 msg/s in, two sends per step.
+/// The pacer's default step (`--pace-ms`): at 2,000 msg/s in, two sends per step.
+#[cfg(test)]
 const PACE: Duration = Duration::from_millis(1);
 
 /// Runs a worker: waits for its plan, then serves commands until `Finish`.
@@ -92,12 +93,13 @@ async fn drive(
     }
     let mut to_spawn = members.into_iter();
     // At least one connection a second, as when the step was 10 ms and the floor 0.01 a step.
-    let connect_per_tick = (s.connect_rate / workers).max(1.0) * PACE.as_secs_f64();
+    let pace = Duration::from_millis(s.pace_ms);
+    let connect_per_tick = (s.connect_rate / workers).max(1.0) * pace.as_secs_f64();
     let mut connect_credit = 1.0;
     let (mut rate, mut churn) = (0.0f64, 0.0f64);
     let (mut sends, mut drops) = (Credit::default(), Credit::default());
     let mut next_sender = 0usize;
-    let mut pace = tokio::time::interval(PACE);
+    let mut pace = tokio::time::interval(pace);
     pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Ticks end on whole Unix seconds, in every worker, so the coordinator (which closes its
     // timeline points 300 ms later) puts each worker's second in the same point.
