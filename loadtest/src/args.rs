@@ -125,8 +125,9 @@ pub struct LoadtestArgs {
     #[arg(long, env = "CHATFABRIC_LOADTEST_CONNECT_RATE")]
     pub connect_rate: Option<f64>,
 
-    /// Milliseconds between the pacer's steps: what fell due in a step goes out at once, so 10
-    /// sends each step's 2,000 msg/s as bursts of 20 (the generator's step before it was 1).
+    /// Milliseconds between the pacer's steps. What fell due in a step goes out at once: at 2,000
+    /// msg/s, 1 sends two a step, as independent users would; 10 (the step until 2026-12-01)
+    /// sends bursts of twenty.
     #[arg(long, env = "CHATFABRIC_LOADTEST_PACE_MS", default_value_t = 1,
           value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub pace_ms: u64,

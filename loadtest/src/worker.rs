@@ -1,12 +1,12 @@
 //! A worker: holds its share of the connections and publishers (see `plan`), paces their sends,
 //! and reports every second.
 //!
-//! Sends are paced by one timer per worker, not per connection: every `--pace-ms` (1 ms) it hands out the
-//! messages due at the worker's share of the aggregate rate, round-robin over its members, so the
-//! offered rate is exact whatever the number of connections. The step is short so that what is
-//! due goes out a few at a time, as independent users' sends would, and not in bursts that make
-//! every send of a burst wait for the fan-out of the ones before it. Its NATS publishers take their turn
-//! in the same round-robin as the WebSocket senders.
+//! Sends are paced by one timer per worker, not per connection: every `--pace-ms` (1 ms) it
+//! hands out the messages due at the worker's share of the aggregate rate, round-robin over its
+//! members, so the offered rate is exact whatever the number of connections. The step is short so
+//! that what is due goes out a few at a time, as independent users' sends would, and not in
+//! bursts that make every send of a burst wait for the fan-out of the ones before it. Its NATS
+//! publishers take their turn in the same round-robin as the WebSocket senders.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -27,9 +27,6 @@ use crate::shared::{Order, Shared, Target};
 const ORDER_QUEUE: usize = 16;
 /// How long finishing connections get to close before the worker reports without them.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(10);
-/// The pacer's default step (`--pace-ms`): at 2,000 msg/s in, two sends per step.
-#[cfg(test)]
-const PACE: Duration = Duration::from_millis(1);
 
 /// Runs a worker: waits for its plan, then serves commands until `Finish`.
 pub(crate) async fn run(mut commands: UnboundedReceiver<Command>, events: UnboundedSender<Event>) {
@@ -92,8 +89,8 @@ async fn drive(
         ));
     }
     let mut to_spawn = members.into_iter();
-    // At least one connection a second, as when the step was 10 ms and the floor 0.01 a step.
     let pace = Duration::from_millis(s.pace_ms);
+    // At least one connection a second, as when the step was 10 ms and the floor 0.01 a step.
     let connect_per_tick = (s.connect_rate / workers).max(1.0) * pace.as_secs_f64();
     let mut connect_credit = 1.0;
     let (mut rate, mut churn) = (0.0f64, 0.0f64);
@@ -252,12 +249,10 @@ mod tests {
 
     #[test]
     fn sends_go_out_a_few_per_step_at_the_exact_rate() {
-        // 2,000 msg/s for one second: two a step, not the twenty of a 10 ms step, and none lost
-        // to rounding.
+        // 2,000 msg/s for one second of the default 1 ms steps: two a step, not the twenty of a
+        // 10 ms step, and none lost to rounding.
         let mut sends = Credit::default();
-        let steps: Vec<u64> = (0..1000)
-            .map(|_| sends.due(2000.0, PACE.as_secs_f64()))
-            .collect();
+        let steps: Vec<u64> = (0..1000).map(|_| sends.due(2000.0, 0.001)).collect();
         assert!(steps.iter().all(|&n| n <= 2), "{steps:?}");
         assert!((1999..=2000).contains(&steps.iter().sum::<u64>()));
         // A late step (the generator was descheduled) hands out what fell due meanwhile.
