@@ -3,8 +3,8 @@
 //! Every message of a partition stream at or below the store's watermark is in the store; anything
 //! above may not be yet. A page is therefore split at the watermark: the part at or below comes
 //! from the store, the part above from JetStream (the conversation's subject, read from the stream
-//! leader: `stored.rs`). An
-//! acknowledged message is in history at once, even while the persister lags or is down.
+//! leader: `stored.rs`). An acknowledged message is in history at once, even while the persister
+//! lags or is down.
 //!
 //! Pages are cached (moka). A page is cached only once its range is fixed: `before` is resolved to
 //! the conversation's head + 1 when absent, and a range of immutable, append-only messages below a

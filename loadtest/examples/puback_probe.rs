@@ -16,7 +16,8 @@ fn main() -> anyhow::Result<()> {
     let rate: u64 = std::env::var("RATE")
         .ok()
         .and_then(|r| r.parse().ok())
-        .unwrap_or(2000);
+        .unwrap_or(2000)
+        .max(1);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -41,7 +42,8 @@ fn main() -> anyhow::Result<()> {
             use futures::StreamExt;
             while sub.next().await.is_some() {}
         });
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<f64>();
+        // Each publish's milliseconds to its PubAck, or `None` when it got none.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<f64>>();
         let n = rate * 10;
         let t0 = Instant::now();
         let body = bytes::Bytes::from(vec![b'x'; 300]);
@@ -49,15 +51,19 @@ fn main() -> anyhow::Result<()> {
             let (js, tx, body) = (js.clone(), tx.clone(), body.clone());
             tokio::spawn(async move {
                 let mut h = async_nats::HeaderMap::new();
-                h.insert("Nats-Msg-Id", format!("m{i}").as_str());
+                h.insert(
+                    async_nats::header::NATS_MESSAGE_ID,
+                    format!("m{i}").as_str(),
+                );
                 let s = Instant::now();
-                if let Ok(f) = js
+                let acked = match js
                     .publish_with_headers(format!("p.msg.c{}", i % 100), h, body)
                     .await
                 {
-                    let _ = f.await;
-                }
-                let _ = tx.send(s.elapsed().as_secs_f64() * 1000.0);
+                    Ok(ack) => ack.await.is_ok(),
+                    Err(_) => false,
+                };
+                let _ = tx.send(acked.then(|| s.elapsed().as_secs_f64() * 1000.0));
             });
             tokio::time::sleep_until(
                 (t0 + Duration::from_micros((i + 1) * 1_000_000 / rate)).into(),
@@ -65,13 +71,20 @@ fn main() -> anyhow::Result<()> {
             .await;
         }
         drop(tx);
-        let mut v = Vec::new();
+        let (mut v, mut failed) = (Vec::new(), 0);
         while let Some(x) = rx.recv().await {
-            v.push(x);
+            match x {
+                Some(ms) => v.push(ms),
+                None => failed += 1,
+            }
         }
+        anyhow::ensure!(
+            !v.is_empty(),
+            "no publish was acknowledged ({failed} failed)"
+        );
         v.sort_by(f64::total_cmp);
         println!(
-            "rate {rate}: n {} p50 {:.2} p99 {:.2} mean {:.2} ms",
+            "rate {rate}: acked {} failed {failed} p50 {:.2} p99 {:.2} mean {:.2} ms",
             v.len(),
             v[v.len() / 2],
             v[v.len() * 99 / 100],

@@ -89,14 +89,13 @@ async fn drive(
         ));
     }
     let mut to_spawn = members.into_iter();
-    let pace = Duration::from_millis(s.pace_ms);
-    // At least one connection a second, as when the step was 10 ms and the floor 0.01 a step.
-    let connect_per_tick = (s.connect_rate / workers).max(1.0) * pace.as_secs_f64();
-    let mut connect_credit = 1.0;
+    // At least one connection a second; the first at once.
+    let connect_rate = (s.connect_rate / workers).max(1.0);
+    let mut connects = Credit(1.0);
     let (mut rate, mut churn) = (0.0f64, 0.0f64);
     let (mut sends, mut drops) = (Credit::default(), Credit::default());
     let mut next_sender = 0usize;
-    let mut pace = tokio::time::interval(pace);
+    let mut pace = tokio::time::interval(Duration::from_millis(s.pace_ms));
     pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Ticks end on whole Unix seconds, in every worker, so the coordinator (which closes its
     // timeline points 300 ms later) puts each worker's second in the same point.
@@ -129,10 +128,8 @@ async fn drive(
                 let dt = last_pace.elapsed().as_secs_f64();
                 last_pace = Instant::now();
                 // Connect phase: open connections at the worker's share of the connect rate.
-                connect_credit += connect_per_tick;
-                while connect_credit >= 1.0 {
+                for _ in 0..connects.due(connect_rate, dt) {
                     let Some(member) = to_spawn.next() else { break };
-                    connect_credit -= 1.0;
                     let (tx, rx) = mpsc::channel(ORDER_QUEUE);
                     if member.index < member_conns && !member.sse {
                         senders.push(tx.clone());

@@ -8,10 +8,9 @@
 //! - **Chain check.** JetStream's `republish` stamps every live copy with `Nats-Sequence` and
 //!   `Nats-Last-Sequence` (the previous sequence of the same conversation). A copy whose
 //!   `Nats-Last-Sequence` is not `last` reveals a gap (the subscription dropped messages, or NATS
-//!   reconnected); the actor fetches the missing messages from JetStream (from the stream leader, which
-//!   holds every acknowledged write: `stored.rs`) and delivers them before the live
-//!   one. Copies at or below `last` are duplicates and
-//!   are dropped.
+//!   reconnected); the actor fetches the missing messages from the stream leader, which holds
+//!   every acknowledged write (`stored.rs`), and delivers them before the live one. Copies at or
+//!   below `last` are duplicates and are dropped.
 //! - **Encode once.** Each message is encoded into one `msg` frame whose bytes are shared by every
 //!   local subscriber (and kept in a small ring for cheap resumes).
 //! - **Resume.** A subscription with a cursor gets the messages after it, then joins the live list,
