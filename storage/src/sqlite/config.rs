@@ -1,6 +1,13 @@
 //! Where and how to open the SQLite store: its file, its commit durability, its read connections.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+/// How long a connection waits for a lock another connection holds before it fails with
+/// "database is locked".
+pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How hard SQLite flushes commits to disk; see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -32,6 +39,14 @@ impl SqliteConfig {
             readers: 4,
         }
     }
+}
+
+/// Opens a connection to `path` that waits up to [`BUSY_TIMEOUT`] for locks other connections
+/// hold, from its first statement on.
+pub(super) fn connect(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(conn)
 }
 
 /// The `PRAGMA synchronous` value of `s`.

@@ -48,9 +48,10 @@
 
 use async_trait::async_trait;
 use chatfabric_nats::ConvId;
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::OpenFlags;
 
 use crate::store::{HistoryStore, PageQuery, StoreError, StoredRecord, Watermark};
+use config::connect;
 use read::ReadPool;
 use write::Writer;
 
@@ -111,14 +112,10 @@ impl SqliteStore {
         }
         // A read-write connection (never creating the file) first: it may create the WAL's
         // shared-memory file, which read-only connections cannot.
-        let setup = Connection::open_with_flags(
+        let setup = connect(
             &config.path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .and_then(|conn| {
-            conn.busy_timeout(std::time::Duration::from_secs(5))
-                .map(|()| conn)
-        })
         .map_err(|source| StoreError::SqliteOpen {
             path: store.clone(),
             source,

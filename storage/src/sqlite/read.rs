@@ -10,7 +10,7 @@ use chatfabric_nats::ConvId;
 use rusqlite::{params, Connection, OpenFlags};
 use tokio::sync::Semaphore;
 
-use super::config::SqliteConfig;
+use super::config::{connect, SqliteConfig};
 use crate::store::{
     bound_to_i64, record_from_columns, PageQuery, RecordColumns, StoreError, StoredRecord,
 };
@@ -44,14 +44,13 @@ impl ReadPool {
         };
         let readers = (0..config.readers.max(1))
             .map(|_| {
-                let conn = Connection::open_with_flags(
+                let conn = connect(
                     &config.path,
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )
                 .map_err(open_err)?;
                 conn.execute_batch(&format!(
-                    "PRAGMA busy_timeout = 5000; PRAGMA cache_size = -{READER_CACHE_KIB}; \
-                     PRAGMA mmap_size = {READER_MMAP_BYTES};"
+                    "PRAGMA cache_size = -{READER_CACHE_KIB}; PRAGMA mmap_size = {READER_MMAP_BYTES};"
                 ))
                 .map_err(open_err)?;
                 Ok(conn)

@@ -100,30 +100,6 @@ mod tests {
     use rusqlite::params;
 
     #[test]
-    fn concurrent_openers_of_a_fresh_file_both_succeed() {
-        for _ in 0..20 {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("h.db");
-            let openers: Vec<_> = (0..4)
-                .map(|_| {
-                    let path = path.clone();
-                    std::thread::spawn(move || {
-                        let mut conn = Connection::open(&path)?;
-                        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-                        migrate(&mut conn).map_err(|e| match e {
-                            StoreError::Sqlite { source, .. } => source,
-                            other => panic!("{other}"),
-                        })
-                    })
-                })
-                .collect();
-            for o in openers {
-                o.join().unwrap().unwrap();
-            }
-        }
-    }
-
-    #[test]
     fn migrations_are_idempotent_and_refuse_newer_schemas() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("h.db");

@@ -3,12 +3,12 @@
 //! starts them; see the module docs of [`crate::sqlite`] for why they are threads.
 
 use std::sync::mpsc as std_mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
-use super::config::{synchronous_pragma, SqliteConfig};
+use super::config::{connect, synchronous_pragma, SqliteConfig, BUSY_TIMEOUT};
 use super::schema::migrate;
 use crate::store::{batch_rows, bound_to_i64, RecordColumns, StoreError, StoredRecord, Watermark};
 
@@ -70,11 +70,10 @@ impl Writer {
             .map_err(open_err)?;
         let sync = synchronous_pragma(config.synchronous);
 
-        let checkpoint_conn = Connection::open(&config.path).map_err(open_err)?;
+        let checkpoint_conn = connect(&config.path, OpenFlags::default()).map_err(open_err)?;
         checkpoint_conn
             .execute_batch(&format!(
-                "PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 5000; \
-                 PRAGMA wal_autocheckpoint = 0; \
+                "PRAGMA synchronous = {sync}; PRAGMA wal_autocheckpoint = 0; \
                  PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES};"
             ))
             .map_err(open_err)?;
@@ -139,15 +138,33 @@ fn open_and_migrate(config: &SqliteConfig) -> Result<Connection, StoreError> {
         path: path_str.clone(),
         source,
     };
-    let mut conn = Connection::open(&config.path).map_err(open_err)?;
+    let mut conn = connect(&config.path, OpenFlags::default()).map_err(open_err)?;
+    enter_wal(&conn).map_err(open_err)?;
     let sync = synchronous_pragma(config.synchronous);
     conn.execute_batch(&format!(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; \
-         PRAGMA busy_timeout = 5000; PRAGMA wal_autocheckpoint = 0;"
+        "PRAGMA synchronous = {sync}; PRAGMA wal_autocheckpoint = 0;"
     ))
     .map_err(open_err)?;
     migrate(&mut conn)?;
     Ok(conn)
+}
+
+/// Switches `conn`'s file to WAL. The switch takes an exclusive lock, and when two connections
+/// ask for it at once (two persisters starting on a fresh file) SQLite fails one of them at once
+/// with "database is locked" instead of waiting out the busy timeout, so the switch is retried
+/// for as long.
+fn enter_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(())) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            done => return done,
+        }
+    }
 }
 
 /// The writer thread: group-commits queued jobs until every sender is dropped.
@@ -237,5 +254,29 @@ fn clone_sqlite_error(e: &rusqlite::Error) -> rusqlite::Error {
             rusqlite::Error::SqliteFailure(*code, msg.clone())
         }
         other => rusqlite::Error::ToSqlConversionFailure(other.to_string().into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Persisters started together on a fresh file (the chaos topology starts two) all open it,
+    /// though only one at a time can switch it to WAL.
+    #[test]
+    fn writers_opening_a_fresh_file_at_once_all_succeed() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let config = SqliteConfig::new(dir.path().join("h.db"));
+            let openers: Vec<_> = (0..4)
+                .map(|_| {
+                    let config = config.clone();
+                    std::thread::spawn(move || open_and_migrate(&config).map(drop))
+                })
+                .collect();
+            for o in openers {
+                o.join().expect("opener thread").expect("opens");
+            }
+        }
     }
 }
