@@ -5,6 +5,9 @@ COPY . .
 RUN cargo build --release --bin chatfabric
 
 FROM debian:bookworm-slim
+# The system's root certificates: the webhook role verifies https:// receivers against them.
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --home /data chatfabric && mkdir -p /data && chown chatfabric /data
 COPY --from=build /src/target/release/chatfabric /usr/local/bin/chatfabric
 USER chatfabric

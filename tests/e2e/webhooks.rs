@@ -14,7 +14,7 @@ use crate::presence::Presence;
 use crate::support::hooks::{
     admin, consumer_info, covered, for_user, held, room, spawn_hooks, Hooks, SECRET, WAIT,
 };
-use crate::support::receiver::{Answer, Received, Receiver};
+use crate::support::receiver::{Answer, Received, Receiver, TestCa};
 use crate::support::{Client, Nats, TestGateway};
 
 #[tokio::test]
@@ -396,4 +396,68 @@ async fn a_receiver_whose_queue_is_full_gets_overflow_dead_letters_and_the_other
         2,
         "only the queued events were attempted"
     );
+}
+
+#[tokio::test]
+async fn an_https_receiver_gets_signed_events_when_its_ca_is_trusted_and_nothing_otherwise() {
+    let nats = Nats::start().await;
+    let g = TestGateway::start(&nats).await;
+    let _presence = Presence::quick(&nats).await;
+    let (mut alice, _carol) = room(&nats, &g).await;
+    let ca = TestCa::new();
+    let (trusted, untrusted) = (
+        Receiver::start_tls(Answer::Ok, &ca).await,
+        Receiver::start_tls(Answer::Ok, &ca).await,
+    );
+    // One role trusts the receivers' CA (--webhook-ca-file), the other (its own durable
+    // consumers) only the system's roots.
+    let _trusting = Hooks::start(&nats, &[trusted.url()], |c| {
+        c.coalesce = Duration::ZERO;
+        c.tls = chatfabric_webhooks::tls::client_config(Some(ca.ca_file())).expect("CA file");
+    })
+    .await;
+    let _distrusting = Hooks::start(&nats, &[untrusted.url()], |c| {
+        c.coalesce = Duration::ZERO;
+        c.delivery.max_attempts = 1;
+        c.durable = "strict".into();
+    })
+    .await;
+
+    let seqs = alice.post_numbered("room", 0..3).await;
+    let want: BTreeSet<u64> = seqs.iter().copied().collect();
+    let events = trusted
+        .wait_until(WAIT, |r| want.is_subset(&covered(r, "bob")))
+        .await;
+    let now = chatfabric_nats::wire::now_ms() / 1000;
+    for r in &events {
+        assert_eq!(
+            verify(SECRET.as_bytes(), &r.signature, &r.body, now, 300),
+            Ok(())
+        );
+    }
+
+    // The other role refused the certificate: no request reached its receiver, and each event
+    // is a dead letter naming the reason.
+    let js = admin(&nats).await;
+    let consumer = js
+        .get_stream("CHAT_WEBHOOKS_DEAD")
+        .await
+        .expect("dead-letter stream")
+        .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
+        .await
+        .expect("consumer");
+    let mut letters = consumer.messages().await.expect("messages");
+    let letter = tokio::time::timeout(WAIT, letters.next())
+        .await
+        .expect("a dead letter in time")
+        .expect("a letter")
+        .expect("a message");
+    let h = letter.headers.clone().expect("headers");
+    assert_eq!(
+        h.get("Chatfabric-Webhook-Url").unwrap().as_str(),
+        untrusted.url()
+    );
+    let error = h.get("Chatfabric-Last-Error").unwrap().as_str();
+    assert!(error.contains("certificate"), "{error}");
+    assert!(untrusted.requests().is_empty());
 }

@@ -127,6 +127,7 @@ impl RunningRole {
             ack_wait: Duration::from_secs(30),
             max_ack_pending: 20_000,
             batch: 256,
+            tls: chatfabric_webhooks::tls::client_config(None).unwrap(),
             metrics: Metrics::default(),
         };
         let metrics = config.metrics.clone();

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::endpoint::DeliveryPolicy;
@@ -30,6 +31,8 @@ pub struct WebhookConfig {
     pub max_ack_pending: i64,
     /// Messages per fetch.
     pub batch: usize,
+    /// Whom `https://` receivers are verified against.
+    pub tls: Arc<rustls::ClientConfig>,
     /// Where the role reports; register it once with [`Metrics::register`].
     pub metrics: Metrics,
 }
@@ -37,7 +40,7 @@ pub struct WebhookConfig {
 /// Flags of the webhook role.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WebhooksArgs {
-    /// Receiver URL (http://); repeat or separate with commas for several. Every URL gets every
+    /// Receiver URL (http:// or https://); repeat or separate with commas for several. Every URL gets every
     /// event.
     #[arg(
         long = "webhook-url",
@@ -57,6 +60,10 @@ pub struct WebhooksArgs {
     /// A file holding the secret (one per line), instead of the flag.
     #[arg(long = "webhook-secret-file", env = "CHATFABRIC_WEBHOOK_SECRET_FILE")]
     pub secret_file: Option<PathBuf>,
+    /// A PEM file of CA certificates to trust for https:// receivers, besides the system's roots
+    /// (a private CA).
+    #[arg(long = "webhook-ca-file", env = "CHATFABRIC_WEBHOOK_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Coalescing window: an offline member gets at most one `message.offline` event per
     /// conversation per window (`2s`, `500ms`; `0s` sends one per message).
     #[arg(long, env = "CHATFABRIC_WEBHOOK_COALESCE", default_value = "2s", value_parser = parse_duration)]
@@ -134,6 +141,9 @@ pub enum ConfigError {
     /// A URL is unusable.
     #[error(transparent)]
     Url(#[from] crate::endpoint::UrlError),
+    /// The roots for https:// receivers could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl WebhooksArgs {
@@ -179,6 +189,7 @@ impl WebhooksArgs {
             ack_wait: self.ack_wait.max(Duration::from_secs(1)),
             max_ack_pending: self.max_ack_pending.max(1),
             batch: 256,
+            tls: crate::tls::client_config(self.ca_file.as_deref())?,
             metrics: Metrics::default(),
         })
     }
@@ -226,9 +237,8 @@ mod tests {
         assert!(matches!(cli.args.config(), Err(ConfigError::NoSecret(_))));
         let cli = Cli::try_parse_from(["x", "--webhook-secret", "s"]).unwrap();
         assert!(matches!(cli.args.config(), Err(ConfigError::NoUrl)));
-        let cli =
-            Cli::try_parse_from(["x", "--webhook-url", "https://a/", "--webhook-secret", "s"])
-                .unwrap();
+        let cli = Cli::try_parse_from(["x", "--webhook-url", "ftp://a/", "--webhook-secret", "s"])
+            .unwrap();
         assert!(matches!(cli.args.config(), Err(ConfigError::Url(_))));
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("secret");
@@ -236,7 +246,7 @@ mod tests {
         let cli = Cli::try_parse_from([
             "x",
             "--webhook-url",
-            "http://a/,http://b/",
+            "http://a/,https://b/",
             "--webhook-secret-file",
             file.to_str().unwrap(),
             "--coalesce",
@@ -244,7 +254,18 @@ mod tests {
         ])
         .unwrap();
         let config = cli.args.config().unwrap();
-        assert_eq!(config.urls, vec!["http://a/", "http://b/"]);
+        assert_eq!(config.urls, vec!["http://a/", "https://b/"]);
+        let cli = Cli::try_parse_from([
+            "x",
+            "--webhook-url",
+            "https://a/",
+            "--webhook-secret",
+            "s",
+            "--webhook-ca-file",
+            file.to_str().unwrap(),
+        ])
+        .unwrap();
+        assert!(matches!(cli.args.config(), Err(ConfigError::Tls(_))));
         assert_eq!(config.coalesce, Duration::from_millis(500));
     }
 }

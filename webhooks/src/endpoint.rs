@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -106,7 +107,7 @@ pub async fn release(event: Arc<Event>) {
 pub struct Endpoint {
     url: String,
     uri: http::Uri,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     signer: Signer,
     policy: DeliveryPolicy,
     /// Requests in flight.
@@ -124,19 +125,18 @@ pub enum UrlError {
     /// Not a URL.
     #[error("webhook URL {0:?} is not a valid URL")]
     Invalid(String),
-    /// Only plain HTTP is spoken (terminate TLS in a proxy next to the role, or on a private net).
-    #[error(
-        "webhook URL {0:?}: only http:// URLs are supported (put a TLS proxy in front for https)"
-    )]
+    /// Neither `http` nor `https`.
+    #[error("webhook URL {0:?}: only http:// and https:// URLs are supported")]
     Scheme(String),
 }
 
 impl Endpoint {
-    /// An endpoint for `url`.
+    /// An endpoint for `url`; `https://` receivers are verified against `tls`'s roots.
     pub fn new(
         url: &str,
         signer: Signer,
         policy: DeliveryPolicy,
+        tls: Arc<rustls::ClientConfig>,
         js: jetstream::Context,
         metrics: Metrics,
     ) -> Result<Self, UrlError> {
@@ -144,6 +144,12 @@ impl Endpoint {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(policy.timeout));
         connector.set_nodelay(true);
+        connector.enforce_http(false);
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(Arc::unwrap_or_clone(tls))
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_max_idle_per_host(policy.concurrency)
             .build(connector);
@@ -256,7 +262,7 @@ impl Endpoint {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| format!("request: {e}"))?;
+                .map_err(|e| format!("request: {}", with_sources(&e)))?;
             let status = response.status();
             // Read the answer so the connection can be reused; its content does not matter.
             let _ = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
@@ -321,16 +327,29 @@ impl Endpoint {
     }
 }
 
-/// Parses a receiver URL: `http://host[:port]/path`.
+/// Parses a receiver URL: `http[s]://host[:port]/path`.
 pub fn check_url(url: &str) -> Result<http::Uri, UrlError> {
     let uri: http::Uri = url.parse().map_err(|_| UrlError::Invalid(url.into()))?;
     if uri.host().is_none() {
         return Err(UrlError::Invalid(url.into()));
     }
-    if uri.scheme_str() != Some("http") {
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
         return Err(UrlError::Scheme(url.into()));
     }
     Ok(uri)
+}
+
+/// `e` and its sources, `: `-separated: hyper's own message ("client error (Connect)") does not
+/// say that a certificate was refused or a connection reset.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 fn abandon(event: &Event) {

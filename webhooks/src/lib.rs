@@ -17,6 +17,7 @@
 //! - [`pending`]: the ack point: a message is acked once every event built from it is done.
 //! - [`dead`]: the dead-letter stream `CHAT_WEBHOOKS_DEAD`.
 //! - [`sign`]: `Chatfabric-Signature` (HMAC-SHA256 over timestamp and body) and its check.
+//! - [`tls`]: the roots `https://` receivers are verified against.
 //! - [`metrics`], [`health`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`config`]: the flags of `chatfabric webhooks` and the role's configuration.
 //! - `shared`: what every follower and delivery shares, and the hand-off of an event to every URL.
@@ -38,6 +39,7 @@ pub mod metrics;
 pub mod pending;
 mod shared;
 pub mod sign;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -153,6 +155,7 @@ pub async fn run(
                 url,
                 config.signer.clone(),
                 config.delivery.clone(),
+                Arc::clone(&config.tls),
                 fabric.js.clone(),
                 config.metrics.clone(),
             )

@@ -1,7 +1,9 @@
-//! A webhook receiver on a free port: records every request it gets and answers as told.
+//! A webhook receiver on a free port, over http:// or https://: records every request it gets
+//! and answers as told.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,6 +12,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::{body::Incoming, Request, Response};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 /// How the receiver answers.
@@ -46,9 +49,53 @@ struct Log {
     per_id: HashMap<String, u32>,
 }
 
+/// A private CA, and a certificate it issued for 127.0.0.1 that an https receiver serves.
+pub struct TestCa {
+    _dir: tempfile::TempDir,
+    ca_file: PathBuf,
+    server: Arc<rustls::ServerConfig>,
+}
+
+impl TestCa {
+    /// A fresh CA and server certificate.
+    pub fn new() -> Self {
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::new()).expect("CA params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA");
+        let key = rcgen::KeyPair::generate().expect("server key");
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .expect("server params")
+            .signed_by(&key, &ca)
+            .expect("server certificate");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).expect("write CA");
+        let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key)
+            .expect("server config");
+        Self {
+            _dir: dir,
+            ca_file,
+            server: Arc::new(server),
+        }
+    }
+
+    /// The CA certificate as a PEM file (`--webhook-ca-file`).
+    pub fn ca_file(&self) -> &Path {
+        &self.ca_file
+    }
+}
+
 /// A receiver, stopped on drop.
 pub struct Receiver {
     addr: SocketAddr,
+    scheme: &'static str,
     log: Arc<Mutex<Log>>,
     stop: CancellationToken,
 }
@@ -56,6 +103,16 @@ pub struct Receiver {
 impl Receiver {
     /// Starts one on 127.0.0.1 with a free port.
     pub async fn start(answer: Answer) -> Self {
+        Self::serve(answer, None).await
+    }
+
+    /// Starts one that speaks https with `ca`'s server certificate.
+    pub async fn start_tls(answer: Answer, ca: &TestCa) -> Self {
+        Self::serve(answer, Some(TlsAcceptor::from(Arc::clone(&ca.server)))).await
+    }
+
+    async fn serve(answer: Answer, tls: Option<TlsAcceptor>) -> Self {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -70,7 +127,7 @@ impl Receiver {
                         _ = stop.cancelled() => return,
                         a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
                     };
-                    let log = log.clone();
+                    let (log, tls) = (log.clone(), tls.clone());
                     tokio::spawn(async move {
                         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                             let log = log.clone();
@@ -78,19 +135,31 @@ impl Receiver {
                                 Ok::<_, std::convert::Infallible>(record(req, answer, &log).await)
                             }
                         });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
+                        let http = hyper::server::conn::http1::Builder::new();
+                        let _ = match tls {
+                            None => http.serve_connection(TokioIo::new(stream), service).await,
+                            Some(tls) => match tls.accept(stream).await {
+                                Ok(stream) => {
+                                    http.serve_connection(TokioIo::new(stream), service).await
+                                }
+                                Err(_) => return,
+                            },
+                        };
                     });
                 }
             }
         });
-        Self { addr, log, stop }
+        Self {
+            addr,
+            scheme,
+            log,
+            stop,
+        }
     }
 
     /// The URL to configure.
     pub fn url(&self) -> String {
-        format!("http://{}/hooks", self.addr)
+        format!("{}://{}/hooks", self.scheme, self.addr)
     }
 
     /// Every request so far.
