@@ -300,6 +300,8 @@ impl GatewayArgs {
                 burst: self.burst,
                 max_connections: self.max_connections,
                 read_buffer: self.read_buffer,
+                server_api_rate: self.server_api.server_api_rate,
+                server_api_burst: self.server_api.server_api_burst,
                 ..Limits::default()
             },
             hub: HubConfig {

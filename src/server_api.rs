@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use chatfabric_gateway::api_keys::{self, ApiKeys, Scope};
 use chatfabric_gateway::membership::ClientMembership;
+use chatfabric_gateway::Limits;
 use clap::Args;
 
 /// Gateway flags of the server API (`/v1/server/...`, docs/SERVER_API.md).
@@ -21,6 +22,12 @@ pub(crate) struct ServerApiArgs {
     /// the server API) or `off` (only the server API changes membership).
     #[arg(long, env = "CHATFABRIC_CLIENT_MEMBERSHIP", default_value = "all")]
     pub(crate) client_membership: ClientMembership,
+    /// Server API requests per second per key, sustained (`429 rate_limited` past the burst).
+    #[arg(long, env = "CHATFABRIC_SERVER_API_RATE", default_value_t = Limits::default().server_api_rate)]
+    pub(crate) server_api_rate: f64,
+    /// Server API requests a key may make in a burst.
+    #[arg(long, env = "CHATFABRIC_SERVER_API_BURST", default_value_t = Limits::default().server_api_burst)]
+    pub(crate) server_api_burst: f64,
     /// Key-file lines added by `chatfabric dev` (its printed development key), never a flag.
     #[arg(skip)]
     pub(crate) dev_key_lines: Option<String>,

@@ -62,6 +62,11 @@ pub struct Limits {
     /// `conversations` listing pages a connection may ask for in a burst: enough to walk the
     /// listing of a user in as many conversations as the limit allows at once.
     pub listing_burst: f64,
+    /// Server API requests per second per API key, sustained: a runaway backend cannot take
+    /// the gateway from its clients.
+    pub server_api_rate: f64,
+    /// Server API requests a key may make in a burst.
+    pub server_api_burst: f64,
 }
 
 impl Default for Limits {
@@ -89,6 +94,8 @@ impl Default for Limits {
             presence_burst: 50.0,
             listing_rate: 5.0,
             listing_burst: 50.0,
+            server_api_rate: 1000.0,
+            server_api_burst: 2000.0,
         }
     }
 }

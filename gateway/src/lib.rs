@@ -207,6 +207,7 @@ pub async fn run(
         devices,
         presence: config.presence,
         send_limits: rate::UserLimits::new(),
+        api_limits: rate::UserLimits::new(),
         demo: config.demo,
         unread_permits: tokio::sync::Semaphore::new(UNREAD_CONCURRENCY),
         metrics,

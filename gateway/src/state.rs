@@ -41,6 +41,8 @@ pub(crate) struct State {
     pub(crate) presence: PresenceConfig,
     /// Per-user limits of HTTP sends and NATS-direct requests.
     pub(crate) send_limits: UserLimits,
+    /// Per-key limits of server API requests (keyed by the key's service id).
+    pub(crate) api_limits: UserLimits,
     /// What of the demo page this gateway serves.
     pub(crate) demo: DemoConfig,
     /// Bounds the unread-count computations running at once: each costs JetStream requests, and

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::support::fabric::cluster_fabric;
 use crate::support::server_api::{
-    self, api, call, token_issued, ws_refused, MANAGER_KEY, MESSAGES_KEY,
+    self, api, call, token_issued, ws_refused, FULL_KEY, MANAGER_KEY, MESSAGES_KEY,
 };
 use crate::support::sse::SseClient;
 use crate::support::{Client, Nats, TestGateway};
@@ -545,4 +545,23 @@ async fn with_client_membership_groups_clients_make_groups_but_not_direct_conver
         .send(json!({"op":"add_member","conv":conv,"user":"carol"}))
         .await;
     assert_eq!(alice.reply().await["op"], "members");
+}
+
+#[tokio::test]
+async fn a_key_past_its_rate_is_refused_and_other_keys_are_not() {
+    let nats = Nats::start().await;
+    let mut config = server_api::config(&nats);
+    // A burst of 5 that does not refill within the test.
+    config.limits.server_api_rate = 0.001;
+    config.limits.server_api_burst = 5.0;
+    let g = TestGateway::start_with(&nats, config, 8192).await;
+    let path = "/v1/server/presence?user=alice";
+    for i in 0..5 {
+        let (status, body) = call(g.addr, Some(MANAGER_KEY), "GET", path, None).await;
+        assert_eq!(status, 200, "request {i}: {body}");
+    }
+    let (status, body) = call(g.addr, Some(MANAGER_KEY), "GET", path, None).await;
+    assert_eq!((status, code(&body)), (429, "rate_limited"), "{body}");
+    let (status, body) = call(g.addr, Some(FULL_KEY), "GET", path, None).await;
+    assert_eq!(status, 200, "another key has its own budget: {body}");
 }

@@ -116,7 +116,8 @@ pub(crate) async fn route(req: Request<Incoming>, state: &State) -> Reply {
     }
 }
 
-/// The application caller of a request with a known key that holds `scope`.
+/// The application caller of a request with a known key that holds `scope`, within the key's
+/// rate.
 fn authorize(req: &Request<Incoming>, state: &State, scope: Scope) -> Result<Caller, Refused> {
     let Some(holder) = bearer(req).and_then(|key| state.api_keys.find(key)) else {
         return Err(Refused::new(
@@ -128,6 +129,17 @@ fn authorize(req: &Request<Incoming>, state: &State, scope: Scope) -> Result<Cal
         return Err(Refused::new(
             ErrorCode::Forbidden,
             format!("this API key lacks the {} scope", scope.as_str()),
+        ));
+    }
+    let limits = &state.limits;
+    if !state.api_limits.allow(
+        holder.service,
+        limits.server_api_rate,
+        limits.server_api_burst,
+    ) {
+        return Err(Refused::new(
+            ErrorCode::RateLimited,
+            "too many server API requests with this key; slow down",
         ));
     }
     tracing::debug!(key = holder.name, path = %req.uri().path(), "server API request");
