@@ -40,8 +40,8 @@ pub struct WebhookConfig {
 /// Flags of the webhook role.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WebhooksArgs {
-    /// Receiver URL (http:// or https://); repeat or separate with commas for several. Every URL gets every
-    /// event.
+    /// Receiver URL (http:// or https://); repeat or separate with commas for several. Every URL
+    /// gets every event.
     #[arg(
         long = "webhook-url",
         env = "CHATFABRIC_WEBHOOK_URL",
@@ -255,6 +255,8 @@ mod tests {
         .unwrap();
         let config = cli.args.config().unwrap();
         assert_eq!(config.urls, vec!["http://a/", "https://b/"]);
+        assert_eq!(config.coalesce, Duration::from_millis(500));
+        // A CA file without a certificate (the secret file) is refused.
         let cli = Cli::try_parse_from([
             "x",
             "--webhook-url",
@@ -266,6 +268,5 @@ mod tests {
         ])
         .unwrap();
         assert!(matches!(cli.args.config(), Err(ConfigError::Tls(_))));
-        assert_eq!(config.coalesce, Duration::from_millis(500));
     }
 }
