@@ -53,7 +53,8 @@ pub(crate) async fn run_gateway(
 /// Opens the history store for a gateway: reads only, no writer thread, no checkpoints, no
 /// migrations. A store without a schema opens at once (it reads as empty until the persister
 /// creates the schema); an older schema is waited for (retried) until the persister of this
-/// version migrated it; anything else fails. `None` when `shutdown` fired first.
+/// version migrated it, and a file another program holds locked until it is free; anything
+/// else fails. `None` when `shutdown` fired first.
 async fn open_history(
     store: &StoreArgs,
     shutdown: &CancellationToken,
@@ -61,6 +62,7 @@ async fn open_history(
     let opened = retry("opening the history store", shutdown, || async {
         open_store_for_reads(store).await.map_err(|e| match e {
             StoreError::SchemaOutdated { .. } => Failure::Transient(e),
+            e if e.is_locked() => Failure::Transient(e),
             _ => Failure::Fatal(e),
         })
     })
@@ -91,12 +93,14 @@ pub(crate) async fn run_persister(
     }
     let store = match store {
         Some(s) => s,
-        // A ScyllaDB cluster that does not answer yet is waited for, as NATS is; a SQLite file
-        // that cannot be opened or a schema from a newer version is not.
+        // A ScyllaDB cluster that does not answer yet is waited for, as NATS is, and so is a
+        // SQLite file another program holds locked; a SQLite file that cannot be opened or a
+        // schema from a newer version is not.
         None => {
             let opened = retry("opening the history store", &shutdown, || async {
                 open_store(&args.store).await.map_err(|e| match e {
                     StoreError::ScyllaConnect { .. } => Failure::Transient(e),
+                    e if e.is_locked() => Failure::Transient(e),
                     _ => Failure::Fatal(e),
                 })
             })

@@ -274,6 +274,20 @@ pub enum StoreError {
     Config(String),
 }
 
+impl StoreError {
+    /// Whether the SQLite file was locked by another program (a backup, `sqlite3`) for longer
+    /// than the busy timeout: worth retrying, unlike the other open failures.
+    pub fn is_locked(&self) -> bool {
+        match self {
+            Self::SqliteOpen { source, .. } | Self::Sqlite { source, .. } => matches!(
+                source.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// A batch as `(conversation, columns)` rows, each range-checked ([`record_columns`]).
 pub(crate) fn batch_rows(
     records: &[StoredRecord],

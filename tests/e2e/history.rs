@@ -271,3 +271,39 @@ async fn a_persister_killed_mid_drain_loses_and_duplicates_nothing() {
     stored.reverse();
     assert_eq!(stored, seqs, "every message exactly once");
 }
+
+#[tokio::test]
+async fn a_persister_starting_while_another_program_locks_the_database_waits_for_it() {
+    let nats = Nats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("locked.db");
+    // Another program (a backup, `sqlite3`) holds the file locked for longer than the
+    // persister's busy timeout (5 s).
+    let other = rusqlite::Connection::open(&db).unwrap();
+    other
+        .execute_batch("BEGIN EXCLUSIVE; CREATE TABLE other (x);")
+        .unwrap();
+    let mut persister = spawn_persister(&nats, &db);
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(persister.exited(), None, "the persister gave up");
+    other.execute_batch("COMMIT").unwrap();
+    drop(other);
+
+    // Once the file is free the persister opens it and stores what is sent.
+    let fabric = nats.fabric("load").await;
+    let seqs = publish(&fabric, "room", 0, 10).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let store = loop {
+        match chatfabric_storage::SqliteStore::open_for_reads(
+            chatfabric_storage::SqliteConfig::new(&db),
+        )
+        .await
+        {
+            Ok(store) => break store,
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    wait_for_watermark(&store, *seqs.last().unwrap()).await;
+    assert_eq!(persister.exited(), None);
+}
