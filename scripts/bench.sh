@@ -22,8 +22,8 @@
 #   floor  as many sockets as S1 100 x 10 has connections, its measured frame size and delivery
 #          rate, the writer pinned where the fabric runs and the reader where the generator runs.
 # Sends are paced every BENCH_PACE_MS (1): what fell due in a step goes out together, so 10 gives
-# the bursts of 10 (S1) to 80 (8k) sends that the generator's step made before 2026-12-01's fifth
-# session, which batch the fabric's work and delay each send behind the fan-out of the others.
+# the bursts of 10 (S1) to 80 (8k) sends of the generator's old 10 ms step, which batch the
+# fabric's work and delay each send behind the fan-out of the others.
 # CPU is read from /proc for every fabric process together (the dev process: gateway, persister,
 # presence; and its nats-server), over the send window and drain, divided by the deliveries.
 set -euo pipefail

@@ -342,14 +342,10 @@ pub fn check_url(url: &str) -> Result<http::Uri, UrlError> {
 /// `e` and its sources, `: `-separated: hyper's own message ("client error (Connect)") does not
 /// say that a certificate was refused or a connection reset.
 fn with_sources(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+    std::iter::successors(Some(e), |e| e.source())
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 fn abandon(event: &Event) {
